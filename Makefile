@@ -1,0 +1,53 @@
+# MoEKit: `make demo` and `make test` work on a fresh Debian machine (they install what is missing).
+SHELL := /bin/bash
+SWIFT ?= swift
+PYTHON ?= python3
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+# Tests are built optimised (numeric code in debug builds is very slow) but with @testable access.
+RELEASE_FLAGS := -c release -Xswiftc -enable-testing
+MOEKIT := .build/release/moekit
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_DIR := demo-out
+
+.PHONY: all deps venv build test swift-test interop-test demo clean
+
+all: build
+
+# System libraries: OpenBLAS and HDF5 (and pkg-config, which SwiftPM uses to find them).
+deps:
+	@if ! command -v pkg-config >/dev/null || ! pkg-config --exists openblas hdf5; then \
+		echo "Installing libopenblas-dev libhdf5-dev pkg-config"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libopenblas-dev libhdf5-dev pkg-config; \
+	fi
+
+# Python clients that prove interoperability: safetensors, numpy, h5py, pytest, Jupyter's nbconvert.
+$(VENV)/.installed: Tests/Interop/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install -q --upgrade pip
+	$(VENV_PY) -m pip install -q -r Tests/Interop/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: deps
+	$(SWIFT) build $(RELEASE_FLAGS) --product moekit
+
+test: deps venv
+	$(SWIFT) build $(RELEASE_FLAGS) --build-tests
+	$(MAKE) swift-test interop-test
+
+swift-test:
+	$(SWIFT) test $(RELEASE_FLAGS) --skip-build
+
+interop-test:
+	MOEKIT=$(abspath $(MOEKIT)) $(VENV_PY) -m pytest -q Tests/Interop
+
+demo: build
+	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	$(MOEKIT) init $(DEMO_DIR)/dense --preset tiny --seed 0
+	$(MOEKIT) show $(DEMO_DIR)/dense
+
+clean:
+	rm -rf .build $(VENV) $(DEMO_DIR)

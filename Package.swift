@@ -1,0 +1,44 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "MoEKit",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "MoEKit", targets: ["MoEKit"]),
+        .executable(name: "moekit", targets: ["moekit"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // OpenBLAS through its CBLAS interface (Debian: libopenblas-dev).
+        .systemLibrary(
+            name: "COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        // The HDF5 C library (Debian: libhdf5-dev) plus static inline accessors for its macros.
+        .systemLibrary(
+            name: "CHDF5",
+            pkgConfig: "hdf5",
+            providers: [.apt(["libhdf5-dev"])]
+        ),
+        .target(
+            name: "MoEKit",
+            dependencies: ["COpenBLAS", "CHDF5"]
+        ),
+        .executableTarget(
+            name: "moekit",
+            dependencies: [
+                "MoEKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "MoEKitTests",
+            dependencies: ["MoEKit", "COpenBLAS", "CHDF5"],
+            exclude: []
+        ),
+    ]
+)

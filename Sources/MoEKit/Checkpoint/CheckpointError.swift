@@ -1,0 +1,42 @@
+import Foundation
+
+/// Problems with a model directory: its files, its `config.json`, or its tensors against the config.
+public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
+    case missingFile(path: String)
+    case notADirectory(path: String)
+    case noWeights(directory: String)
+    case pickleCheckpoint(path: String)
+    case invalidJSON(path: String, reason: String)
+    case missingField(path: String, field: String)
+    case invalidField(path: String, field: String, reason: String)
+    case missingTensor(directory: String, tensor: String)
+    case unexpectedTensors(directory: String, tensors: [String])
+    case shapeMismatch(directory: String, tensor: String, expected: [Int], actual: [Int])
+    case shardMissingTensor(path: String, tensor: String)
+    case safetensors(SafetensorsError)
+    case alreadyExists(path: String)
+    case invalidArgument(String)
+
+    public var errorDescription: String? {
+        switch self {
+        case let .missingFile(path): return "\(path): no such file"
+        case let .notADirectory(path): return "\(path): not a model directory"
+        case let .noWeights(directory): return "\(directory): no model.safetensors or model.safetensors.index.json"
+        case let .pickleCheckpoint(path):
+            return "\(path): PyTorch pickle checkpoints are not loaded (unpickling can run arbitrary code); convert it to safetensors with the `safetensors` package first"
+        case let .invalidJSON(path, reason): return "\(path): invalid JSON: \(reason)"
+        case let .missingField(path, field): return "\(path): missing field '\(field)'"
+        case let .invalidField(path, field, reason): return "\(path): field '\(field)' \(reason)"
+        case let .missingTensor(directory, tensor): return "\(directory): missing tensor '\(tensor)'"
+        case let .unexpectedTensors(directory, tensors):
+            let shown = tensors.prefix(5).map { "'\($0)'" }.joined(separator: ", ")
+            return "\(directory): unexpected tensor\(tensors.count == 1 ? "" : "s") \(shown)\(tensors.count > 5 ? " and \(tensors.count - 5) more" : "")"
+        case let .shapeMismatch(directory, tensor, expected, actual):
+            return "\(directory): tensor '\(tensor)' has shape \(actual), config.json implies \(expected)"
+        case let .shardMissingTensor(path, tensor): return "\(path): index names tensor '\(tensor)' but the shard does not hold it"
+        case let .safetensors(error): return error.errorDescription
+        case let .alreadyExists(path): return "\(path): already exists (use --force to replace it)"
+        case let .invalidArgument(message): return message
+        }
+    }
+}

@@ -1,0 +1,146 @@
+import Foundation
+
+/// `model.safetensors.index.json`: which shard holds each tensor, as Hugging Face writes it.
+public struct SafetensorsIndex: Sendable, Equatable {
+    public static let fileName = "model.safetensors.index.json"
+
+    /// Sum of the tensors' byte sizes (`metadata.total_size`).
+    public var totalSize: Int
+    /// Tensor name → shard file name (`weight_map`).
+    public var weightMap: [String: String]
+
+    public init(totalSize: Int, weightMap: [String: String]) {
+        self.totalSize = totalSize
+        self.weightMap = weightMap
+    }
+
+    public init(path: String) throws(CheckpointError) {
+        guard let data = FileManager.default.contents(atPath: path) else { throw .missingFile(path: path) }
+        guard case .object(let root)? = JSONValue.parse(data) else { throw .invalidJSON(path: path, reason: "not a JSON object") }
+        guard case .object(let map)? = root["weight_map"] else { throw .invalidField(path: path, field: "weight_map", reason: "missing or not an object") }
+        var weightMap: [String: String] = [:]
+        for (name, shard) in map {
+            guard let shardName = shard.stringValue, !shardName.contains("/") else {
+                throw .invalidField(path: path, field: "weight_map.\(name)", reason: "not a shard file name")
+            }
+            weightMap[name] = shardName
+        }
+        var totalSize = 0
+        if case .object(let metadata)? = root["metadata"], let size = metadata["total_size"]?.integerValue {
+            totalSize = Int(size)
+        }
+        self.init(totalSize: totalSize, weightMap: weightMap)
+    }
+
+    public func serialized() -> Data {
+        JSONValue.object([
+            "metadata": .object(["total_size": .integer(Int64(totalSize))]),
+            "weight_map": .object(weightMap.mapValues { .string($0) }),
+        ]).serialized()
+    }
+
+    /// `model-0000i-of-0000n.safetensors` (1-based, five digits as Hugging Face pads them).
+    public static func shardName(_ index: Int, of count: Int) -> String {
+        func pad(_ value: Int) -> String { let s = String(value); return String(repeating: "0", count: max(0, 5 - s.count)) + s }
+        return "model-\(pad(index))-of-\(pad(count)).safetensors"
+    }
+
+    /// Splits tensors, in order, into shards of at most `maximumShardBytes` each (a tensor larger
+    /// than the limit gets a shard of its own, as Hugging Face does).
+    public static func planShards(_ tensors: [TensorSpec], maximumShardBytes: Int) -> [[TensorSpec]] {
+        var shards: [[TensorSpec]] = []
+        var current: [TensorSpec] = []
+        var currentBytes = 0
+        for spec in tensors {
+            if !current.isEmpty && currentBytes + spec.byteCount > maximumShardBytes {
+                shards.append(current)
+                current = []
+                currentBytes = 0
+            }
+            current.append(spec)
+            currentBytes += spec.byteCount
+        }
+        if !current.isEmpty || shards.isEmpty { shards.append(current) }
+        return shards
+    }
+}
+
+/// Writes a checkpoint as shards plus `model.safetensors.index.json`, tensor by tensor.
+///
+/// Tensors are taken in name order (`tensorsInWriteOrder`) and packed into shards of at most
+/// `maximumShardBytes`. With `alwaysIndex == false` and a single shard, writes a plain
+/// `model.safetensors` without an index, as Hugging Face does.
+public final class ShardedSafetensorsWriter {
+    public static let defaultShardSize = 5_000_000_000
+
+    public let directory: String
+    public let tensorsInWriteOrder: [TensorSpec]
+    public let shardFiles: [String]
+    private let shards: [[TensorSpec]]
+    private let writeIndex: Bool
+    private var shardIndex = 0
+    private var writer: SafetensorsWriter?
+    private var finishedShards: [String] = []
+    /// Bytes of tensor data written so far (for progress reports).
+    public private(set) var tensorBytesWritten = 0
+
+    public init(directory: String, tensors: [TensorSpec], maximumShardBytes: Int = defaultShardSize, alwaysIndex: Bool = true) throws(SafetensorsError) {
+        self.directory = directory
+        let ordered = tensors.sorted { $0.name < $1.name }
+        tensorsInWriteOrder = ordered
+        let planned = SafetensorsIndex.planShards(ordered, maximumShardBytes: maximumShardBytes)
+        shards = planned
+        writeIndex = alwaysIndex || planned.count > 1
+        shardFiles = writeIndex ? (1 ... planned.count).map { SafetensorsIndex.shardName($0, of: planned.count) } : ["model.safetensors"]
+        try openShard()
+    }
+
+    private func openShard() throws(SafetensorsError) {
+        writer = try SafetensorsWriter(path: directory + "/" + shardFiles[shardIndex], tensors: shards[shardIndex])
+    }
+
+    public var nextTensor: TensorSpec? {
+        writer?.nextTensor ?? (shardIndex + 1 < shards.count ? shards[shardIndex + 1].first : nil)
+    }
+
+    private func advanceIfShardComplete() throws(SafetensorsError) {
+        while let current = writer, current.nextTensor == nil, shardIndex + 1 < shards.count {
+            try current.finish()
+            finishedShards.append(shardFiles[shardIndex])
+            shardIndex += 1
+            try openShard()
+        }
+    }
+
+    /// Appends f32 values for `nextTensor` (whole or in pieces), converted to its dtype.
+    public func append(floats: UnsafeBufferPointer<Float>) throws(SafetensorsError) {
+        try advanceIfShardComplete()
+        guard let writer else { throw .invalidWrite(file: directory, reason: "writer already finished") }
+        let elementSize = writer.nextTensor?.dtype.size ?? 0
+        try writer.append(floats: floats)
+        tensorBytesWritten += floats.count * elementSize
+    }
+
+    /// Appends raw bytes (already in the tensor's dtype) for `nextTensor`.
+    public func append(_ bytes: UnsafeRawBufferPointer) throws(SafetensorsError) {
+        try advanceIfShardComplete()
+        guard let writer else { throw .invalidWrite(file: directory, reason: "writer already finished") }
+        try writer.append(bytes)
+        tensorBytesWritten += bytes.count
+    }
+
+    /// Finishes the last shard and writes the index.
+    public func finish() throws(SafetensorsError) {
+        try advanceIfShardComplete()
+        guard let writer else { throw .invalidWrite(file: directory, reason: "writer already finished") }
+        try writer.finish()
+        self.writer = nil
+        guard writeIndex else { return }
+        var weightMap: [String: String] = [:]
+        for (index, shard) in shards.enumerated() {
+            for spec in shard { weightMap[spec.name] = shardFiles[index] }
+        }
+        let index = SafetensorsIndex(totalSize: tensorsInWriteOrder.reduce(0) { $0 + $1.byteCount }, weightMap: weightMap)
+        try AtomicFileWriter.write(index.serialized(), to: directory + "/" + SafetensorsIndex.fileName)
+    }
+}

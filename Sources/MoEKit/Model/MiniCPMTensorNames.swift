@@ -1,0 +1,121 @@
+/// Checkpoint tensor names of MiniCPM and MiniCPM-MoE, exactly as the published checkpoints spell them.
+public enum MiniCPMTensorNames {
+    public static let embedTokens = "model.embed_tokens.weight"
+    public static let finalNorm = "model.norm.weight"
+    public static let lmHead = "lm_head.weight"
+
+    public static func layer(_ layer: Int) -> String { "model.layers.\(layer)" }
+    public static func inputLayerNorm(_ layer: Int) -> String { "\(Self.layer(layer)).input_layernorm.weight" }
+    public static func postAttentionLayerNorm(_ layer: Int) -> String { "\(Self.layer(layer)).post_attention_layernorm.weight" }
+    public static func queryProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.q_proj.weight" }
+    public static func keyProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.k_proj.weight" }
+    public static func valueProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.v_proj.weight" }
+    public static func outputProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.o_proj.weight" }
+    /// Dense MLP: `mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj`.
+    public static func gateProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate_proj.weight" }
+    public static func upProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.up_proj.weight" }
+    public static func downProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.down_proj.weight" }
+    /// MoE router, `[experts, hidden]`.
+    public static func router(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate.weight" }
+    /// MoE expert weights: w1 = gate_proj `[intermediate, hidden]`, w3 = up_proj, w2 = down_proj `[hidden, intermediate]`.
+    public static func expertGate(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w1.weight" }
+    public static func expertUp(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w3.weight" }
+    public static func expertDown(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w2.weight" }
+    /// MoEKit's auxiliary-loss-free balancing bias, `[experts]` f32 (ignored by other loaders).
+    public static func routerBias(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate.moekit_bias" }
+}
+
+/// The tensors a config implies, with shapes, and the parameter counts that follow.
+public struct MiniCPMLayout: Sendable {
+    public let config: MiniCPMConfig
+
+    public init(config: MiniCPMConfig) { self.config = config }
+
+    public struct Entry: Sendable, Equatable {
+        public let name: String
+        public let shape: [Int]
+        public var elementCount: Int { shape.reduce(1, *) }
+    }
+
+    /// Every tensor of the checkpoint in layer order.
+    public var entries: [Entry] {
+        let c = config
+        let hidden = c.hiddenSize, kvDim = c.numKeyValueHeads * c.headDim
+        var result: [Entry] = [Entry(name: MiniCPMTensorNames.embedTokens, shape: [c.vocabSize, hidden])]
+        for layer in 0 ..< c.numHiddenLayers {
+            result.append(Entry(name: MiniCPMTensorNames.inputLayerNorm(layer), shape: [hidden]))
+            result.append(Entry(name: MiniCPMTensorNames.queryProjection(layer), shape: [hidden, hidden]))
+            result.append(Entry(name: MiniCPMTensorNames.keyProjection(layer), shape: [kvDim, hidden]))
+            result.append(Entry(name: MiniCPMTensorNames.valueProjection(layer), shape: [kvDim, hidden]))
+            result.append(Entry(name: MiniCPMTensorNames.outputProjection(layer), shape: [hidden, hidden]))
+            result.append(Entry(name: MiniCPMTensorNames.postAttentionLayerNorm(layer), shape: [hidden]))
+            if let experts = c.numExperts {
+                result.append(Entry(name: MiniCPMTensorNames.router(layer), shape: [experts, hidden]))
+                for expert in 0 ..< experts {
+                    result.append(Entry(name: MiniCPMTensorNames.expertGate(layer, expert), shape: [c.intermediateSize, hidden]))
+                    result.append(Entry(name: MiniCPMTensorNames.expertUp(layer, expert), shape: [c.intermediateSize, hidden]))
+                    result.append(Entry(name: MiniCPMTensorNames.expertDown(layer, expert), shape: [hidden, c.intermediateSize]))
+                }
+            } else {
+                result.append(Entry(name: MiniCPMTensorNames.gateProjection(layer), shape: [c.intermediateSize, hidden]))
+                result.append(Entry(name: MiniCPMTensorNames.upProjection(layer), shape: [c.intermediateSize, hidden]))
+                result.append(Entry(name: MiniCPMTensorNames.downProjection(layer), shape: [hidden, c.intermediateSize]))
+            }
+        }
+        result.append(Entry(name: MiniCPMTensorNames.finalNorm, shape: [hidden]))
+        if !c.tieWordEmbeddings { result.append(Entry(name: MiniCPMTensorNames.lmHead, shape: [c.vocabSize, hidden])) }
+        return result
+    }
+
+    /// Parameter counts: all, without the embedding (and untied head), and active per token (an MoE
+    /// token uses the router and k of the E experts).
+    public struct ParameterCounts: Sendable, Equatable, Codable {
+        public var total: Int
+        public var nonEmbedding: Int
+        public var activePerToken: Int
+        public var activeNonEmbedding: Int
+    }
+
+    public var parameterCounts: ParameterCounts {
+        let c = config
+        var total = 0, embedding = 0, inactive = 0
+        for entry in entries {
+            total += entry.elementCount
+            if entry.name == MiniCPMTensorNames.embedTokens || entry.name == MiniCPMTensorNames.lmHead { embedding += entry.elementCount }
+        }
+        if let experts = c.numExperts {
+            let perExpert = 3 * c.hiddenSize * c.intermediateSize
+            inactive = c.numHiddenLayers * (experts - (c.numExpertsPerToken ?? 2)) * perExpert
+        }
+        return ParameterCounts(total: total, nonEmbedding: total - embedding, activePerToken: total - inactive,
+                               activeNonEmbedding: total - embedding - inactive)
+    }
+
+    /// Checks a checkpoint against the config: every expected tensor present with the right shape
+    /// and a float dtype. Returns the names of tensors the config does not explain (MoEKit's own
+    /// `moekit_bias` tensors and an `lm_head.weight` of the right shape beside tied embeddings,
+    /// which the model then uses, are explained).
+    @discardableResult
+    public func check(_ checkpoint: SafetensorsCheckpoint) throws(CheckpointError) -> [String] {
+        var expected = entries
+        if config.tieWordEmbeddings && checkpoint.contains(MiniCPMTensorNames.lmHead) {
+            expected.append(Entry(name: MiniCPMTensorNames.lmHead, shape: [config.vocabSize, config.hiddenSize]))
+        }
+        if let experts = config.numExperts {
+            for layer in 0 ..< config.numHiddenLayers where checkpoint.contains(MiniCPMTensorNames.routerBias(layer)) {
+                expected.append(Entry(name: MiniCPMTensorNames.routerBias(layer), shape: [experts]))
+            }
+        }
+        for entry in expected {
+            let info = try checkpoint.info(entry.name)
+            guard info.shape == entry.shape else {
+                throw .shapeMismatch(directory: checkpoint.directory, tensor: entry.name, expected: entry.shape, actual: info.shape)
+            }
+            guard info.dtype.isConvertibleToFloat else {
+                throw .safetensors(.unsupportedDType(file: try checkpoint.file(for: entry.name).path, tensor: entry.name, dtype: info.dtype.rawValue))
+            }
+        }
+        let expectedNames = Set(expected.map(\.name))
+        return checkpoint.names.filter { !expectedNames.contains($0) }
+    }
+}

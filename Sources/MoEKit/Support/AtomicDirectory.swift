@@ -1,0 +1,86 @@
+import Foundation
+
+/// A directory built under a temporary name beside its destination and renamed into place by
+/// `commit()`. An existing destination is refused unless `replaceExisting`; an abandoned build
+/// (error, or the value dropped without commit) removes the temporary directory.
+public final class AtomicDirectory {
+    public let destination: String
+    public let temporaryPath: String
+    private let replaceExisting: Bool
+    private var committed = false
+
+    public init(destination: String, replaceExisting: Bool) throws(CheckpointError) {
+        let manager = FileManager.default
+        let url = URL(fileURLWithPath: destination).standardizedFileURL
+        self.destination = url.path
+        self.replaceExisting = replaceExisting
+        if manager.fileExists(atPath: self.destination) && !replaceExisting {
+            throw .alreadyExists(path: destination)
+        }
+        let parent = url.deletingLastPathComponent().path
+        var isDirectory: ObjCBool = false
+        guard manager.fileExists(atPath: parent, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw .missingFile(path: parent)
+        }
+        temporaryPath = parent + "/." + url.lastPathComponent + ".tmp-\(getpid())-\(UInt32.random(in: 0 ... .max))"
+        do {
+            try manager.createDirectory(atPath: temporaryPath, withIntermediateDirectories: false)
+        } catch {
+            throw .invalidArgument("\(temporaryPath): cannot create directory: \(error.localizedDescription)")
+        }
+        TemporaryPaths.register(temporaryPath)
+    }
+
+    deinit {
+        if !committed { abandon() }
+    }
+
+    /// Path of a file inside the directory being built.
+    public func path(_ name: String) -> String { temporaryPath + "/" + name }
+
+    /// Renames the finished directory into place (replacing an existing one when allowed).
+    public func commit() throws(CheckpointError) {
+        let manager = FileManager.default
+        var aside: String?
+        if manager.fileExists(atPath: destination) {
+            guard replaceExisting else { throw .alreadyExists(path: destination) }
+            let moved = temporaryPath + ".old"
+            guard rename(destination, moved) == 0 else {
+                throw .invalidArgument("\(destination): cannot move the existing directory aside: \(String(cString: strerror(errno)))")
+            }
+            aside = moved
+        }
+        guard rename(temporaryPath, destination) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if let aside { _ = rename(aside, destination) }
+            throw .invalidArgument("\(destination): cannot rename the finished directory into place: \(reason)")
+        }
+        committed = true
+        TemporaryPaths.unregister(temporaryPath)
+        if let aside { try? manager.removeItem(atPath: aside) }
+    }
+
+    /// Removes the temporary directory.
+    public func abandon() {
+        try? FileManager.default.removeItem(atPath: temporaryPath)
+        TemporaryPaths.unregister(temporaryPath)
+    }
+}
+
+/// Temporary outputs in progress, removed by the CLI's signal handler when a run is interrupted.
+public enum TemporaryPaths {
+    nonisolated(unsafe) private static var paths: Set<String> = []
+    private static let lock = NSLock()
+
+    static func register(_ path: String) { lock.lock(); paths.insert(path); lock.unlock() }
+    static func unregister(_ path: String) { lock.lock(); paths.remove(path); lock.unlock() }
+
+    /// Removes every registered temporary path (called on SIGINT/SIGTERM).
+    public static func removeAll() {
+        lock.lock()
+        let pending = paths
+        paths.removeAll()
+        lock.unlock()
+        for path in pending { try? FileManager.default.removeItem(atPath: path) }
+    }
+}

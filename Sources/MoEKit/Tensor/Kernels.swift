@@ -1,0 +1,156 @@
+import Foundation
+
+/// The element-wise and row-wise kernels a transformer needs, on row-major f32 buffers.
+///
+/// Each kernel has a plain twin in `ReferenceKernels`; tests compare the two.
+public enum Kernels {
+    /// RMSNorm of each row: `y = x · rsqrt(mean(x²) + eps) · weight` (MiniCPM/Llama: no +1 offset).
+    ///
+    /// `x` is `[rows, d]`, `weight` is `[d]`; the mean of squares is accumulated in f32, as the
+    /// published modeling code does after `.to(torch.float32)`.
+    public static func rmsNorm(_ x: Tensor, weight: [Float], epsilon: Float) -> Tensor {
+        let d = x.columns
+        precondition(weight.count == d, "RMSNorm weight has \(weight.count) values for rows of \(d)")
+        var y = Tensor(shape: x.shape)
+        x.values.withUnsafeBufferPointer { px in
+            weight.withUnsafeBufferPointer { pw in
+                y.values.withUnsafeMutableBufferPointer { py in
+                    for r in 0 ..< x.rows {
+                        let row = px.baseAddress! + r * d
+                        let out = py.baseAddress! + r * d
+                        var sumSquares: Float = 0
+                        for j in 0 ..< d { sumSquares += row[j] * row[j] }
+                        let inverseRMS = 1 / (sumSquares / Float(d) + epsilon).squareRoot()
+                        for j in 0 ..< d { out[j] = row[j] * inverseRMS * pw[j] }
+                    }
+                }
+            }
+        }
+        return y
+    }
+
+    /// SiLU, `x · σ(x) = x / (1 + e^(−x))`, in place.
+    @inlinable
+    public static func silu(_ x: UnsafeMutableBufferPointer<Float>) {
+        for i in x.indices { let v = x[i]; x[i] = v / (1 + expf(-v)) }
+    }
+
+    /// SwiGLU's gate: for each row of `[rows, 2·width]` laid out as `[gate | up]`, writes
+    /// `silu(gate) · up` into the first `width` columns of `out` (`[rows, width]`).
+    @inlinable
+    public static func swiGLU(fused: UnsafePointer<Float>, rows: Int, width: Int, out: UnsafeMutablePointer<Float>) {
+        for r in 0 ..< rows {
+            let gate = fused + r * 2 * width
+            let up = gate + width
+            let o = out + r * width
+            for j in 0 ..< width {
+                let g = gate[j]
+                o[j] = g / (1 + expf(-g)) * up[j]
+            }
+        }
+    }
+
+    /// Softmax of each row of `[rows, n]`, in place, with the row maximum subtracted first.
+    public static func softmaxRows(_ x: UnsafeMutableBufferPointer<Float>, columns n: Int) {
+        guard n > 0 else { return }
+        let rows = x.count / n
+        for r in 0 ..< rows {
+            let row = x.baseAddress! + r * n
+            var maximum = -Float.infinity
+            for j in 0 ..< n { maximum = max(maximum, row[j]) }
+            var sum: Float = 0
+            for j in 0 ..< n { let e = expf(row[j] - maximum); row[j] = e; sum += e }
+            let inverse = 1 / sum
+            for j in 0 ..< n { row[j] *= inverse }
+        }
+    }
+
+    /// Softmax of each row of a tensor.
+    public static func softmaxRows(_ x: Tensor) -> Tensor {
+        var y = x
+        y.values.withUnsafeMutableBufferPointer { softmaxRows($0, columns: x.columns) }
+        return y
+    }
+
+    /// `a += scale · b`, element-wise.
+    public static func add(_ b: Tensor, scaledBy scale: Float = 1, to a: inout Tensor) {
+        precondition(a.count == b.count, "add: \(a.shape) and \(b.shape) differ")
+        a.values.withUnsafeMutableBufferPointer { pa in
+            b.values.withUnsafeBufferPointer { pb in
+                for i in 0 ..< pa.count { pa[i] += scale * pb[i] }
+            }
+        }
+    }
+
+    /// `x *= scale`, element-wise.
+    public static func scale(_ x: inout Tensor, by scale: Float) {
+        x.values.withUnsafeMutableBufferPointer { p in
+            for i in 0 ..< p.count { p[i] *= scale }
+        }
+    }
+
+    /// Rotary position embedding, rotate_half convention (Llama/MiniCPM), in place.
+    ///
+    /// `x` is `[tokens, heads · headDim]`; token `t` is at position `positions[t]`. For each head
+    /// vector `v` with halves `v₁ = v[..<d/2]`, `v₂ = v[d/2...]`:
+    /// `v' = v · cos + rotate_half(v) · sin`, `rotate_half(v) = [−v₂, v₁]`, with
+    /// `cos, sin` of `cat(freqs, freqs)`, `freqs = position · inv_freq`, `inv_freq_i = 1 / θ^(2i/d)`.
+    public static func applyRotary(_ x: inout Tensor, heads: Int, positions: [Int], rotary: RotaryEmbedding) {
+        let headDim = rotary.headDim
+        let half = headDim / 2
+        precondition(x.columns == heads * headDim && x.rows == positions.count, "RoPE: shape \(x.shape) vs \(heads)×\(headDim), \(positions.count) positions")
+        let table = rotary.table(upTo: (positions.max() ?? 0) + 1)
+        let columns = x.columns
+        x.values.withUnsafeMutableBufferPointer { px in
+            table.cos.withUnsafeBufferPointer { pc in
+                table.sin.withUnsafeBufferPointer { ps in
+                    for (t, position) in positions.enumerated() {
+                        let c = pc.baseAddress! + position * half
+                        let s = ps.baseAddress! + position * half
+                        for h in 0 ..< heads {
+                            let v = px.baseAddress! + t * columns + h * headDim
+                            for i in 0 ..< half {
+                                let a = v[i], b = v[i + half]
+                                v[i] = a * c[i] - b * s[i]
+                                v[i + half] = b * c[i] + a * s[i]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rotary embedding frequencies for one head size, as the published modeling code builds them in f32.
+public struct RotaryEmbedding: Sendable {
+    public let headDim: Int
+    public let theta: Float
+    /// `inv_freq_i = 1 / θ^(2i/d)` for `i` in `0 ..< d/2`, computed in f32.
+    public let inverseFrequencies: [Float]
+
+    public init(headDim: Int, theta: Float) {
+        precondition(headDim > 0 && headDim % 2 == 0, "rotary head size must be even, got \(headDim)")
+        self.headDim = headDim
+        self.theta = theta
+        self.inverseFrequencies = (0 ..< headDim / 2).map { i in
+            1 / powf(theta, Float(2 * i) / Float(headDim))
+        }
+    }
+
+    /// cos and sin of `position · inv_freq_i`, `[positions, d/2]` each (the second half of
+    /// `cat(freqs, freqs)` repeats the first, so half the table suffices).
+    public func table(upTo positions: Int) -> (cos: [Float], sin: [Float]) {
+        let half = headDim / 2
+        var cosines = [Float](repeating: 0, count: positions * half)
+        var sines = [Float](repeating: 0, count: positions * half)
+        for p in 0 ..< positions {
+            for i in 0 ..< half {
+                let angle = Float(p) * inverseFrequencies[i]  // f32 product, as torch.outer in f32
+                cosines[p * half + i] = Float(Foundation.cos(Double(angle)))
+                sines[p * half + i] = Float(Foundation.sin(Double(angle)))
+            }
+        }
+        return (cosines, sines)
+    }
+}

@@ -1,0 +1,78 @@
+import COpenBLAS
+
+/// Matrix products on OpenBLAS's `cblas_sgemm`, with a plain triple loop beside them.
+public enum MatrixMultiply {
+    /// C = alpha · op(A) · op(B) + beta · C on raw row-major buffers.
+    ///
+    /// `op(A)` is `[m, k]`: A is stored `[m, k]` (leading dimension `lda` ≥ k) or, transposed,
+    /// `[k, m]` (lda ≥ m). `op(B)` is `[k, n]`: B is stored `[k, n]` or, transposed, `[n, k]`.
+    /// C is `[m, n]` with leading dimension `ldc` ≥ n.
+    @inlinable
+    public static func gemm(
+        m: Int, n: Int, k: Int,
+        alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
+        b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
+        beta: Float = 0,
+        c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        guard m > 0, n > 0 else { return }
+        if k == 0 {
+            for i in 0 ..< m { for j in 0 ..< n { c[i * ldc + j] *= beta } }
+            return
+        }
+        cblas_sgemm(
+            CblasRowMajor,
+            transposeA ? CblasTrans : CblasNoTrans,
+            transposeB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(k),
+            alpha, a, Int32(lda), b, Int32(ldb),
+            beta, c, Int32(ldc))
+    }
+
+    /// op(A) · op(B) for 2-D tensors, where `op` transposes when asked.
+    ///
+    /// `a` is `[m, k]` (or `[k, m]` with `transposeA`), `b` is `[k, n]` (or `[n, k]` with `transposeB`);
+    /// the result is `[m, n]`. A linear layer `y = x · Wᵀ` with a PyTorch weight `W` `[out, in]` is
+    /// `product(x, w, transposeB: true)`.
+    public static func product(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
+        precondition(a.rank == 2 && b.rank == 2, "product needs matrices, got \(a.shape) and \(b.shape)")
+        let m = transposeA ? a.shape[1] : a.shape[0]
+        let k = transposeA ? a.shape[0] : a.shape[1]
+        let kb = transposeB ? b.shape[1] : b.shape[0]
+        let n = transposeB ? b.shape[0] : b.shape[1]
+        precondition(k == kb, "inner dimensions differ: \(a.shape)\(transposeA ? "ᵀ" : "") · \(b.shape)\(transposeB ? "ᵀ" : "")")
+        var c = Tensor(shape: [m, n])
+        a.values.withUnsafeBufferPointer { pa in
+            b.values.withUnsafeBufferPointer { pb in
+                c.values.withUnsafeMutableBufferPointer { pc in
+                    gemm(m: m, n: n, k: k,
+                         a: pa.baseAddress!, lda: a.shape[1], transposeA: transposeA,
+                         b: pb.baseAddress!, ldb: b.shape[1], transposeB: transposeB,
+                         c: pc.baseAddress!, ldc: n)
+                }
+            }
+        }
+        return c
+    }
+
+    /// The same product as `product`, by the textbook triple loop with a Double accumulator.
+    public static func referenceProduct(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
+        let m = transposeA ? a.shape[1] : a.shape[0]
+        let k = transposeA ? a.shape[0] : a.shape[1]
+        let n = transposeB ? b.shape[0] : b.shape[1]
+        var c = Tensor(shape: [m, n])
+        for i in 0 ..< m {
+            for j in 0 ..< n {
+                var sum = 0.0
+                for p in 0 ..< k {
+                    let x = transposeA ? a[p, i] : a[i, p]
+                    let y = transposeB ? b[j, p] : b[p, j]
+                    sum += Double(x) * Double(y)
+                }
+                c[i, j] = Float(sum)
+            }
+        }
+        return c
+    }
+}

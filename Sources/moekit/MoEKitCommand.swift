@@ -1,0 +1,54 @@
+import ArgumentParser
+import Foundation
+import MoEKit
+
+@main
+struct MoEKitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moekit",
+        abstract: "Mixture-of-experts research on MiniCPM: upcycle, route, log, benchmark.",
+        discussion: """
+        MoEKit reads and writes Hugging Face model directories (config.json + safetensors).
+        OpenBLAS uses every core by default; set OPENBLAS_NUM_THREADS=N to use fewer.
+        """,
+        version: "0.1.0",
+        subcommands: [InitCommand.self, ShowCommand.self]
+    )
+}
+
+/// Runs a command body, turning any error into one line on stderr and exit status 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    CLISignals.installCleanupHandlers()
+    do {
+        try body()
+    } catch let error as ExitCode {
+        throw error
+    } catch let error as ValidationError {
+        throw error
+    } catch {
+        let message = (error as? LocalizedError)?.errorDescription ?? String(describing: error)
+        FileHandle.standardError.write(Data("moekit: error: \(message.replacingOccurrences(of: "\n", with: " "))\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+/// On SIGINT/SIGTERM, removes temporary outputs in progress before exiting, so an interrupted
+/// run leaves nothing half-written.
+enum CLISignals {
+    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+
+    static func installCleanupHandlers() {
+        guard sources.isEmpty else { return }
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler {
+                TemporaryPaths.removeAll()
+                FileHandle.standardError.write(Data("moekit: interrupted, temporary files removed\n".utf8))
+                exit(128 + signalNumber)
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+}
