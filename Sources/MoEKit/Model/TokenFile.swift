@@ -12,8 +12,8 @@ public enum TokenFile {
             throw ModelError.unreadableTokenFile(path: path, reason: "neither UTF-8 text nor a .npy array")
         }
         var sequences: [[Int]] = []
-        for (lineIndex, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let fields = line.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\t" || $0 == "\r" })
+        for (lineIndex, line) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+            let fields = line.split(whereSeparator: { $0 == "," || $0.isWhitespace })
             guard !fields.isEmpty else { continue }
             var sequence: [Int] = []
             for field in fields {
