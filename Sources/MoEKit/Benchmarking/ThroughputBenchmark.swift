@@ -1,0 +1,296 @@
+import COpenBLAS
+import Foundation
+
+/// Dense-versus-MoE throughput at the layer and model level (`moekit bench`).
+///
+/// Every case is warmed up, then timed `repeats` times; figures are medians with min and max.
+/// FLOP conventions: a SwiGLU FFN of intermediate size I on T tokens does 6·T·H·I (three GEMMs of
+/// 2·T·H·I); the MoE layer does 6·T·k·H·I in its experts (the router's 2·T·H·E is not counted);
+/// the bare sgemm case is `[T, H] × [H, 2I]`, the shape of the FFN's fused gate+up GEMM.
+public struct ThroughputBenchmark {
+    public enum Routing: String, CaseIterable, Sendable { case learned, uniform, collapsed }
+
+    public struct Options: Sendable {
+        public var config: MiniCPMConfig
+        public var experts = 8
+        public var topK = 2
+        public var tokenCounts = [128, 512, 2048]
+        public var decodeSteps = 32
+        public var routings: [Routing] = Routing.allCases
+        public var repeats = 5
+        public var warmups = 1
+        public var layerLevel = true
+        public var modelLevel = true
+        public var seed: UInt64 = 0
+
+        public init(config: MiniCPMConfig) { self.config = config }
+    }
+
+    public struct Statistic: Sendable, Codable {
+        public var min: Double
+        public var median: Double
+        public var max: Double
+
+        init(_ samples: [Double]) {
+            let sorted = samples.sorted()
+            min = sorted.first ?? 0
+            max = sorted.last ?? 0
+            median = sorted.isEmpty ? 0 : sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        }
+
+        func scaled(_ factor: Double) -> Statistic {
+            var copy = self
+            copy.min *= factor; copy.median *= factor; copy.max *= factor
+            return copy
+        }
+    }
+
+    public struct Result: Sendable {
+        public var level: String
+        public var kind: String
+        public var phase: String?
+        public var tokens: Int
+        public var experts: Int?
+        public var topK: Int?
+        public var routing: String?
+        public var tokensPerSecond: Statistic
+        public var gflops: Statistic?
+        /// Median seconds per stage of one run (model level).
+        public var breakdown: [String: Double]?
+        public var note: String?
+    }
+
+    public struct Machine: Sendable {
+        public var cpu: String
+        public var cores: Int
+        public var openblas: String
+        public var threads: Int
+
+        public static var current: Machine {
+            let cpuInfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+            let model = cpuInfo.split(separator: "\n").first { $0.hasPrefix("model name") }
+                .map { $0.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "" } ?? "unknown"
+            return Machine(cpu: model ?? "unknown", cores: ProcessInfo.processInfo.activeProcessorCount,
+                           openblas: BLAS.configuration, threads: BLAS.threadCount)
+        }
+    }
+
+    public let options: Options
+    public init(options: Options) { self.options = options }
+
+    /// Times `body` after warm-up: seconds per run.
+    static func time(warmups: Int, repeats: Int, _ body: () throws -> Void) rethrows -> [Double] {
+        for _ in 0 ..< warmups { try body() }
+        var samples: [Double] = []
+        for _ in 0 ..< repeats {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try body()
+            samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+        }
+        return samples
+    }
+
+    static func throughput(_ seconds: [Double], work: Double) -> Statistic {
+        Statistic(seconds.map { work / $0 })
+    }
+
+    static func randomMatrix(_ shape: [Int], seed: UInt64, stream: String, standardDeviation: Float) -> Tensor {
+        var random = SeededRandom(seed: seed, stream: stream)
+        var tensor = Tensor(shape: shape)
+        tensor.values.withUnsafeMutableBufferPointer { random.fillNormal($0, standardDeviation: standardDeviation) }
+        return tensor
+    }
+
+    /// Runs every selected case, reporting each result as soon as it is measured.
+    public func run(progress: (Result) -> Void = { _ in }) throws -> [Result] {
+        var results: [Result] = []
+        func emit(_ result: Result) { results.append(result); progress(result) }
+        if options.layerLevel { try runLayerLevel(emit) }
+        if options.modelLevel { try runModelLevel(emit) }
+        return results
+    }
+
+    // MARK: Layer level
+
+    func runLayerLevel(_ emit: (Result) -> Void) throws {
+        let c = options.config
+        let hidden = c.hiddenSize, intermediate = c.intermediateSize, k = options.topK, e = options.experts
+        let std = ModelInitializer.standardDeviation(for: c)
+        func ffn(_ name: String, intermediate size: Int) -> FeedForward {
+            FeedForward(gate: Self.randomMatrix([size, hidden], seed: options.seed, stream: name + ".gate", standardDeviation: std),
+                        up: Self.randomMatrix([size, hidden], seed: options.seed, stream: name + ".up", standardDeviation: std),
+                        down: Self.randomMatrix([hidden, size], seed: options.seed, stream: name + ".down", standardDeviation: std))
+        }
+        let dense = ffn("dense", intermediate: intermediate)
+        let denseActive = ffn("dense-active", intermediate: k * intermediate)
+        let moe = MoELayer(gateWeight: Self.randomMatrix([e, hidden], seed: options.seed, stream: "router", standardDeviation: 0.1),
+                           experts: (0 ..< e).map { ffn("expert\($0)", intermediate: intermediate) }, topK: k)
+        for tokens in options.tokenCounts {
+            let x = Self.randomMatrix([tokens, hidden], seed: options.seed, stream: "x\(tokens)", standardDeviation: 1)
+            // The machine's ceiling: one bare sgemm of the fused gate+up shape.
+            let a = x, b = dense.gateUpWeight
+            var c = Tensor(shape: [tokens, 2 * intermediate])
+            let sgemmSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) {
+                a.values.withUnsafeBufferPointer { pa in
+                    b.values.withUnsafeBufferPointer { pb in
+                        c.values.withUnsafeMutableBufferPointer { pc in
+                            MatrixMultiply.gemm(m: tokens, n: 2 * intermediate, k: hidden, a: pa.baseAddress!, lda: hidden,
+                                                b: pb.baseAddress!, ldb: hidden, transposeB: true, c: pc.baseAddress!, ldc: 2 * intermediate)
+                        }
+                    }
+                }
+            }
+            let sgemmFlops = 2.0 * Double(tokens) * Double(hidden) * Double(2 * intermediate)
+            emit(Result(level: "layer", kind: "sgemm", tokens: tokens, tokensPerSecond: Self.throughput(sgemmSeconds, work: Double(tokens)),
+                        gflops: Self.throughput(sgemmSeconds, work: sgemmFlops * 1e-9), note: "[\(tokens),\(hidden)]x[\(hidden),\(2 * intermediate)]"))
+
+            let denseSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = dense.forward(x) }
+            let denseFlops = 6.0 * Double(tokens) * Double(hidden) * Double(intermediate)
+            emit(Result(level: "layer", kind: "dense", tokens: tokens, tokensPerSecond: Self.throughput(denseSeconds, work: Double(tokens)),
+                        gflops: Self.throughput(denseSeconds, work: denseFlops * 1e-9)))
+
+            let activeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = denseActive.forward(x) }
+            emit(Result(level: "layer", kind: "dense-active", tokens: tokens, topK: k,
+                        tokensPerSecond: Self.throughput(activeSeconds, work: Double(tokens)),
+                        gflops: Self.throughput(activeSeconds, work: Double(k) * denseFlops * 1e-9), note: "intermediate \(k * intermediate)"))
+
+            for routing in options.routings {
+                let router = Self.router(routing, topK: k)
+                let moeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = moe.forward(x, layer: 0, router: router) }
+                emit(Result(level: "layer", kind: "moe", tokens: tokens, experts: e, topK: k, routing: routing.rawValue,
+                            tokensPerSecond: Self.throughput(moeSeconds, work: Double(tokens)),
+                            gflops: Self.throughput(moeSeconds, work: Double(k) * denseFlops * 1e-9)))
+            }
+        }
+    }
+
+    static func router(_ routing: Routing, topK: Int) -> ExpertRouter {
+        switch routing {
+        case .learned: return SoftmaxTopKRouter(topK: topK)
+        case .uniform: return ForcedRouter(pattern: .uniform, topK: topK)
+        case .collapsed: return ForcedRouter(pattern: .collapsed, topK: topK)
+        }
+    }
+
+    // MARK: Model level
+
+    /// A dense model of the configured shapes with MiniCPM's initialisation, and its sparse upcycling
+    /// (every expert a copy of the dense MLP in its own memory, router N(0, 0.1²)).
+    func makeModels() throws -> (dense: MiniCPMModel, moe: MiniCPMModel) {
+        let denseConfig = options.config
+        let std = ModelInitializer.standardDeviation(for: denseConfig)
+        var cache: [String: Tensor] = [:]
+        func denseTensor(_ name: String, _ shape: [Int]) -> Tensor {
+            if let tensor = cache[name] { return tensor }
+            let tensor = shape.count == 1 ? Tensor(shape: shape, repeating: 1)
+                : Self.randomMatrix(shape, seed: options.seed, stream: name, standardDeviation: std)
+            cache[name] = tensor
+            return tensor
+        }
+        let shapes = Dictionary(MiniCPMLayout(config: denseConfig).entries.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
+        let dense = try MiniCPMModel(config: denseConfig, source: "bench-dense") { name in
+            guard let shape = shapes[name] else { throw CheckpointError.missingTensor(directory: "bench", tensor: name) }
+            return denseTensor(name, shape)
+        }
+        var moeConfig = denseConfig
+        moeConfig.numExperts = options.experts
+        moeConfig.numExpertsPerToken = options.topK
+        let moe = try MiniCPMModel(config: moeConfig, source: "bench-moe") { name in
+            let parts = name.split(separator: ".")
+            if name.hasSuffix("mlp.gate.weight") {
+                return Self.randomMatrix([options.experts, denseConfig.hiddenSize], seed: options.seed, stream: name, standardDeviation: 0.1)
+            }
+            if let expertsIndex = parts.firstIndex(of: "experts"), let layer = Int(parts[2]) {
+                let which = parts[expertsIndex + 2]
+                let denseName = which == "w1" ? MiniCPMTensorNames.gateProjection(layer)
+                    : which == "w3" ? MiniCPMTensorNames.upProjection(layer) : MiniCPMTensorNames.downProjection(layer)
+                var copy = denseTensor(denseName, shapes[denseName]!)
+                copy.values[0] += 0  // a write makes the copy-on-write array its own memory, like a loaded checkpoint
+                return copy
+            }
+            return denseTensor(name, shapes[name]!)
+        }
+        return (dense, moe)
+    }
+
+    func runModelLevel(_ emit: (Result) -> Void) throws {
+        let (dense, moe) = try makeModels()
+        let vocabulary = options.config.vocabSize
+        for tokens in options.tokenCounts where tokens <= options.config.maxPositionEmbeddings {
+            let sequence = (0 ..< tokens).map { ($0 * 7919 + 13) % vocabulary }
+            for (kind, model, routings) in [("dense", dense, [Routing?.none]), ("moe", moe, options.routings.map { Optional($0) })] {
+                for routing in routings {
+                    if let routing { model.router = Self.router(routing, topK: options.topK) }
+                    let timer = StageTimer()
+                    let seconds = try Self.time(warmups: options.warmups, repeats: options.repeats) {
+                        timer.reset()
+                        _ = try model.forward([sequence], logitRows: .lastTokenOfEachSequence, timer: timer)
+                    }
+                    emit(Result(level: "model", kind: kind, phase: "prefill", tokens: tokens,
+                                experts: routing == nil ? nil : options.experts, topK: routing == nil ? nil : options.topK,
+                                routing: routing?.rawValue, tokensPerSecond: Self.throughput(seconds, work: Double(tokens)),
+                                gflops: nil, breakdown: Self.breakdown(timer)))
+                }
+            }
+        }
+        guard options.decodeSteps > 0 else { return }
+        let prefix = min(128, options.config.maxPositionEmbeddings - options.decodeSteps)
+        guard prefix > 0 else { return }
+        let prompt = (0 ..< prefix).map { ($0 * 31 + 7) % vocabulary }
+        for (kind, model) in [("dense", dense), ("moe", moe)] {
+            if kind == "moe" { model.router = SoftmaxTopKRouter(topK: options.topK) }
+            let timer = StageTimer()
+            var samples: [Double] = []
+            for run in 0 ..< (options.warmups + options.repeats) {
+                let cache = model.makeCache()
+                _ = try model.forward([(prompt, cache)], logitRows: .lastTokenOfEachSequence)
+                timer.reset()
+                let start = DispatchTime.now().uptimeNanoseconds
+                var token = prompt.last!
+                for _ in 0 ..< options.decodeSteps {
+                    let logits = try model.forward([([token], cache)], logitRows: .lastTokenOfEachSequence, timer: timer).logits
+                    token = logits.values.indices.max { logits.values[$0] < logits.values[$1] } ?? 0
+                }
+                if run >= options.warmups { samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(options.decodeSteps)) }
+            }
+            emit(Result(level: "model", kind: kind, phase: "decode", tokens: options.decodeSteps,
+                        experts: kind == "moe" ? options.experts : nil, topK: kind == "moe" ? options.topK : nil,
+                        routing: kind == "moe" ? "learned" : nil, tokensPerSecond: Self.throughput(samples, work: 1), gflops: nil,
+                        breakdown: Self.breakdown(timer).mapValues { $0 / Double(options.decodeSteps) },
+                        note: "after a \(prefix)-token prompt, KV cache"))
+        }
+    }
+
+    /// The report as JSON: `{"machine": {...}, "results": [{"level", "kind", "phase", "tokens", "experts", "top_k",
+    /// "routing", "tokens_per_s": {"min", "median", "max"}, "gflops": {...}|null, "breakdown_s", "note"}]}`.
+    public static func json(machine: Machine, results: [Result], options: Options) -> JSONValue {
+        func statistic(_ s: Statistic?) -> JSONValue {
+            guard let s else { return .null }
+            return .object(["min": .number(s.min), "median": .number(s.median), "max": .number(s.max)])
+        }
+        func optionalInt(_ value: Int?) -> JSONValue { value.map { .integer(Int64($0)) } ?? .null }
+        func optionalString(_ value: String?) -> JSONValue { value.map { .string($0) } ?? .null }
+        let c = options.config
+        return .object([
+            "machine": .object(["cpu": .string(machine.cpu), "cores": .integer(Int64(machine.cores)),
+                                "openblas": .string(machine.openblas), "threads": .integer(Int64(machine.threads))]),
+            "shapes": .object(["hidden": .integer(Int64(c.hiddenSize)), "intermediate": .integer(Int64(c.intermediateSize)),
+                               "layers": .integer(Int64(c.numHiddenLayers)), "heads": .integer(Int64(c.numAttentionHeads)),
+                               "kv_heads": .integer(Int64(c.numKeyValueHeads)), "vocab": .integer(Int64(c.vocabSize))]),
+            "repeats": .integer(Int64(options.repeats)),
+            "results": .array(results.map { r in
+                .object([
+                    "level": .string(r.level), "kind": .string(r.kind), "phase": optionalString(r.phase),
+                    "tokens": .integer(Int64(r.tokens)), "experts": optionalInt(r.experts), "top_k": optionalInt(r.topK),
+                    "routing": optionalString(r.routing), "tokens_per_s": statistic(r.tokensPerSecond), "gflops": statistic(r.gflops),
+                    "breakdown_s": r.breakdown.map { .object($0.mapValues { .number($0) }) } ?? .null,
+                    "note": optionalString(r.note),
+                ])
+            }),
+        ])
+    }
+
+    static func breakdown(_ timer: StageTimer) -> [String: Double] {
+        Dictionary(uniqueKeysWithValues: timer.seconds.map { ($0.key.rawValue, $0.value) })
+    }
+}
