@@ -8,7 +8,7 @@
 ///
 /// | preset          | meaning                                                                    |
 /// |-----------------|----------------------------------------------------------------------------|
-/// | `softmax-topk`  | the defaults: softmax → top-k → renormalise (aliases `minicpm`, `mixtral`)  |
+/// | `softmax-topk`  | the defaults: softmax → top-k → renormalise (aliases `topk`, `minicpm`, `mixtral`) |
 /// | `switch`        | softmax → top-k, weights not renormalised (Switch, ST-MoE)                  |
 /// | `topk-softmax`  | top-k on the logits → softmax over the chosen (equals `softmax-topk`)       |
 /// | `sigmoid`       | sigmoid → top-k → renormalise (DeepSeek-V3 style)                           |
@@ -60,7 +60,7 @@ extension RouterConfiguration: CustomStringConvertible {
                 ("sigmoid", sigmoid), ("noisy-topk", noisy), ("expert-choice", expertChoice), ("aux-free", auxFree)]
     }()
 
-    static let presetAliases = ["minicpm": "softmax-topk", "mixtral": "softmax-topk", "default": "softmax-topk"]
+    static let presetAliases = ["topk": "softmax-topk", "minicpm": "softmax-topk", "mixtral": "softmax-topk", "default": "softmax-topk"]
 
     /// One text key: its short name, its JSON field, how to read it and how to write it.
     struct TextKey: Sendable {

@@ -77,7 +77,8 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         /// Each token chooses its top-k experts (default).
         case tokenChoice = "token_choice"
         /// Each expert chooses its top-C tokens by score, C = capacity (Zhou et al. 2022). Needs
-        /// `capacityFactor`. NOTE: non-causal — a token's routing depends on the other tokens of the
+        /// `capacityFactor`; C = ceil(T·k/E · cf) with k the model's top-k, at most T. Each chosen
+        /// token is weighted by its score (× `weightScale`); `weighting` does not apply. NOTE: non-causal — a token's routing depends on the other tokens of the
         /// batch, including later ones — so it is not for autoregressive decoding.
         case expertChoice = "expert_choice"
     }
@@ -109,7 +110,8 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
 
     /// A per-layer, per-expert f32 bias b added to the scores for selection only (weights come
     /// from the unbiased scores), updated once per step by b_i += u · sign(mean load − load_i).
-    /// Saved with the model as `model.layers.N.mlp.gate.moekit_bias`. Default false.
+    /// Saved with the model as `model.layers.N.mlp.gate.moekit_bias`. With `softmaxOverSelected`
+    /// weighting the selection is made on the logits, so the bias is added to the logits. Default false.
     public var auxiliaryLossFreeBalancing: Bool = false
     /// u, the bias update rate. Default 1e-3 (DeepSeek-V3).
     public var biasUpdateRate: Float = 1e-3
