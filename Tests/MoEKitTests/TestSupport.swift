@@ -37,3 +37,19 @@ func randomTensor(_ shape: [Int], seed: UInt64, standardDeviation: Float = 1) ->
     values.withUnsafeMutableBufferPointer { random.fillNormal($0, standardDeviation: standardDeviation) }
     return Tensor(shape: shape, values: values)
 }
+
+/// Central finite differences of a scalar function: (f(x + h·e_i) − f(x − h·e_i)) / 2h for every i,
+/// evaluated in f32 as the function itself computes.
+func finiteDifferenceGradient(at point: [Float], step: Float, _ function: ([Float]) -> Float) -> [Float] {
+    var gradient = [Float](repeating: 0, count: point.count)
+    var shifted = point
+    for i in point.indices {
+        shifted[i] = point[i] + step
+        let above = function(shifted)
+        shifted[i] = point[i] - step
+        let below = function(shifted)
+        shifted[i] = point[i]
+        gradient[i] = (above - below) / (2 * step)
+    }
+    return gradient
+}

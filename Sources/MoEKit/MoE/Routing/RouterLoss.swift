@@ -1,0 +1,60 @@
+/// The router's total auxiliary loss for one layer and one batch, weighted by the configured
+/// coefficients: L = c_lb · L_lb + c_z · L_z + c_imp · L_importance, where L_lb is the configured
+/// load-balancing variant (see `RouterLosses`). Its gradient with respect to the logits is what a
+/// trainer adds to the router's upstream gradient before ∂/∂W_gate = gradientᵀ · inputs.
+public struct RouterLoss: Sendable, Equatable {
+    public var loadBalancingLoss: RouterConfiguration.LoadBalancingLoss
+    public var loadBalancingCoefficient: Float
+    public var zLossCoefficient: Float
+    public var importanceCoefficient: Float
+
+    public init(configuration: RouterConfiguration) {
+        loadBalancingLoss = configuration.loadBalancingLoss
+        loadBalancingCoefficient = configuration.loadBalancingCoefficient
+        zLossCoefficient = configuration.zLossCoefficient
+        importanceCoefficient = configuration.importanceCoefficient
+    }
+
+    /// Every term unweighted, the weighted total, and the total's gradient.
+    public struct Value: Sendable, Equatable {
+        /// c_lb · L_lb + c_z · L_z + c_imp · L_importance.
+        public var total: Float
+        public var loadBalancing: Float
+        public var zLoss: Float
+        public var importance: Float
+        /// `[tokens, experts]` ∂total/∂logits.
+        public var gradient: [Float]
+    }
+
+    /// Evaluates the loss for a router's output. `topK` is the router's k (f_i divides counts by
+    /// T·k). `sequenceLengths` (summing to the number of tokens) is used by the per-sequence
+    /// variant; `nil` treats the batch as one sequence. Terms with coefficient 0 are still
+    /// computed, so they can be logged.
+    public func evaluate(_ routed: RoutedTokens, topK: Int, sequenceLengths: [Int]? = nil) -> Value {
+        let decision = routed.decision
+        let tokens = decision.tokens, experts = decision.experts
+        let balancing: LossAndGradient
+        switch loadBalancingLoss {
+        case .switch:
+            balancing = RouterLosses.switchLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
+                                                         selectedExperts: decision.selectedExperts, topK: topK)
+        case .huggingFace:
+            balancing = RouterLosses.huggingFaceLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
+                                                              selectedExperts: decision.selectedExperts)
+        case .perSequence:
+            balancing = RouterLosses.perSequenceLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
+                                                              selectedExperts: decision.selectedExperts, topK: topK,
+                                                              sequenceLengths: sequenceLengths ?? [tokens])
+        }
+        let z = RouterLosses.zLoss(logits: routed.logits, tokens: tokens, experts: experts)
+        let importance = RouterLosses.importanceLoss(logits: routed.logits, tokens: tokens, experts: experts,
+                                                     selectedExperts: decision.selectedExperts)
+        var gradient = [Float](repeating: 0, count: tokens * experts)
+        for i in gradient.indices {
+            gradient[i] = loadBalancingCoefficient * balancing.gradient[i] + zLossCoefficient * z.gradient[i]
+                + importanceCoefficient * importance.gradient[i]
+        }
+        let total = loadBalancingCoefficient * balancing.value + zLossCoefficient * z.value + importanceCoefficient * importance.value
+        return Value(total: total, loadBalancing: balancing.value, zLoss: z.value, importance: importance.value, gradient: gradient)
+    }
+}
