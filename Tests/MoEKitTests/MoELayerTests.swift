@@ -15,6 +15,11 @@ import Testing
         return MoELayer(gateWeight: randomTensor([experts, hidden], seed: seed &+ 77), experts: blocks, topK: 2)
     }
 
+    /// MiniCPM-MoE's routing: the default `RouterConfiguration`.
+    static func defaultRouter(experts: Int, hidden: Int, topK: Int) throws -> ConfigurableRouter {
+        try ConfigurableRouter(configuration: RouterConfiguration(), layers: 1, experts: experts, hiddenSize: hidden, modelTopK: topK)
+    }
+
     /// The grouped kernel (counting sort → gather → per-expert GEMMs → weighted scatter) equals the
     /// token-by-token reference loop, including empty slots and experts that receive no token.
     @Test func groupedExpertsMatchReferenceLoop() {
@@ -32,10 +37,10 @@ import Testing
     }
 
     /// The default router's decisions run through the layer equal the reference on random inputs.
-    @Test func routedLayerMatchesReference() {
+    @Test func routedLayerMatchesReference() throws {
         let moe = Self.layer(experts: 5, seed: 3)
         let x = randomTensor([17, 8], seed: 9)
-        let router = SoftmaxTopKRouter(topK: 2)
+        let router = try Self.defaultRouter(experts: 5, hidden: 8, topK: 2)
         let routed = router.route(inputs: x, gateWeight: moe.gateWeight, layer: 0)
         let output = moe.forward(x, layer: 0, router: router).output
         #expect(isClose(output, moe.referenceForward(x, decision: routed.decision), relativeTolerance: 1e-5))
@@ -53,11 +58,11 @@ import Testing
 
     /// MiniCPM-MoE routing on a hand-computed case: softmax in f32 → top-2 → renormalised weights;
     /// ties go to the lower expert index.
-    @Test func softmaxTopKRoutingHandCase() {
+    @Test func softmaxTopKRoutingHandCase() throws {
         // Logits [ln 1, ln 2, ln 3, ln 4] via an identity router on one-hot-free inputs.
         let x = Tensor(shape: [2, 4], values: [0, log(2), log(3), log(4), 1, 1, 1, 1])
         let identity = Tensor(shape: [4, 4], values: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1])
-        let routed = SoftmaxTopKRouter(topK: 2).route(inputs: x, gateWeight: identity, layer: 0)
+        let routed = try Self.defaultRouter(experts: 4, hidden: 4, topK: 2).route(inputs: x, gateWeight: identity, layer: 0)
         #expect(routed.decision.selectedExperts == [3, 2, 0, 1])
         #expect(isClose(Array(routed.decision.combineWeights[0 ..< 2]), [4.0 / 7, 3.0 / 7], relativeTolerance: 1e-6))
         #expect(isClose(Array(routed.decision.combineWeights[2 ..< 4]), [0.5, 0.5], relativeTolerance: 1e-6))
@@ -84,7 +89,9 @@ import Testing
         for t in 0 ..< 4 { collapsedProbabilities[t * 4] = 1 }
         let collapsed = RoutingDecision(tokens: 4, experts: 4, slotsPerToken: 1, selectedExperts: [0, 0, 0, 0],
                                         combineWeights: [1, 1, 1, 1], probabilities: collapsedProbabilities)
-        let collapsedRecord = RoutingStatistics.record(RoutedTokens(decision: collapsed, logits: [Float](repeating: 0, count: 16)), topK: 1, detail: .perToken)
+        var collapsedLogits = [Float](repeating: 0, count: 16)
+        for t in 0 ..< 4 { collapsedLogits[t * 4] = 30 }  // softmax ≈ one-hot on expert 0
+        let collapsedRecord = RoutingStatistics.record(RoutedTokens(decision: collapsed, logits: collapsedLogits), topK: 1, detail: .perToken)
         #expect(abs(collapsedRecord.loadBalancingLoss - 4) < 1e-6)
         #expect(collapsedRecord.selectedExperts == [0, 0, 0, 0])
     }

@@ -155,7 +155,7 @@ public struct ThroughputBenchmark {
                         gflops: Self.throughput(activeSeconds, work: Double(k) * denseFlops * 1e-9), note: "intermediate \(k * intermediate)"))
 
             for routing in options.routings {
-                let router = Self.router(routing, topK: k)
+                let router = try self.router(routing)
                 let moeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = moe.forward(x, layer: 0, router: router) }
                 emit(Result(level: "layer", kind: "moe", tokens: tokens, experts: e, topK: k, routing: routing.rawValue,
                             tokensPerSecond: Self.throughput(moeSeconds, work: Double(tokens)),
@@ -164,9 +164,13 @@ public struct ThroughputBenchmark {
         }
     }
 
-    static func router(_ routing: Routing, topK: Int) -> ExpertRouter {
+    /// The router of a routing mode; `learned` is MiniCPM-MoE's routing with the model's router weights.
+    func router(_ routing: Routing) throws -> ExpertRouter {
+        let topK = options.topK
         switch routing {
-        case .learned: return SoftmaxTopKRouter(topK: topK)
+        case .learned:
+            return try ConfigurableRouter(configuration: RouterConfiguration(), layers: options.config.numHiddenLayers,
+                                          experts: options.experts, hiddenSize: options.config.hiddenSize, modelTopK: topK)
         case .uniform: return ForcedRouter(pattern: .uniform, topK: topK)
         case .collapsed: return ForcedRouter(pattern: .collapsed, topK: topK)
         }
@@ -220,7 +224,7 @@ public struct ThroughputBenchmark {
             let sequence = (0 ..< tokens).map { ($0 * 7919 + 13) % vocabulary }
             for (kind, model, routings) in [("dense", dense, [Routing?.none]), ("moe", moe, options.routings.map { Optional($0) })] {
                 for routing in routings {
-                    if let routing { model.router = Self.router(routing, topK: options.topK) }
+                    if let routing { model.router = try self.router(routing) }
                     let timer = StageTimer()
                     let seconds = try Self.time(warmups: options.warmups, repeats: options.repeats) {
                         timer.reset()
@@ -238,7 +242,7 @@ public struct ThroughputBenchmark {
         guard prefix > 0 else { return }
         let prompt = (0 ..< prefix).map { ($0 * 31 + 7) % vocabulary }
         for (kind, model) in [("dense", dense), ("moe", moe)] {
-            if kind == "moe" { model.router = SoftmaxTopKRouter(topK: options.topK) }
+            if kind == "moe" { model.router = try self.router(.learned) }
             let timer = StageTimer()
             var samples: [Double] = []
             for run in 0 ..< (options.warmups + options.repeats) {

@@ -1,6 +1,8 @@
 import Foundation
 
-/// Builds `RoutingRecord`s from routing decisions (see `RoutingRecord` for the conventions).
+/// Builds `RoutingRecord`s from routing decisions (see `RoutingRecord` for the conventions). The
+/// load-balancing and z-loss values are those of `RouterLosses`; entropy is that of each token's
+/// scores normalised to sum to 1 (the softmax probabilities themselves by default).
 public enum RoutingStatistics {
     public static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail) -> RoutingRecord {
         let decision = routed.decision
@@ -8,7 +10,6 @@ public enum RoutingStatistics {
         let counts = decision.expertCounts
         var probabilityMean = [Float](repeating: 0, count: experts)
         var entropySum = 0.0
-        var zSum = 0.0
         var coactivation = [Int](repeating: 0, count: experts * experts)
         for t in 0 ..< tokens {
             var rowSum = 0.0
@@ -19,12 +20,6 @@ public enum RoutingStatistics {
                 let normalised = rowSum > 0 ? p / rowSum : 0
                 if normalised > 0 { entropySum -= normalised * log(normalised) }
             }
-            var maximum = -Double.infinity
-            for e in 0 ..< experts { maximum = max(maximum, Double(routed.logits[t * experts + e])) }
-            var sumExp = 0.0
-            for e in 0 ..< experts { sumExp += exp(Double(routed.logits[t * experts + e]) - maximum) }
-            let logSumExp = maximum + log(sumExp)
-            zSum += logSumExp * logSumExp
             for a in 0 ..< slots {
                 let i = Int(decision.selectedExperts[t * slots + a])
                 guard i >= 0 else { continue }
@@ -36,14 +31,13 @@ public enum RoutingStatistics {
         }
         let tokenCount = Float(max(tokens, 1))
         for e in 0 ..< experts { probabilityMean[e] /= tokenCount }
-        var loadBalancing: Float = 0
-        let assignmentsIfNoneDropped = Float(max(tokens * topK, 1))
-        for e in 0 ..< experts { loadBalancing += Float(counts[e]) / assignmentsIfNoneDropped * probabilityMean[e] }
-        loadBalancing *= Float(experts)
+        let loadBalancing = RouterLosses.switchLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
+                                                             selectedExperts: decision.selectedExperts, topK: topK).value
+        let zLoss = RouterLosses.zLoss(logits: routed.logits, tokens: tokens, experts: experts).value
         return RoutingRecord(
             tokens: tokens, experts: experts, topK: topK, expertCounts: counts, probabilityMean: probabilityMean,
             droppedAssignments: decision.droppedAssignments, loadBalancingLoss: loadBalancing,
-            zLoss: Float(zSum / Double(max(tokens, 1))), entropy: Float(entropySum / Double(max(tokens, 1))),
+            zLoss: zLoss, entropy: Float(entropySum / Double(max(tokens, 1))),
             coactivation: coactivation,
             selectedExperts: detail == .perToken ? decision.selectedExperts : nil,
             combineWeights: detail == .perToken ? decision.combineWeights : nil)

@@ -45,7 +45,8 @@ public final class MiniCPMModel {
     public let lmHead: Tensor?
     public let finalNorm: [Float]
     public let layers: [DecoderLayer]
-    /// The router every MoE layer uses (MiniCPM-MoE's softmax → top-k → renormalise by default).
+    /// The router every MoE layer uses: the `moekit_router` configuration of config.json when
+    /// present, else MiniCPM-MoE's softmax → top-k → renormalise. Replace it to route differently.
     public var router: ExpertRouter?
     /// Tensors in the checkpoint that the config does not explain (reported, not used).
     public let unexpectedTensors: [String]
@@ -61,6 +62,21 @@ public final class MiniCPMModel {
             defer { checkpoint.release(name) }
             return try checkpoint.floatTensor(name)
         }
+        if let router = router as? ConfigurableRouter {
+            for layer in 0 ..< config.numHiddenLayers where checkpoint.contains(MiniCPMTensorNames.routerBias(layer)) {
+                try router.setBalancingBias(checkpoint.floatTensor(MiniCPMTensorNames.routerBias(layer)).values, layer: layer)
+            }
+        }
+    }
+
+    /// Routes every MoE layer with `configuration` (e.g. from `--router`), keeping any
+    /// auxiliary-loss-free bias the current router holds.
+    public func useRouter(_ configuration: RouterConfiguration) throws {
+        let replacement = try ConfigurableRouter(configuration: configuration, model: config)
+        if let current = router as? ConfigurableRouter {
+            for layer in 0 ..< config.numHiddenLayers { try replacement.setBalancingBias(current.balancingBias[layer], layer: layer) }
+        }
+        router = replacement
     }
 
     /// Builds a model from a config and a tensor source (`load(name)` returns the f32 tensor for a
@@ -120,7 +136,7 @@ public final class MiniCPMModel {
             throw CheckpointError.shapeMismatch(directory: source, tensor: MiniCPMTensorNames.lmHead,
                                                 expected: [config.vocabSize, config.hiddenSize], actual: lmHead.shape)
         }
-        router = config.isMoE ? SoftmaxTopKRouter(topK: config.numExpertsPerToken ?? 2) : nil
+        router = config.isMoE ? try ConfigurableRouter(configuration: RouterConfiguration(modelConfig: config, path: source + "/config.json"), model: config) : nil
     }
 
     /// A fresh cache for incremental decoding of one sequence.
@@ -179,7 +195,7 @@ public final class MiniCPMModel {
             case .dense(let ffn):
                 mlpOutput = timer.measure(.denseFFN) { ffn.forward(normed) }
             case .mixture(let moe):
-                let router = self.router ?? SoftmaxTopKRouter(topK: moe.topK)
+                guard let router = self.router else { preconditionFailure("a MoE model without a router") }
                 let result = moe.forward(normed, layer: index, router: router, detail: detail, timer: timer)
                 mlpOutput = result.output
                 if let record = result.record { records.append(record) }
