@@ -33,6 +33,8 @@ public enum RoutingLogError: Error, LocalizedError, Equatable, Sendable {
     case hdf5(file: String, operation: String, object: String, reason: String)
     /// The writer was used after `close()`.
     case closed(file: String)
+    /// Writing a report file (the SVG heatmap) failed.
+    case writeFailed(file: String, reason: String)
 
     public var errorDescription: String? {
         switch self {
@@ -66,6 +68,8 @@ public enum RoutingLogError: Error, LocalizedError, Equatable, Sendable {
             return "\(file): \(operation) '\(object)' failed: \(reason)"
         case let .closed(file):
             return "\(file): routing log writer already closed"
+        case let .writeFailed(file, reason):
+            return "\(file): write failed: \(reason)"
         }
     }
 }

@@ -102,11 +102,14 @@ enum RoutingLogSchema {
         return all
     }
 
-    /// Rows per chunk: about 64 KiB of raw data per chunk, at most 256 rows (small chunks keep the
-    /// per-step flush cheap; deflate still sees several rows of a slowly changing layout).
+    /// Rows per chunk: about 8 KiB of raw data per chunk, at most 64 step rows or 512 token rows.
+    /// NOTE: every per-step flush rewrites the (recompressed) chunk being filled and HDF5 does not
+    /// reuse the old space in SWMR mode, so large chunks make the file grow quadratically within a
+    /// chunk; small chunks keep that waste and the flush cost low, at some cost in compression.
     static func chunkRows(for dataset: Dataset) -> Int {
-        let rowBytes = max(1, dataset.trailingShape.reduce(1, *) * (dataset.isFloatingPoint ? 4 : 8))
-        return max(1, min(dataset.axis == .tokens ? 4096 : 256, 65536 / rowBytes))
+        let elementBytes = dataset.fileType == moekit_H5T_STD_I16LE() ? 2 : dataset.isFloatingPoint || dataset.fileType == moekit_H5T_STD_I32LE() ? 4 : 8
+        let rowBytes = max(1, dataset.trailingShape.reduce(1, *) * elementBytes)
+        return max(1, min(dataset.axis == .tokens ? 512 : 64, 8192 / rowBytes))
     }
 
     /// Reads and validates the root attributes: a foreign file, a newer version or an
