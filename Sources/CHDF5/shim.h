@@ -45,6 +45,9 @@ static inline hid_t moekit_H5T_IEEE_F64LE(void) { return H5T_IEEE_F64LE; }
 static inline hid_t moekit_H5T_C_S1(void) { return H5T_C_S1; }
 static inline size_t moekit_H5T_VARIABLE(void) { return H5T_VARIABLE; }
 
+// File format bounds: the latest format is what SWMR needs (checksummed metadata, superblock v3).
+static inline H5F_libver_t moekit_H5F_LIBVER_LATEST(void) { return H5F_LIBVER_LATEST; }
+
 // Error stack.
 static inline hid_t moekit_H5E_DEFAULT(void) { return H5E_DEFAULT; }
 
