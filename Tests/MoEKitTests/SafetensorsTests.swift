@@ -415,6 +415,30 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         }
     }
 
+    /// Empty tensors at a shard boundary (after "a", larger than the 32-byte limit) are written with
+    /// their shard and never asked for: `nextTensor` used to name the empty "b", and a caller that
+    /// appends nothing for zero elements (as `ModelInitializer` does) then looped forever.
+    @Test func emptyTensorsAtShardBoundariesDoNotStallTheWriter() throws {
+        let directory = TemporaryDirectory()
+        let tensors: [String: Tensor] = [
+            "a": randomTensor([16], seed: 1), "b": Tensor(shape: [0, 2], values: []), "c": randomTensor([8], seed: 2),
+            "d": Tensor(shape: [0], values: []),
+        ]
+        let specs = tensors.map { TensorSpec(name: $0.key, dtype: .float32, shape: $0.value.shape) }
+        let writer = try ShardedSafetensorsWriter(directory: directory.path, tensors: specs, maximumShardBytes: 32)
+        var asked: [String] = []
+        while let spec = writer.nextTensor, asked.count < 10 {
+            asked.append(spec.name)
+            try tensors[spec.name]!.values.withUnsafeBufferPointer { try writer.append(floats: $0) }
+        }
+        #expect(asked == ["a", "c"])
+        try writer.finish()
+        let checkpoint = try SafetensorsCheckpoint(directory: directory.path)
+        #expect(checkpoint.names == ["a", "b", "c", "d"])
+        #expect(try checkpoint.floatTensor("b").shape == [0, 2])
+        #expect(try checkpoint.floatTensor("c") == tensors["c"]!)
+    }
+
     /// Shard names pad to five digits as Hugging Face does.
     @Test func shardNamesArePaddedToFiveDigits() {
         #expect(SafetensorsIndex.shardName(1, of: 2) == "model-00001-of-00002.safetensors")
