@@ -89,6 +89,8 @@ public final class SafetensorsWriter {
 
     /// Appends f32 values for `nextTensor`, converted to its dtype.
     public func append(floats: UnsafeBufferPointer<Float>) throws(SafetensorsError) {
+        // Zero values are no bytes: a no-op even after the last tensor (empty tensors are skipped).
+        guard !floats.isEmpty else { return }
         guard let spec = nextTensor else { throw .invalidWrite(file: path, reason: "more bytes than the header declares") }
         do {
             try TensorEncoding.withEncoded(floats, as: spec.dtype, file: path) { raw in try append(raw) }

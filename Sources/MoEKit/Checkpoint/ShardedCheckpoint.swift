@@ -99,8 +99,14 @@ public final class ShardedSafetensorsWriter {
         writer = try SafetensorsWriter(path: directory + "/" + shardFiles[shardIndex], tensors: shards[shardIndex])
     }
 
+    /// The tensor whose values come next, `nil` when all are written. Empty tensors (no bytes) are
+    /// never asked for: they are written with their shard's header.
     public var nextTensor: TensorSpec? {
-        writer?.nextTensor ?? (shardIndex + 1 < shards.count ? shards[shardIndex + 1].first : nil)
+        if let spec = writer?.nextTensor { return spec }
+        for shard in shards.dropFirst(shardIndex + 1) {
+            if let spec = shard.first(where: { $0.byteCount > 0 }) { return spec }
+        }
+        return nil
     }
 
     private func advanceIfShardComplete() throws(SafetensorsError) {

@@ -35,9 +35,10 @@ public enum JSONValue: Codable, Sendable, Equatable {
         }
     }
 
-    /// Parses JSON text (UTF-8 bytes); `nil` when it is not valid JSON.
+    /// Parses JSON text (UTF-8 bytes) strictly (see `JSONParser`: `2` is an integer, `2.0` a
+    /// number; nesting is bounded); `nil` when it is not valid JSON.
     public static func parse(_ data: Data) -> JSONValue? {
-        try? JSONDecoder().decode(JSONValue.self, from: data)
+        data.withUnsafeBytes { JSONParser.parse($0) }
     }
 
     /// Pretty-printed JSON with sorted keys (stable output for files MoEKit writes).
