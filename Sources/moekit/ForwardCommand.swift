@@ -22,6 +22,9 @@ struct ForwardCommand: ParsableCommand {
     @Option(help: "Where to write the logits.")
     var output: String = "logits.safetensors"
 
+    @Option(help: "Router to use instead of the model's (MoE only; e.g. softmax-topk, switch, \"topk:cf=1.25\"); see docs/routers.md.")
+    var router: String?
+
     @Option(help: "OpenBLAS threads (default: all cores, or OPENBLAS_NUM_THREADS).")
     var threads: Int?
 
@@ -31,6 +34,10 @@ struct ForwardCommand: ParsableCommand {
             let sequences = try TokenFile.read(tokensFile)
             let start = Date()
             let model = try MiniCPMModel(directory: modelDirectory)
+            if let router {
+                guard model.config.isMoE else { throw ValidationError("--router needs a MiniCPM-MoE model; \(modelDirectory) is dense") }
+                try model.useRouter(RouterConfiguration(text: router))
+            }
             let loaded = Date()
             let logits = try model.forward(sequences, source: tokensFile).logits
             let finished = Date()

@@ -1,0 +1,85 @@
+import ArgumentParser
+import Foundation
+import MoEKit
+
+struct TraceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "trace",
+        abstract: "Run a MiniCPM-MoE model over token data and log its routing to HDF5, one step per batch.",
+        discussion: """
+        The log (schema 1, docs/routing-log.md) is written with HDF5's SWMR mode and flushed after \
+        every step: h5py (swmr=True), notebooks and `moekit inspect` can read it while it grows, and \
+        a killed run keeps every completed step.
+        """
+    )
+
+    @Argument(help: "MiniCPM-MoE model directory.")
+    var modelDirectory: String
+
+    @Option(help: "Token ids: text (one sequence per line) or .npy.")
+    var tokensFile: String
+
+    @Option(help: "The routing log to write.")
+    var log: String?
+
+    @Option(help: "Tokens per batch (one log step per batch).")
+    var batchTokens: Int = 512
+
+    @Flag(help: "Also log every token's experts and weights (/tokens/*).")
+    var perToken = false
+
+    @Option(help: "Router to use instead of the model's (e.g. softmax-topk, switch, \"topk:cf=1.25\"); see docs/routers.md.")
+    var router: String?
+
+    @Flag(help: "Replace an existing log.")
+    var force = false
+
+    @Flag(help: "Continue an existing log's step axis (refused when layers, experts or k differ).")
+    var append = false
+
+    @Flag(help: "Run the same batches without logging (to measure logging overhead).")
+    var noLog = false
+
+    @Option(help: "OpenBLAS threads (default: all cores).")
+    var threads: Int?
+
+    @Flag(help: "No progress line.")
+    var quiet = false
+
+    func validate() throws {
+        if force && append { throw ValidationError("--force and --append exclude each other") }
+        if log == nil && !noLog { throw ValidationError("--log is required (or --no-log to run without one)") }
+        if log != nil && noLog { throw ValidationError("--log and --no-log exclude each other") }
+        if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            if let threads { BLAS.threadCount = threads }
+            let sequences = try TokenFile.read(tokensFile)
+            let model = try MiniCPMModel(directory: modelDirectory)
+            if let router { try model.useRouter(RouterConfiguration(text: router)) }
+            var options = RoutingTracer.Options()
+            options.batchTokens = batchTokens
+            options.perToken = perToken
+            options.logPath = noLog ? nil : log
+            options.mode = append ? .append : force ? .replace : .create
+            let tracer = try RoutingTracer(model: model, options: options)
+            let terminal = isatty(STDERR_FILENO) == 1
+            var lastLine = Date.distantPast
+            let summary = try tracer.run(sequences, source: tokensFile) { progress in
+                guard !quiet else { return }
+                let now = Date()
+                let final = progress.step == progress.steps
+                guard terminal || final || now.timeIntervalSince(lastLine) >= 5 else { return }
+                lastLine = now
+                let rate = Double(progress.tokensDone) / max(progress.seconds, 1e-9)
+                let line = "trace: step \(progress.step)/\(progress.steps), \(progress.tokensDone)/\(progress.tokens) tokens, \(Int(rate)) tokens/s"
+                FileHandle.standardError.write(Data((terminal ? "\r" + line + "\u{1B}[K" + (final ? "\n" : "") : line + "\n").utf8))
+            }
+            let medianStep = summary.stepSeconds.sorted()[summary.stepSeconds.count / 2]
+            print("\(modelDirectory): \(summary.tokens) tokens in \(summary.steps) steps (\(String(format: "%.2f", summary.seconds))s, median \(String(format: "%.4f", medianStep))s per step)")
+            if let log = options.logPath { print("  logged steps \(summary.firstStep)…\(summary.firstStep + summary.steps - 1) to \(log)") }
+        }
+    }
+}
