@@ -130,7 +130,6 @@ struct UpcycleCommand: ParsableCommand {
         for warning in plan.warnings { print("  note: \(warning)") }
     }
 
-    /// The forward pass `--verify` runs; `nil` until the model is available (then --verify N > 0 fails
-    /// with a message saying to pass --verify 0).
-    static var verifier: LogitsProvider? { nil }
+    /// The forward pass `--verify` runs (MoEKit's own, as `moekit forward`).
+    static var verifier: LogitsProvider? { MiniCPMForwardLogits() }
 }

@@ -405,3 +405,34 @@ struct UpcyclingOutputTests {
         #expect(!FileManager.default.fileExists(atPath: temp.file("out")))
     }
 }
+
+@Suite("Upcycling: function preservation through the forward pass")
+struct UpcyclingFunctionPreservationTests {
+    /// `copy` preserves the function for any E, K and router: all experts equal the dense MLP and
+    /// the renormalised top-k weights sum to 1, so the upcycled logits equal the dense logits within
+    /// 1e-5 (relative to the largest logit).
+    @Test(arguments: [(2, 1, RouterInitialization.normal), (4, 2, .uniform), (8, 3, .zero), (3, 3, .normal)])
+    func copyPreservesLogits(experts: Int, topK: Int, router: RouterInitialization) throws {
+        let temp = TemporaryDirectory()
+        let dense = try denseModel(in: temp)
+        let output = temp.file("moe")
+        let result = try upcycle(dense, output, options(experts: experts, topK: topK) { $0.routerInitialization = router; $0.verifyTokens = 12; $0.seed = 5 },
+                                 verifier: MiniCPMForwardLogits())
+        #expect(result.verification?.passed == true)
+        let sequences = [[1, 5, 9, 2, 33], [7, 7, 63]]
+        let denseLogits = try MiniCPMModel(directory: dense).logits(for: sequences)
+        let moeLogits = try MiniCPMModel(directory: output).logits(for: sequences)
+        #expect(moeLogits.maxRelativeDifference(to: denseLogits) <= 1e-5)
+    }
+
+    /// `partition` with K = E and a zero router (gates 1/E) reproduces the dense model: the scale
+    /// E on w2 exactly undoes the averaging (see `ExpertSlicing.partitionOutputScale`).
+    @Test func partitionWithAllExpertsAndZeroRouterPreservesLogits() throws {
+        let temp = TemporaryDirectory()
+        let dense = try denseModel(in: temp, dtype: .float32)
+        let output = temp.file("moe")
+        try upcycle(dense, output, options(experts: 4, topK: 4, method: .partition) { $0.routerInitialization = .zero })
+        let tokens = [[3, 1, 4, 1, 5, 9, 2, 6]]
+        #expect(try MiniCPMModel(directory: output).logits(for: tokens).maxRelativeDifference(to: MiniCPMModel(directory: dense).logits(for: tokens)) <= 1e-5)
+    }
+}

@@ -20,3 +20,13 @@ public struct UpcycleVerification: Sendable, Equatable {
         (0 ..< count).map { (1 + 7919 * $0) % max(1, vocabularySize) }
     }
 }
+
+/// The `LogitsProvider` `moekit upcycle --verify` uses: MoEKit's own forward pass
+/// (`MiniCPMModel`, the code behind `moekit forward`), loading each directory in f32.
+public struct MiniCPMForwardLogits: LogitsProvider {
+    public init() {}
+
+    public func logits(modelDirectory: String, sequences: [[Int]]) throws -> Tensor {
+        try MiniCPMModel(directory: modelDirectory).logits(for: sequences)
+    }
+}

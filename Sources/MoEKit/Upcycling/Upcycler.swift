@@ -106,7 +106,7 @@ public enum Upcycler {
             switch tensor.source {
             case .dense(let name):
                 try copyDense(name, as: tensor.dtype, from: checkpoint, to: writer, reporter: reporter)
-            case .router(let layer):
+            case .router:
                 let router = RouterInitializer.weights(
                     experts: plan.options.experts, hidden: plan.denseConfig.hiddenSize, initialization: plan.options.routerInitialization,
                     standardDeviation: plan.options.routerStandardDeviation,

@@ -1,0 +1,40 @@
+/// Token → expert assignments sorted by expert, megablocks-style: histogram of assignments per
+/// expert → exclusive prefix sum → stable counting sort. Expert e's assignments are
+/// `offsets[e] ..< offsets[e+1]`, in token order.
+public struct ExpertDispatchPlan: Sendable, Equatable {
+    public let experts: Int
+    /// `[experts + 1]` start of each expert's block; `offsets[experts]` is the number of assignments.
+    public let offsets: [Int]
+    /// Token of each sorted assignment.
+    public let tokens: [Int32]
+    /// Combine weight of each sorted assignment.
+    public let weights: [Float]
+
+    public init(_ decision: RoutingDecision) {
+        let experts = decision.experts
+        var counts = [Int](repeating: 0, count: experts)
+        for expert in decision.selectedExperts where expert >= 0 { counts[Int(expert)] += 1 }
+        var offsets = [Int](repeating: 0, count: experts + 1)
+        for e in 0 ..< experts { offsets[e + 1] = offsets[e] + counts[e] }
+        var cursor = offsets
+        var tokens = [Int32](repeating: 0, count: offsets[experts])
+        var weights = [Float](repeating: 0, count: offsets[experts])
+        let k = decision.slotsPerToken
+        for t in 0 ..< decision.tokens {
+            for slot in 0 ..< k {
+                let expert = Int(decision.selectedExperts[t * k + slot])
+                guard expert >= 0 else { continue }
+                tokens[cursor[expert]] = Int32(t)
+                weights[cursor[expert]] = decision.combineWeights[t * k + slot]
+                cursor[expert] += 1
+            }
+        }
+        self.experts = experts
+        self.offsets = offsets
+        self.tokens = tokens
+        self.weights = weights
+    }
+
+    public var assignmentCount: Int { offsets[experts] }
+    public func range(of expert: Int) -> Range<Int> { offsets[expert] ..< offsets[expert + 1] }
+}

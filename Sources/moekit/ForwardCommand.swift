@@ -1,0 +1,46 @@
+import ArgumentParser
+import Foundation
+import MoEKit
+
+struct ForwardCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "forward",
+        abstract: "Run a MiniCPM or MiniCPM-MoE model on token ids and write the logits.",
+        discussion: """
+        Token files: whitespace- or comma-separated integers, one sequence per line, or a .npy of \
+        int32/int64 (one sequence). The output is a safetensors file with one F32 tensor `logits` \
+        [total tokens, vocab], sequences stacked in input order.
+        """
+    )
+
+    @Argument(help: "Model directory (config.json + safetensors).")
+    var modelDirectory: String
+
+    @Option(help: "Token ids: text (one sequence per line) or .npy.")
+    var tokensFile: String
+
+    @Option(help: "Where to write the logits.")
+    var output: String = "logits.safetensors"
+
+    @Option(help: "OpenBLAS threads (default: all cores, or OPENBLAS_NUM_THREADS).")
+    var threads: Int?
+
+    func run() throws {
+        try reportingErrors {
+            if let threads { BLAS.threadCount = threads }
+            let sequences = try TokenFile.read(tokensFile)
+            let start = Date()
+            let model = try MiniCPMModel(directory: modelDirectory)
+            let loaded = Date()
+            let logits = try model.forward(sequences, source: tokensFile).logits
+            let finished = Date()
+            try SafetensorsWriter.write([("logits", logits, .float32)], to: output)
+            let config = model.config
+            let kind = config.isMoE ? "MiniCPM-MoE (\(config.numExperts!) experts, top-\(config.numExpertsPerToken ?? 2))" : "MiniCPM (dense)"
+            print("\(modelDirectory): \(kind), \(config.numHiddenLayers) layers, hidden \(config.hiddenSize), vocab \(config.vocabSize)")
+            if !model.unexpectedTensors.isEmpty { print("  ignored unexpected tensors: \(model.unexpectedTensors.joined(separator: ", "))") }
+            print("  \(sequences.count) sequence\(sequences.count == 1 ? "" : "s"), \(logits.rows) tokens; load \(String(format: "%.2f", loaded.timeIntervalSince(start)))s, forward \(String(format: "%.3f", finished.timeIntervalSince(loaded)))s")
+            print("  wrote \(output): logits \(logits.shape) F32")
+        }
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+import Testing
+@testable import MoEKit
+
+@Suite struct MoELayerTests {
+    static func layer(experts: Int, hidden: Int = 8, intermediate: Int = 12, seed: UInt64 = 1) -> MoELayer {
+        var blocks: [FeedForward] = []
+        for e in 0 ..< experts {
+            let base: UInt64 = seed &* 100 &+ UInt64(3 * e)
+            let gate = randomTensor([intermediate, hidden], seed: base)
+            let up = randomTensor([intermediate, hidden], seed: base &+ 1)
+            let down = randomTensor([hidden, intermediate], seed: base &+ 2)
+            blocks.append(FeedForward(gate: gate, up: up, down: down))
+        }
+        return MoELayer(gateWeight: randomTensor([experts, hidden], seed: seed &+ 77), experts: blocks, topK: 2)
+    }
+
+    /// The grouped kernel (counting sort → gather → per-expert GEMMs → weighted scatter) equals the
+    /// token-by-token reference loop, including empty slots and experts that receive no token.
+    @Test func groupedExpertsMatchReferenceLoop() {
+        let moe = Self.layer(experts: 4)
+        let x = randomTensor([6, 8], seed: 5)
+        let decision = RoutingDecision(
+            tokens: 6, experts: 4, slotsPerToken: 2,
+            selectedExperts: [0, 2, 2, 0, -1, 2, 0, -1, -1, -1, 2, 0],
+            combineWeights: [0.7, 0.3, 0.5, 0.5, 0, 1, 0.25, 0, 0, 0, 0.9, 0.1],
+            probabilities: [Float](repeating: 0.25, count: 24))
+        let grouped = moe.run(x, decision: decision)
+        let reference = moe.referenceForward(x, decision: decision)
+        #expect(isClose(grouped, reference, relativeTolerance: 1e-5))
+        #expect(grouped.row(4) == [Float](repeating: 0, count: 8))  // a token with only empty slots gets nothing
+    }
+
+    /// The default router's decisions run through the layer equal the reference on random inputs.
+    @Test func routedLayerMatchesReference() {
+        let moe = Self.layer(experts: 5, seed: 3)
+        let x = randomTensor([17, 8], seed: 9)
+        let router = SoftmaxTopKRouter(topK: 2)
+        let routed = router.route(inputs: x, gateWeight: moe.gateWeight, layer: 0)
+        let output = moe.forward(x, layer: 0, router: router).output
+        #expect(isClose(output, moe.referenceForward(x, decision: routed.decision), relativeTolerance: 1e-5))
+    }
+
+    /// Dispatch is a stable counting sort: per-expert blocks in token order, offsets the prefix sum.
+    @Test func dispatchPlanIsAStableCountingSort() {
+        let decision = RoutingDecision(tokens: 3, experts: 3, slotsPerToken: 2, selectedExperts: [2, 0, 0, 2, 2, -1],
+                                       combineWeights: [0.6, 0.4, 0.8, 0.2, 1, 0], probabilities: [Float](repeating: 0, count: 9))
+        let plan = ExpertDispatchPlan(decision)
+        #expect(plan.offsets == [0, 2, 2, 5])
+        #expect(plan.tokens == [0, 1, 0, 1, 2])
+        #expect(plan.weights == [0.4, 0.8, 0.6, 0.2, 1])
+    }
+
+    /// MiniCPM-MoE routing on a hand-computed case: softmax in f32 → top-2 → renormalised weights;
+    /// ties go to the lower expert index.
+    @Test func softmaxTopKRoutingHandCase() {
+        // Logits [ln 1, ln 2, ln 3, ln 4] via an identity router on one-hot-free inputs.
+        let x = Tensor(shape: [2, 4], values: [0, log(2), log(3), log(4), 1, 1, 1, 1])
+        let identity = Tensor(shape: [4, 4], values: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1])
+        let routed = SoftmaxTopKRouter(topK: 2).route(inputs: x, gateWeight: identity, layer: 0)
+        #expect(routed.decision.selectedExperts == [3, 2, 0, 1])
+        #expect(isClose(Array(routed.decision.combineWeights[0 ..< 2]), [4.0 / 7, 3.0 / 7], relativeTolerance: 1e-6))
+        #expect(isClose(Array(routed.decision.combineWeights[2 ..< 4]), [0.5, 0.5], relativeTolerance: 1e-6))
+        #expect(isClose(Array(routed.decision.probabilities[0 ..< 4]), [0.1, 0.2, 0.3, 0.4], relativeTolerance: 1e-6))
+    }
+
+    /// The routing record on a hand case: counts after drops, P_i, Switch loss (balanced → 1,
+    /// collapsed → E), symmetric coactivation with a zero diagonal, and per-token data only on request.
+    @Test func routingRecordHandCase() {
+        let uniform = [Float](repeating: 0.25, count: 16)
+        let balanced = RoutingDecision(tokens: 4, experts: 4, slotsPerToken: 2, selectedExperts: [0, 1, 2, 3, 1, 0, 3, 2],
+                                       combineWeights: [Float](repeating: 0.5, count: 8), probabilities: uniform)
+        let record = RoutingStatistics.record(RoutedTokens(decision: balanced, logits: [Float](repeating: 0, count: 16)), topK: 2, detail: .statistics)
+        #expect(record.expertCounts == [2, 2, 2, 2])
+        #expect(record.probabilityMean == [0.25, 0.25, 0.25, 0.25])
+        #expect(abs(record.loadBalancingLoss - 1) < 1e-6)
+        #expect(abs(record.entropy - Float(log(4.0))) < 1e-6)
+        #expect(abs(record.zLoss - Float(log(4.0) * log(4.0))) < 1e-5)
+        #expect(record.coactivation[0 * 4 + 1] == 2 && record.coactivation[1 * 4 + 0] == 2)
+        #expect(record.coactivation[2 * 4 + 3] == 2 && record.coactivation[0 * 4 + 0] == 0)
+        #expect(record.selectedExperts == nil)
+
+        var collapsedProbabilities = [Float](repeating: 0, count: 16)
+        for t in 0 ..< 4 { collapsedProbabilities[t * 4] = 1 }
+        let collapsed = RoutingDecision(tokens: 4, experts: 4, slotsPerToken: 1, selectedExperts: [0, 0, 0, 0],
+                                        combineWeights: [1, 1, 1, 1], probabilities: collapsedProbabilities)
+        let collapsedRecord = RoutingStatistics.record(RoutedTokens(decision: collapsed, logits: [Float](repeating: 0, count: 16)), topK: 1, detail: .perToken)
+        #expect(abs(collapsedRecord.loadBalancingLoss - 4) < 1e-6)
+        #expect(collapsedRecord.selectedExperts == [0, 0, 0, 0])
+    }
+
+    /// Asking a model for routing detail returns one record per MoE layer whose counts add up to tokens·k.
+    @Test func modelReturnsOneRecordPerLayer() throws {
+        let config = SmallModels.config(experts: 4, topK: 2, layers: 3)
+        let model = try SmallModels.model(config, weights: SmallModels.weights(for: config, seed: 4))
+        let output = try model.forward([[1, 2, 3, 4, 5]], detail: .perToken)
+        #expect(output.routing.count == 3)
+        for record in output.routing {
+            #expect(record.expertCounts.reduce(0, +) == 10)
+            #expect(record.selectedExperts?.count == 10)
+        }
+        #expect(try model.forward([[1, 2]]).routing.isEmpty)
+    }
+}
