@@ -1,0 +1,105 @@
+/// How the experts of each MoE layer are built from the dense MLP.
+public enum UpcycleMethod: String, Sendable, CaseIterable, Codable {
+    /// Sparse upcycling (MiniCPM-MoE's recipe): every expert is an exact copy of the dense MLP,
+    /// `w1 = gate_proj`, `w3 = up_proj`, `w2 = down_proj`.
+    case copy
+    /// `copy` plus seeded Gaussian noise: `W_e = W + ε_e`, `ε_e ~ N(0, (S · std(W))²)`, a different
+    /// draw for every expert and matrix.
+    case noise
+    /// LLaMA-MoE neuron partitioning: the `I` intermediate neurons are split into `E` disjoint
+    /// groups of `I/E`; expert `e` keeps its group's rows of `gate_proj`/`up_proj` and columns of
+    /// `down_proj`, the latter scaled by `E` (see `ExpertConstruction.partitionOutputScale`).
+    case partition
+    /// Megatron-Core fine-grained ("granular") upcycling: the dense FFN is cut into `G` contiguous
+    /// slices of `I/G` neurons, replicated `E/G` times; every matrix of every expert is scaled by
+    /// `G^(1/3)` and the router rows are repeated per group of `G` experts.
+    case granular
+}
+
+/// How the router weight `mlp.gate.weight` `[E, hidden]` is initialised.
+public enum RouterInitialization: String, Sendable, CaseIterable, Codable {
+    /// N(0, σ²), σ = `--router-std` (0.1 by default: the MiniCPM paper's N(0, variance 0.01)).
+    case normal
+    /// U(−1/√hidden, +1/√hidden), PyTorch's default for `nn.Linear`.
+    case uniform
+    /// All zeros: every expert gets probability 1/E until training moves the router.
+    case zero
+}
+
+/// How `partition` groups the intermediate neurons.
+public enum NeuronGrouping: String, Sendable, CaseIterable, Codable {
+    /// A seeded random permutation cut into `E` consecutive blocks.
+    case random
+    /// Balanced k-means on each neuron's concatenated `gate_proj` and `up_proj` rows.
+    case cluster
+}
+
+/// Every knob of an upcycling run, grouped as the CLI groups them.
+public struct UpcycleOptions: Sendable, Equatable {
+    // MARK: Mixture
+    /// Experts per MoE layer, `E` ≥ 2.
+    public var experts: Int
+    /// Experts per token, `1 ≤ K ≤ E`.
+    public var topK: Int
+
+    // MARK: Expert construction
+    public var method: UpcycleMethod = .copy
+    /// `noise`: the noise std relative to each matrix's own std.
+    public var noiseStandardDeviation: Double = 0.01
+    /// `granular`: fine-grained experts per dense FFN, `G`; must divide `intermediate_size` and `E`.
+    public var granularity: Int = 1
+    /// `partition`: how neurons are grouped.
+    public var partitionBy: NeuronGrouping = .random
+
+    // MARK: Router
+    public var routerInitialization: RouterInitialization = .normal
+    /// `normal`: the router std σ.
+    public var routerStandardDeviation: Double = 0.1
+
+    // MARK: Output
+    /// Seed for every random stream (router, noise, partition), each derived by tensor name.
+    public var seed: UInt64 = 0
+    /// Storage type of every output tensor; `nil` keeps each tensor's dense type.
+    public var dtype: SafetensorsDType?
+    /// Maximum shard size in bytes.
+    public var maximumShardBytes: Int = ShardedSafetensorsWriter.defaultShardSize
+    /// Tokens for the function check (0 disables it).
+    public var verifyTokens: Int = 16
+    /// Replace an existing output directory.
+    public var replaceExisting: Bool = false
+    public var progress: ProgressReporter.Style = .automatic
+
+    public init(experts: Int, topK: Int) {
+        self.experts = experts
+        self.topK = topK
+    }
+
+    /// The relative logit difference `copy` must stay within under `--verify`.
+    public static let copyTolerance: Float = 1e-5
+
+    /// Checks the options that do not depend on the checkpoint.
+    public func validate() throws(UpcycleError) {
+        guard experts >= 2 else { throw .invalidOption(option: "--experts", reason: "must be at least 2, got \(experts)") }
+        guard topK >= 1 else { throw .invalidOption(option: "--top-k", reason: "must be at least 1, got \(topK)") }
+        guard topK <= experts else { throw .invalidOption(option: "--top-k", reason: "(\(topK)) cannot exceed --experts (\(experts))") }
+        guard noiseStandardDeviation.isFinite, noiseStandardDeviation >= 0 else {
+            throw .invalidOption(option: "--noise-std", reason: "must be a finite number ≥ 0, got \(noiseStandardDeviation)")
+        }
+        guard routerStandardDeviation.isFinite, routerStandardDeviation >= 0 else {
+            throw .invalidOption(option: "--router-std", reason: "must be a finite number ≥ 0, got \(routerStandardDeviation)")
+        }
+        guard granularity >= 1 else { throw .invalidOption(option: "--granularity", reason: "must be at least 1, got \(granularity)") }
+        if method == .granular {
+            guard experts % granularity == 0 else {
+                throw .invalidOption(option: "--granularity", reason: "(\(granularity)) must divide --experts (\(experts)): the experts are E/G copies of G slices")
+            }
+        } else if granularity != 1 {
+            throw .invalidOption(option: "--granularity", reason: "only applies to --method granular")
+        }
+        if let dtype, !dtype.isWritable {
+            throw .invalidOption(option: "--dtype", reason: "MoEKit writes bf16, f16 or f32, not \(dtype.rawValue)")
+        }
+        guard maximumShardBytes > 0 else { throw .invalidOption(option: "--shard-size", reason: "must be positive") }
+        guard verifyTokens >= 0 else { throw .invalidOption(option: "--verify", reason: "must be ≥ 0 (0 disables), got \(verifyTokens)") }
+    }
+}

@@ -1,0 +1,220 @@
+import Foundation
+
+/// What an upcycling run will write, worked out before a byte is written: the output config,
+/// every output tensor with its shape, storage type and where it comes from, the parameter counts
+/// and the other files to copy. `moekit upcycle --dry-run` prints it; `Upcycler` executes it.
+public struct UpcyclePlan: @unchecked Sendable {
+    /// Where an output tensor comes from.
+    public enum Source: Sendable, Equatable {
+        /// A dense tensor copied unchanged (attention, norms, embeddings, head, unknown tensors):
+        /// raw bytes when its dtype is kept, converted otherwise.
+        case dense(String)
+        /// Expert `expert`'s matrix of `layer`, cut from the dense MLP.
+        case expert(layer: Int, expert: Int, projection: ExpertProjection)
+        /// The freshly initialised router of `layer`.
+        case router(layer: Int)
+    }
+
+    public struct PlannedTensor: Sendable, Equatable {
+        public var name: String
+        public var shape: [Int]
+        public var dtype: SafetensorsDType
+        public var source: Source
+        /// The dense tensor's storage type (`nil` for the router or without a checkpoint).
+        public var sourceDType: SafetensorsDType?
+        public var byteCount: Int { shape.reduce(1, *) * dtype.size }
+    }
+
+    public static let reportFileName = "upcycle-report.json"
+    /// Files of the dense directory that are not copied: its config (rewritten) and its weights.
+    public static func isDenseWeightOrConfig(_ name: String) -> Bool {
+        name == "config.json" || name.hasSuffix(".safetensors") || name == SafetensorsIndex.fileName
+            || (name.hasPrefix("pytorch_model") && (name.hasSuffix(".bin") || name.hasSuffix(".bin.index.json")))
+            || name == reportFileName
+    }
+
+    public let denseDirectory: String
+    public let options: UpcycleOptions
+    public let denseConfig: MiniCPMConfig
+    /// The MiniCPM-MoE config to write.
+    public let config: MiniCPMConfig
+    /// How each layer's experts are cut from the dense MLP (neuron groups of `partition` are
+    /// per layer and filled in while writing; this holds the layer-independent part).
+    public let expertIntermediateSize: Int
+    /// Output tensors in name order (the order they are written).
+    public let tensors: [PlannedTensor]
+    /// The dense checkpoint (`nil` for a config-only dry run).
+    public let checkpoint: SafetensorsCheckpoint?
+    /// Dense tensors the config does not explain, copied through unchanged.
+    public let passthroughTensors: [String]
+    /// Other files of the dense directory, copied unchanged (names relative to it).
+    public let otherFiles: [String]
+    /// Notes for the user (also in the report).
+    public let warnings: [String]
+
+    public var parameters: MiniCPMLayout.ParameterCounts { MiniCPMLayout(config: config).parameterCounts }
+    public var denseParameters: MiniCPMLayout.ParameterCounts { MiniCPMLayout(config: denseConfig).parameterCounts }
+    public var totalBytes: Int { tensors.reduce(0) { $0 + $1.byteCount } }
+
+    /// Plans the upcycling of `denseDirectory`. With `requireWeights == false` (dry run) only
+    /// `config.json` is needed; weights, when present, are still checked and their dtypes used.
+    public init(denseDirectory: String, options: UpcycleOptions, requireWeights: Bool = true) throws(UpcycleError) {
+        try options.validate()
+        self.denseDirectory = denseDirectory
+        self.options = options
+        let manager = FileManager.default
+        var isDirectory: ObjCBool = false
+        guard manager.fileExists(atPath: denseDirectory, isDirectory: &isDirectory) else { throw .checkpoint(.missingFile(path: denseDirectory)) }
+        guard isDirectory.boolValue else { throw .checkpoint(.notADirectory(path: denseDirectory)) }
+        let configPath = denseDirectory + "/config.json"
+        let dense: MiniCPMConfig
+        do { dense = try MiniCPMConfig(path: configPath) } catch { throw .checkpoint(error) }
+        if let experts = dense.numExperts { throw .alreadyMoE(directory: denseDirectory, evidence: "config.json has num_experts = \(experts)") }
+        denseConfig = dense
+
+        // Expert size and divisibility.
+        let experts = options.experts
+        let intermediate = dense.intermediateSize
+        switch options.method {
+        case .copy, .noise:
+            expertIntermediateSize = intermediate
+        case .partition:
+            guard intermediate % experts == 0 else {
+                throw .indivisibleIntermediateSize(directory: denseDirectory, intermediateSize: intermediate, parts: experts, option: "--experts with --method partition")
+            }
+            expertIntermediateSize = intermediate / experts
+        case .granular:
+            guard intermediate % options.granularity == 0 else {
+                throw .indivisibleIntermediateSize(directory: denseDirectory, intermediateSize: intermediate, parts: options.granularity, option: "--granularity")
+            }
+            expertIntermediateSize = intermediate / options.granularity
+        }
+
+        // The dense weights, checked against the config.
+        var checkpoint: SafetensorsCheckpoint?
+        var passthrough: [String] = []
+        let hasWeights = manager.fileExists(atPath: denseDirectory + "/model.safetensors")
+            || manager.fileExists(atPath: denseDirectory + "/" + SafetensorsIndex.fileName)
+        if requireWeights || hasWeights {
+            let opened: SafetensorsCheckpoint
+            do { opened = try SafetensorsCheckpoint(directory: denseDirectory) } catch { throw .checkpoint(error) }
+            if let moeTensor = opened.names.first(where: { $0.contains(".mlp.experts.") || $0.hasSuffix(".mlp.gate.weight") }) {
+                throw .alreadyMoE(directory: denseDirectory, evidence: "it holds tensor '\(moeTensor)'")
+            }
+            do { passthrough = try MiniCPMLayout(config: dense).check(opened) } catch { throw .checkpoint(error) }
+            checkpoint = opened
+        }
+        self.checkpoint = checkpoint
+        passthroughTensors = passthrough
+
+        // Output tensors and their storage types.
+        let fallbackDType = options.dtype ?? dense.torchDtype.flatMap { SafetensorsDType(torchName: $0) } ?? .bfloat16
+        func sourceDType(_ name: String) -> SafetensorsDType? { try? checkpoint?.info(name).dtype }
+        var planned: [PlannedTensor] = []
+        var output = dense
+        output.numExperts = experts
+        output.numExpertsPerToken = options.topK
+        output.intermediateSize = expertIntermediateSize
+        for entry in MiniCPMLayout(config: output).entries {
+            let source: Source
+            let denseName: String?
+            if let (layer, expert, projection) = Self.parseExpertName(entry.name) {
+                source = .expert(layer: layer, expert: expert, projection: projection)
+                denseName = projection.denseTensorName(layer: layer)
+            } else if let layer = Self.parseRouterName(entry.name) {
+                source = .router(layer: layer)
+                denseName = MiniCPMTensorNames.gateProjection(layer)  // the router takes the MLP's dtype
+            } else {
+                source = .dense(entry.name)
+                denseName = entry.name
+            }
+            let original = denseName.flatMap(sourceDType)
+            let dtype = options.dtype ?? original ?? fallbackDType
+            planned.append(PlannedTensor(name: entry.name, shape: entry.shape, dtype: dtype, source: source,
+                                         sourceDType: { if case .router = source { return nil } else { return original } }()))
+        }
+        for name in passthrough {
+            guard let info = try? checkpoint?.info(name) else { continue }
+            planned.append(PlannedTensor(name: name, shape: info.shape, dtype: options.dtype ?? info.dtype, source: .dense(name), sourceDType: info.dtype))
+        }
+        planned.sort { $0.name < $1.name }
+
+        // Types the computation can handle: computed tensors are decoded to f32 and encoded back.
+        let rawExperts = options.method == .copy
+        for tensor in planned {
+            let computed: Bool
+            switch tensor.source {
+            case .router: computed = true
+            case .expert: computed = !rawExperts || tensor.dtype != tensor.sourceDType
+            case .dense: computed = tensor.sourceDType != nil && tensor.dtype != tensor.sourceDType
+            }
+            guard computed else { continue }
+            if let original = tensor.sourceDType, !original.isConvertibleToFloat {
+                throw .unsupportedDType(directory: denseDirectory, tensor: tensor.name, dtype: original.rawValue)
+            }
+            if !tensor.dtype.isWritable {
+                throw .unsupportedDType(directory: denseDirectory, tensor: tensor.name, dtype: tensor.dtype.rawValue)
+            }
+        }
+        tensors = planned
+
+        // The MiniCPM-MoE config: MiniCPM-MoE-8x2B keeps model_type "minicpm" and architecture
+        // "MiniCPMForCausalLM"; vLLM's minicpm.py and the MoE repo's modeling_minicpm.py switch
+        // to the MoE MLP on num_experts > 0.
+        var bytesByType: [SafetensorsDType: Int] = [:]
+        for tensor in planned { bytesByType[tensor.dtype, default: 0] += tensor.byteCount }
+        output.torchDtype = bytesByType.max { ($0.value, $0.key.rawValue) < ($1.value, $1.key.rawValue) }?.key.torchName ?? dense.torchDtype
+        output.otherKeys["architectures"] = .array([.string("MiniCPMForCausalLM")])
+        output.otherKeys["model_type"] = .string("minicpm")
+        var autoMap = dense.otherKeys["auto_map"]?.objectValue ?? [:]
+        autoMap["AutoConfig"] = .string("configuration_minicpm.MiniCPMConfig")
+        autoMap["AutoModel"] = .string("modeling_minicpm.MiniCPMModel")
+        autoMap["AutoModelForCausalLM"] = .string("modeling_minicpm.MiniCPMForCausalLM")
+        output.otherKeys["auto_map"] = .object(autoMap)
+        do { try output.validate(path: "config.json (output)") } catch { throw .checkpoint(error) }
+        config = output
+
+        // Other files, and a warning when the modeling code cannot build the MoE MLP.
+        var others: [String] = []
+        var warnings: [String] = []
+        if let names = try? manager.contentsOfDirectory(atPath: denseDirectory) {
+            others = names.filter { !Self.isDenseWeightOrConfig($0) && !$0.hasPrefix(".") }.sorted()
+        }
+        if others.contains("modeling_minicpm.py"),
+           let code = manager.contents(atPath: denseDirectory + "/modeling_minicpm.py"),
+           !String(decoding: code, as: UTF8.self).contains("num_experts") {
+            warnings.append("modeling_minicpm.py (copied from the dense model) has no MoE branch: transformers with trust_remote_code needs MiniCPM-MoE-8x2B's modeling_minicpm.py; vLLM loads the output as it is")
+        }
+        if !passthrough.isEmpty {
+            warnings.append("copied \(passthrough.count) tensor\(passthrough.count == 1 ? "" : "s") the config does not explain: \(passthrough.prefix(5).joined(separator: ", "))")
+        }
+        otherFiles = others
+        self.warnings = warnings
+    }
+
+    /// The slicing shared by every layer (`partition` builds its own per layer from the groups).
+    public var sharedSlicing: ExpertSlicing? {
+        switch options.method {
+        case .copy, .noise: return .whole(intermediateSize: denseConfig.intermediateSize)
+        case .granular: return .granular(intermediateSize: denseConfig.intermediateSize, granularity: options.granularity, experts: options.experts)
+        case .partition: return nil
+        }
+    }
+
+    /// `model.layers.L.mlp.experts.E.wN.weight` → (L, E, projection).
+    static func parseExpertName(_ name: String) -> (Int, Int, ExpertProjection)? {
+        let parts = name.split(separator: ".")
+        guard parts.count == 8, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]), parts[3] == "mlp",
+              parts[4] == "experts", let expert = Int(parts[5]), let projection = ExpertProjection(rawValue: String(parts[6])),
+              parts[7] == "weight" else { return nil }
+        return (layer, expert, projection)
+    }
+
+    /// `model.layers.L.mlp.gate.weight` → L.
+    static func parseRouterName(_ name: String) -> Int? {
+        let parts = name.split(separator: ".")
+        guard parts.count == 6, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]), parts[3] == "mlp",
+              parts[4] == "gate", parts[5] == "weight" else { return nil }
+        return layer
+    }
+}

@@ -1,0 +1,250 @@
+import Foundation
+
+/// Executes an `UpcyclePlan`: streams the dense checkpoint tensor by tensor into a MiniCPM-MoE
+/// directory built under a temporary name beside the destination and renamed into place only
+/// when everything (weights, config, other files, verification, report) succeeded.
+///
+/// Memory: tensors are read from the memory map and their pages released after use. Copied
+/// tensors whose dtype is kept go through as raw bytes; converted ones in 1 M-element chunks.
+/// Methods that compute on the MLP hold the current layer's dense matrices in f32 (three
+/// `I × H` matrices) and one expert matrix at a time, so peak memory is a small multiple of the
+/// largest tensor whatever the number of layers or experts.
+public enum Upcycler {
+    public struct Result: Sendable {
+        public var outputDirectory: String
+        public var files: [String]
+        public var bytesWritten: Int
+        public var verification: UpcycleVerification?
+        public var report: JSONValue
+    }
+
+    /// Runs the plan into `outputDirectory`. `verifier` is required when
+    /// `plan.options.verifyTokens > 0`.
+    @discardableResult
+    public static func run(_ plan: UpcyclePlan, outputDirectory: String, verifier: LogitsProvider?) throws(UpcycleError) -> Result {
+        let options = plan.options
+        guard let checkpoint = plan.checkpoint else { throw .checkpoint(.noWeights(directory: plan.denseDirectory)) }
+        if options.verifyTokens > 0 && verifier == nil {
+            throw .verificationUnavailable(reason: "no forward pass available to run the models; pass --verify 0")
+        }
+        let directory: AtomicDirectory
+        do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: options.replaceExisting) } catch { throw .checkpoint(error) }
+        let shardFiles: [String]
+        do {
+            shardFiles = try writeWeights(plan, checkpoint: checkpoint, into: directory.temporaryPath)
+        } catch let error as UpcycleError {
+            throw error
+        } catch let error as SafetensorsError {
+            throw .write(directory: outputDirectory, reason: error.errorDescription ?? "\(error)")
+        } catch let error as CheckpointError {
+            throw .checkpoint(error)
+        } catch {
+            throw .write(directory: outputDirectory, reason: "\(error)")
+        }
+        do { try plan.config.write(to: directory.path("config.json")) } catch { throw .checkpoint(error) }
+        for name in plan.otherFiles {
+            do {
+                try FileManager.default.copyItem(atPath: plan.denseDirectory + "/" + name, toPath: directory.path(name))
+            } catch {
+                throw .write(directory: outputDirectory, reason: "cannot copy \(plan.denseDirectory)/\(name): \(error.localizedDescription)")
+            }
+        }
+
+        var verification: UpcycleVerification?
+        if options.verifyTokens > 0, let verifier {
+            verification = try verify(plan, upcycledDirectory: directory.temporaryPath, outputDirectory: outputDirectory, verifier: verifier)
+        }
+
+        let report = UpcycleReport.json(plan: plan, outputDirectory: directory.destination, files: shardFiles + [SafetensorsIndex.fileName],
+                                        bytesWritten: plan.totalBytes, verification: verification)
+        do {
+            try AtomicFileWriter.write(report.serialized(), to: directory.path(UpcyclePlan.reportFileName))
+            try directory.commit()
+        } catch let error as CheckpointError {
+            throw .checkpoint(error)
+        } catch {
+            throw .write(directory: outputDirectory, reason: "\(error)")
+        }
+        return Result(outputDirectory: directory.destination, files: shardFiles, bytesWritten: plan.totalBytes,
+                      verification: verification, report: report)
+    }
+
+    /// Runs both models on the fixed tokens and compares the logits; `copy` must be within 1e-5.
+    static func verify(_ plan: UpcyclePlan, upcycledDirectory: String, outputDirectory: String,
+                       verifier: LogitsProvider) throws(UpcycleError) -> UpcycleVerification {
+        let tokens = UpcycleVerification.tokens(count: plan.options.verifyTokens, vocabularySize: plan.denseConfig.vocabSize)
+        let dense: Tensor, upcycled: Tensor
+        do {
+            dense = try verifier.logits(modelDirectory: plan.denseDirectory, sequences: [tokens])
+            upcycled = try verifier.logits(modelDirectory: upcycledDirectory, sequences: [tokens])
+        } catch {
+            throw .verificationUnavailable(reason: (error as? LocalizedError)?.errorDescription ?? "\(error)")
+        }
+        guard dense.shape == upcycled.shape else {
+            throw .verificationUnavailable(reason: "logit shapes differ: dense \(dense.shape), upcycled \(upcycled.shape)")
+        }
+        let difference = upcycled.maxRelativeDifference(to: dense)
+        let tolerance: Float? = plan.options.method == .copy ? UpcycleOptions.copyTolerance : nil
+        let passed = tolerance.map { difference <= $0 } ?? true
+        if let tolerance, !(difference <= tolerance) {
+            throw .verificationFailed(directory: outputDirectory, tokens: tokens.count, maxRelativeDifference: difference, tolerance: tolerance)
+        }
+        return UpcycleVerification(tokens: tokens.count, maxRelativeDifference: difference, tolerance: tolerance, passed: passed)
+    }
+
+    // MARK: Streaming the weights
+
+    /// Writes every planned tensor in name order into shards plus the index; returns the shard names.
+    static func writeWeights(_ plan: UpcyclePlan, checkpoint: SafetensorsCheckpoint, into path: String) throws -> [String] {
+        let specs = plan.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
+        let byName = Dictionary(plan.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let writer = try ShardedSafetensorsWriter(directory: path, tensors: specs, maximumShardBytes: plan.options.maximumShardBytes, alwaysIndex: true)
+        let reporter = ProgressReporter(label: "upcycle", totalBytes: plan.totalBytes, style: plan.options.progress)
+        let layers = LayerSource(plan: plan, checkpoint: checkpoint)
+        while let spec = writer.nextTensor {
+            guard let tensor = byName[spec.name] else { throw UpcycleError.write(directory: path, reason: "unplanned tensor '\(spec.name)'") }
+            switch tensor.source {
+            case .dense(let name):
+                try copyDense(name, as: tensor.dtype, from: checkpoint, to: writer, reporter: reporter)
+            case .router:
+                let router = RouterInitializer.weights(
+                    experts: plan.options.experts, hidden: plan.denseConfig.hiddenSize, initialization: plan.options.routerInitialization,
+                    standardDeviation: plan.options.routerStandardDeviation,
+                    granularity: plan.options.method == .granular ? plan.options.granularity : 1,
+                    seed: plan.options.seed, streamName: tensor.name)
+                try router.values.withUnsafeBufferPointer { (values) in try writer.append(floats: values) }
+            case let .expert(layer, expert, projection):
+                let denseName = projection.denseTensorName(layer: layer)
+                if plan.options.method == .copy && tensor.dtype == tensor.sourceDType {
+                    try copyDense(denseName, as: tensor.dtype, from: checkpoint, to: writer, reporter: reporter)
+                } else {
+                    let weight = try layers.expertWeight(layer: layer, expert: expert, projection: projection, name: tensor.name)
+                    try weight.values.withUnsafeBufferPointer { (values) in try writer.append(floats: values) }
+                }
+            }
+            reporter.update(bytesDone: writer.tensorBytesWritten)
+        }
+        try writer.finish()
+        reporter.finish(bytesDone: writer.tensorBytesWritten)
+        return writer.shardFiles
+    }
+
+    /// Copies one dense tensor: raw bytes when the dtype is kept (bit-exact), otherwise decoded
+    /// and re-encoded in chunks. The source pages are released afterwards.
+    static func copyDense(_ name: String, as dtype: SafetensorsDType, from checkpoint: SafetensorsCheckpoint,
+                          to writer: ShardedSafetensorsWriter, reporter: ProgressReporter) throws {
+        let info = try checkpoint.info(name)
+        let raw = try checkpoint.bytes(name)
+        defer { checkpoint.release(name) }
+        if info.dtype == dtype {
+            let chunkBytes = 64 << 20
+            var start = 0
+            while start < raw.count {
+                let end = min(raw.count, start + chunkBytes)
+                try writer.append(UnsafeRawBufferPointer(rebasing: raw[start ..< end]))
+                reporter.update(bytesDone: writer.tensorBytesWritten)
+                start = end
+            }
+            return
+        }
+        let chunk = 1 << 20
+        let count = info.elementCount
+        var buffer = [Float](repeating: 0, count: min(chunk, max(count, 1)))
+        var start = 0
+        while start < count {
+            let n = min(chunk, count - start)
+            try buffer.withUnsafeMutableBufferPointer { (values) in
+                let slice = UnsafeMutableBufferPointer(rebasing: values[..<n])
+                SafetensorsFile.decode(UnsafeRawBufferPointer(rebasing: raw[start * info.dtype.size ..< (start + n) * info.dtype.size]),
+                                       dtype: info.dtype, into: slice)
+                try writer.append(floats: UnsafeBufferPointer(slice))
+            }
+            start += n
+            reporter.update(bytesDone: writer.tensorBytesWritten)
+        }
+    }
+}
+
+/// The dense MLP of the layer being written, decoded to f32 on first use and dropped when the
+/// writer moves to the next layer (output names sort layer by layer), plus that layer's slicing.
+final class LayerSource {
+    private let plan: UpcyclePlan
+    private let checkpoint: SafetensorsCheckpoint
+    private var layer = -1
+    private var dense: [ExpertProjection: Tensor] = [:]
+    private var standardDeviations: [ExpertProjection: Double] = [:]
+    private var slicing: ExpertSlicing?
+
+    init(plan: UpcyclePlan, checkpoint: SafetensorsCheckpoint) {
+        self.plan = plan
+        self.checkpoint = checkpoint
+    }
+
+    private func enter(_ newLayer: Int) {
+        guard newLayer != layer else { return }
+        layer = newLayer
+        dense = [:]
+        standardDeviations = [:]
+        slicing = nil
+    }
+
+    func denseMatrix(_ projection: ExpertProjection) throws -> Tensor {
+        if let cached = dense[projection] { return cached }
+        let name = projection.denseTensorName(layer: layer)
+        let tensor = try checkpoint.floatTensor(name)
+        checkpoint.release(name)
+        dense[projection] = tensor
+        return tensor
+    }
+
+    func layerSlicing() throws -> ExpertSlicing {
+        if let slicing { return slicing }
+        let options = plan.options
+        let result: ExpertSlicing
+        if let shared = plan.sharedSlicing {
+            result = shared
+        } else {
+            let intermediate = plan.denseConfig.intermediateSize
+            var random = SeededRandom(seed: options.seed, stream: MiniCPMTensorNames.layer(layer) + ".mlp.partition")
+            let groups: [[Int]]
+            switch options.partitionBy {
+            case .random:
+                groups = NeuronPartition.random(neurons: intermediate, groups: options.experts, random: &random)
+            case .cluster:
+                let gate = try denseMatrix(.gate), up = try denseMatrix(.up)
+                groups = NeuronPartition.balancedKMeans(features: Self.concatenatedRows(gate, up), groups: options.experts, random: &random)
+            }
+            result = .partition(groups: groups, intermediateSize: intermediate)
+        }
+        slicing = result
+        return result
+    }
+
+    /// `[I, 2H]`: neuron i's gate row followed by its up row (the clustering features).
+    static func concatenatedRows(_ a: Tensor, _ b: Tensor) -> Tensor {
+        let rows = a.rows, width = a.columns + b.columns
+        var values = [Float](repeating: 0, count: rows * width)
+        for row in 0 ..< rows {
+            for c in 0 ..< a.columns { values[row * width + c] = a.values[row * a.columns + c] }
+            for c in 0 ..< b.columns { values[row * width + a.columns + c] = b.values[row * b.columns + c] }
+        }
+        return Tensor(shape: [rows, width], values: values)
+    }
+
+    func expertWeight(layer newLayer: Int, expert: Int, projection: ExpertProjection, name: String) throws -> Tensor {
+        enter(newLayer)
+        let source = try denseMatrix(projection)
+        var weight = try layerSlicing().weight(projection, expert: expert, dense: source)
+        if plan.options.method == .noise {
+            let reference: Double
+            if let cached = standardDeviations[projection] { reference = cached } else {
+                reference = ExpertNoise.standardDeviation(source.values)
+                standardDeviations[projection] = reference
+            }
+            var random = SeededRandom(seed: plan.options.seed, stream: name)
+            ExpertNoise.add(to: &weight, relativeStandardDeviation: plan.options.noiseStandardDeviation,
+                            referenceStandardDeviation: reference, random: &random)
+        }
+        return weight
+    }
+}
