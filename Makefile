@@ -10,7 +10,7 @@ MOEKIT := .build/release/moekit
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := demo-out
 
-.PHONY: all deps venv build test swift-test interop-test demo clean
+.PHONY: all deps venv build test swift-test interop-test demo example-log clean
 
 all: build
 
@@ -44,10 +44,22 @@ swift-test:
 interop-test:
 	MOEKIT=$(abspath $(MOEKIT)) $(VENV_PY) -m pytest -q Tests/Interop
 
+# The main job on the embedded default: a tiny dense MiniCPM, sparse-upcycled to 8 experts (top-2,
+# MiniCPM-MoE's recipe, verified against the dense logits), run and traced over
+# Notebooks-data/demo-tokens.txt, its routing inspected (terminal heatmap + SVG).
 demo: build
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	$(MOEKIT) init $(DEMO_DIR)/dense --preset tiny --seed 0
-	$(MOEKIT) show $(DEMO_DIR)/dense
+	$(MOEKIT) upcycle $(DEMO_DIR)/dense $(DEMO_DIR)/moe --experts 8 --top-k 2 --seed 0
+	$(MOEKIT) show $(DEMO_DIR)/moe
+	$(MOEKIT) forward $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --output $(DEMO_DIR)/logits.safetensors
+	$(MOEKIT) trace $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --log $(DEMO_DIR)/routing.h5 --per-token --batch-tokens 256
+	$(MOEKIT) inspect $(DEMO_DIR)/routing.h5 --svg $(DEMO_DIR)/heatmap.svg
+	@echo "Open Notebooks-data/routing-analysis.ipynb with MOEKIT_ROUTING_LOG=$(DEMO_DIR)/routing.h5 to plot it."
+
+# Regenerates the committed example log from the demo's pipeline.
+example-log: demo
+	$(MOEKIT) trace $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --log Notebooks-data/example-routing.h5 --per-token --batch-tokens 256 --force --quiet
 
 clean:
 	rm -rf .build $(VENV) $(DEMO_DIR)

@@ -1,7 +1,9 @@
 """Outside tools read MoEKit routing logs (schema v1, docs/routing-log.md).
 
-The log under test is $MOEKIT_ROUTING_LOG, or Notebooks-data/example-routing.h5 (written by
-MoEKit's RoutingLogWriter). `moekit inspect` is checked against numpy when $MOEKIT is set.
+Every test runs on two logs: one `moekit trace` writes now (tiny preset upcycled to 8 experts,
+per-token trace, over Notebooks-data/demo-tokens.txt; or $MOEKIT_ROUTING_LOG when set), so the
+schema, the writer and the notebook cannot drift apart, and the committed example
+Notebooks-data/example-routing.h5.
 """
 import json
 import math
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LOG = Path(os.environ.get("MOEKIT_ROUTING_LOG") or REPO / "Notebooks-data" / "example-routing.h5")
+EXAMPLE_LOG = REPO / "Notebooks-data" / "example-routing.h5"
 
 STEP_DATASETS = {
     "routing/expert_counts": (np.int64, ("L", "E")),
@@ -41,9 +43,27 @@ TOKEN_DATASETS = {
 
 
 @pytest.fixture(scope="module")
-def log():
-    assert LOG.exists(), f"{LOG} missing: regenerate it (see Notebooks-data/README.md)"
-    with h5py.File(LOG, "r", libver="latest", swmr=True) as f:
+def fresh_log(tmp_path_factory, run_moekit):
+    if os.environ.get("MOEKIT_ROUTING_LOG"):
+        return Path(os.environ["MOEKIT_ROUTING_LOG"])
+    root = tmp_path_factory.mktemp("fresh-log")
+    run_moekit("init", root / "dense", "--preset", "tiny", "--quiet")
+    run_moekit("upcycle", root / "dense", root / "moe", "--experts", 8, "--top-k", 2, "--quiet")
+    run_moekit("trace", root / "moe", "--tokens-file", REPO / "Notebooks-data" / "demo-tokens.txt",
+               "--log", root / "routing.h5", "--per-token", "--batch-tokens", 256, "--quiet")
+    return root / "routing.h5"
+
+
+@pytest.fixture(scope="module", params=["fresh", "example"])
+def log_path(request):
+    path = request.getfixturevalue("fresh_log") if request.param == "fresh" else EXAMPLE_LOG
+    assert path.exists(), f"{path} missing (see Notebooks-data/README.md)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def log(log_path):
+    with h5py.File(log_path, "r", libver="latest", swmr=True) as f:
         yield f
 
 
@@ -106,17 +126,10 @@ def test_per_token_trace_matches_step_tokens(log):
         assert np.array_equal(np.bincount(chosen[chosen >= 0], minlength=s["E"]), counts[layer])
 
 
-def moekit():
-    path = os.environ.get("MOEKIT")
-    if not path or not Path(path).exists():
-        pytest.skip("MOEKIT (path of the built moekit binary) not set")
-    return path
-
-
-def test_inspect_json_matches_numpy(log, tmp_path):
-    binary = moekit()
+def test_inspect_json_matches_numpy(log, log_path, moekit, tmp_path):
+    binary = moekit
     svg = tmp_path / "heatmap.svg"
-    result = subprocess.run([binary, "inspect", str(LOG), "--json", "--svg", str(svg)], capture_output=True, text=True, check=True)
+    result = subprocess.run([binary, "inspect", str(log_path), "--json", "--svg", str(svg)], capture_output=True, text=True, check=True)
     report = json.loads(result.stdout)
     s = sizes(log)
     counts = log["routing/expert_counts"][:].sum(axis=0)
@@ -135,8 +148,8 @@ def test_inspect_json_matches_numpy(log, tmp_path):
     assert len(cells) == s["L"] * s["E"]
 
 
-def test_inspect_refuses_non_logs(tmp_path):
-    binary = moekit()
+def test_inspect_refuses_non_logs(moekit, tmp_path):
+    binary = moekit
     garbage = tmp_path / "garbage.h5"
     garbage.write_bytes(b"not hdf5 at all" * 100)
     result = subprocess.run([binary, "inspect", str(garbage)], capture_output=True, text=True)
@@ -148,9 +161,9 @@ def test_inspect_refuses_non_logs(tmp_path):
     assert result.returncode == 1 and "not a MoEKit routing log" in result.stderr
 
 
-def test_notebook_executes_headlessly(tmp_path):
+def test_notebook_executes_headlessly(log_path, tmp_path):
     notebook = REPO / "Notebooks-data" / "routing-analysis.ipynb"
-    environment = dict(os.environ, MOEKIT_ROUTING_LOG=str(LOG), MPLBACKEND="Agg")
+    environment = dict(os.environ, MOEKIT_ROUTING_LOG=str(log_path), MPLBACKEND="Agg")
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                     "--ExecutePreprocessor.timeout=300", "--output-dir", str(tmp_path), str(notebook)],
                    check=True, env=environment, capture_output=True)
