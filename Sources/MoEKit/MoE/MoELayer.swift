@@ -34,8 +34,8 @@ public struct MoELayer: Sendable {
         let hidden = hiddenSize
         let plan = timer.measure(.dispatch) { ExpertDispatchPlan(decision) }
         let assignments = plan.assignmentCount
-        var gathered = [Float](repeating: 0, count: assignments * hidden)
-        var expertOutputs = [Float](repeating: 0, count: assignments * hidden)
+        var gathered = [Float].uninitialized(count: assignments * hidden)
+        var expertOutputs = [Float].uninitialized(count: assignments * hidden)
         var output = Tensor(shape: [x.rows, hidden])
         x.values.withUnsafeBufferPointer { input in
             gathered.withUnsafeMutableBufferPointer { g in

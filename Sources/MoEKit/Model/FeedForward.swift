@@ -16,7 +16,7 @@ public struct FeedForward: Sendable {
 
     /// `[tokens, hidden]` → `[tokens, hidden]`.
     public func forward(_ x: Tensor) -> Tensor {
-        var output = Tensor(shape: [x.rows, hiddenSize])
+        var output = Tensor(uninitializedShape: [x.rows, hiddenSize])
         x.values.withUnsafeBufferPointer { input in
             output.values.withUnsafeMutableBufferPointer { out in
                 apply(rows: x.rows, input: input.baseAddress!, output: out.baseAddress!)
@@ -30,8 +30,8 @@ public struct FeedForward: Sendable {
     public func apply(rows: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         let hidden = hiddenSize, intermediate = intermediateSize
-        var fused = [Float](repeating: 0, count: rows * 2 * intermediate)
-        var activated = [Float](repeating: 0, count: rows * intermediate)
+        var fused = [Float].uninitialized(count: rows * 2 * intermediate)
+        var activated = [Float].uninitialized(count: rows * intermediate)
         gateUpWeight.values.withUnsafeBufferPointer { w13 in
             downWeight.values.withUnsafeBufferPointer { w2 in
                 fused.withUnsafeMutableBufferPointer { f in

@@ -18,7 +18,7 @@ public enum MatrixMultiply {
     ) {
         guard m > 0, n > 0 else { return }
         if k == 0 {
-            for i in 0 ..< m { for j in 0 ..< n { c[i * ldc + j] *= beta } }
+            for i in 0 ..< m { for j in 0 ..< n { c[i * ldc + j] = beta == 0 ? 0 : c[i * ldc + j] * beta } }
             return
         }
         cblas_sgemm(
@@ -42,7 +42,7 @@ public enum MatrixMultiply {
         let kb = transposeB ? b.shape[1] : b.shape[0]
         let n = transposeB ? b.shape[0] : b.shape[1]
         precondition(k == kb, "inner dimensions differ: \(a.shape)\(transposeA ? "ᵀ" : "") · \(b.shape)\(transposeB ? "ᵀ" : "")")
-        var c = Tensor(shape: [m, n])
+        var c = k == 0 ? Tensor(shape: [m, n]) : Tensor(uninitializedShape: [m, n])
         a.values.withUnsafeBufferPointer { pa in
             b.values.withUnsafeBufferPointer { pb in
                 c.values.withUnsafeMutableBufferPointer { pc in

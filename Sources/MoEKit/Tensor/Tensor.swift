@@ -22,6 +22,14 @@ public struct Tensor: Sendable, Equatable {
         self.values = values
     }
 
+    /// A tensor whose values are left uninitialised, for outputs that a kernel overwrites entirely
+    /// (skips zero-filling large GEMM outputs on hot paths).
+    public init(uninitializedShape shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        self.shape = shape
+        self.values = .uninitialized(count: shape.reduce(1, *))
+    }
+
     /// The number of elements, the product of `shape`.
     public var count: Int { values.count }
     /// The number of dimensions.
@@ -64,5 +72,14 @@ public struct Tensor: Sendable, Equatable {
     public func maxRelativeDifference(to reference: Tensor) -> Float {
         let scale = reference.values.reduce(Float(0)) { max($0, abs($1)) }
         return maxAbsoluteDifference(to: reference) / max(scale, .leastNormalMagnitude)
+    }
+}
+
+extension Array where Element == Float {
+    /// An array of `count` floats whose contents are unspecified: only for buffers that are
+    /// written in full before they are read.
+    @inlinable
+    public static func uninitialized(count: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: count) { _, initializedCount in initializedCount = count }
     }
 }
