@@ -70,7 +70,7 @@ public struct ThroughputBenchmark {
             let cpuInfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
             let model = cpuInfo.split(separator: "\n").first { $0.hasPrefix("model name") }
                 .map { $0.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "" } ?? "unknown"
-            return Machine(cpu: model ?? "unknown", cores: ProcessInfo.processInfo.activeProcessorCount,
+            return Machine(cpu: model, cores: ProcessInfo.processInfo.activeProcessorCount,
                            openblas: BLAS.configuration, threads: BLAS.threadCount)
         }
     }
