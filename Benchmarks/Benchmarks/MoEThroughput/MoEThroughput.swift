@@ -38,9 +38,11 @@ func measure(_ benchmark: Benchmark, tokens: Int, flops: Double? = nil, _ body: 
 }
 
 let benchmarks: @Sendable () -> Void = {
-    // A shared 2-core machine is noisy: judge a median (p50) drop of more than 15% as a regression,
-    // and the malloc count (deterministic but for the BLAS library's own buffers) at 10%.
-    let timeThreshold = BenchmarkThresholds(relative: [.p50: 15.0])
+    // NOTE: a shared 2-core machine is noisy, and other work only ever slows a run down: judge speed
+    // on the fast quartile (p25; percentiles run from best to worst whatever the metric's polarity),
+    // a drop of more than 20% there being a regression. The malloc count is deterministic but for the
+    // BLAS library's own buffers: 10% on the median.
+    let timeThreshold = BenchmarkThresholds(relative: [.p25: 20.0])
     let thresholds: [BenchmarkMetric: BenchmarkThresholds] = [
         .throughput: timeThreshold, .wallClock: timeThreshold, MoEMetric.tokensPerSecond: timeThreshold,
         .mallocCountTotal: BenchmarkThresholds(relative: [.p50: 10.0]),
@@ -48,7 +50,7 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
         metrics: [.throughput, .wallClock, .mallocCountTotal, MoEMetric.tokensPerSecond],
         warmupIterations: 2,
-        maxDuration: .seconds(1),
+        maxDuration: .seconds(2),
         maxIterations: 1000,
         thresholds: thresholds
     )
