@@ -10,7 +10,7 @@ MOEKIT := .build/release/moekit
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := demo-out
 
-.PHONY: all deps venv build test swift-test interop-test demo example-log clean
+.PHONY: all deps venv build test swift-test interop-test demo example-log clean bench-baseline bench-check
 
 all: build
 
@@ -60,6 +60,17 @@ demo: build
 # Regenerates the committed example log from the demo's pipeline.
 example-log: demo
 	$(MOEKIT) trace $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --log Notebooks-data/example-routing.h5 --per-token --batch-tokens 256 --force --quiet
+
+# package-benchmark suites (Benchmarks/, its own package): save a baseline, then check a later run
+# against it (exit 2 on a regression beyond the thresholds in the suite). BENCH_BASELINE names it;
+# BENCH_ARGS passes more options, e.g. BENCH_ARGS="--filter 'layer moe.*'".
+BENCH_BASELINE ?= local
+
+bench-baseline: deps
+	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark baseline update $(BENCH_BASELINE) --no-progress $(BENCH_ARGS)
+
+bench-check: deps
+	cd Benchmarks && $(SWIFT) package benchmark baseline check $(BENCH_BASELINE) --no-progress $(BENCH_ARGS)
 
 clean:
 	rm -rf .build $(VENV) $(DEMO_DIR)

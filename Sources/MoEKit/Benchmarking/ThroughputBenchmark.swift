@@ -7,6 +7,7 @@ import Foundation
 /// FLOP conventions: a SwiGLU FFN of intermediate size I on T tokens does 6·T·H·I (three GEMMs of
 /// 2·T·H·I); the MoE layer does 6·T·k·H·I in its experts (the router's 2·T·H·E is not counted);
 /// the bare sgemm case is `[T, H] × [H, 2I]`, the shape of the FFN's fused gate+up GEMM.
+/// The cases' operands and bodies live in `BenchmarkCases.swift`, shared with `Benchmarks/`.
 public struct ThroughputBenchmark {
     public enum Routing: String, CaseIterable, Sendable { case learned, uniform, collapsed }
 
@@ -113,115 +114,42 @@ public struct ThroughputBenchmark {
     // MARK: Layer level
 
     func runLayerLevel(_ emit: (Result) -> Void) throws {
-        let c = options.config
-        let hidden = c.hiddenSize, intermediate = c.intermediateSize, k = options.topK, e = options.experts
-        let std = ModelInitializer.standardDeviation(for: c)
-        func ffn(_ name: String, intermediate size: Int) -> FeedForward {
-            FeedForward(gate: Self.randomMatrix([size, hidden], seed: options.seed, stream: name + ".gate", standardDeviation: std),
-                        up: Self.randomMatrix([size, hidden], seed: options.seed, stream: name + ".up", standardDeviation: std),
-                        down: Self.randomMatrix([hidden, size], seed: options.seed, stream: name + ".down", standardDeviation: std))
-        }
-        let dense = ffn("dense", intermediate: intermediate)
-        let denseActive = ffn("dense-active", intermediate: k * intermediate)
-        let moe = MoELayer(gateWeight: Self.randomMatrix([e, hidden], seed: options.seed, stream: "router", standardDeviation: 0.1),
-                           experts: (0 ..< e).map { ffn("expert\($0)", intermediate: intermediate) }, topK: k)
+        let cases = makeLayerCases()
+        let k = options.topK, e = options.experts
         for tokens in options.tokenCounts {
-            let x = Self.randomMatrix([tokens, hidden], seed: options.seed, stream: "x\(tokens)", standardDeviation: 1)
-            // The machine's ceiling: one bare sgemm of the fused gate+up shape.
-            let a = x, b = dense.gateUpWeight
-            var c = Tensor(shape: [tokens, 2 * intermediate])
-            let sgemmSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) {
-                a.values.withUnsafeBufferPointer { pa in
-                    b.values.withUnsafeBufferPointer { pb in
-                        c.values.withUnsafeMutableBufferPointer { pc in
-                            MatrixMultiply.gemm(m: tokens, n: 2 * intermediate, k: hidden, a: pa.baseAddress!, lda: hidden,
-                                                b: pb.baseAddress!, ldb: hidden, transposeB: true, c: pc.baseAddress!, ldc: 2 * intermediate)
-                        }
-                    }
-                }
-            }
-            let sgemmFlops = 2.0 * Double(tokens) * Double(hidden) * Double(2 * intermediate)
+            let x = cases.input(tokens: tokens)
+            var output = cases.sgemmOutput(tokens: tokens)
+            let sgemmSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { cases.sgemm(x, into: &output) }
             emit(Result(level: "layer", kind: "sgemm", tokens: tokens, tokensPerSecond: Self.throughput(sgemmSeconds, work: Double(tokens)),
-                        gflops: Self.throughput(sgemmSeconds, work: sgemmFlops * 1e-9), note: "[\(tokens),\(hidden)]x[\(hidden),\(2 * intermediate)]"))
+                        gflops: Self.throughput(sgemmSeconds, work: cases.sgemmFLOPs(tokens: tokens) * 1e-9),
+                        note: "[\(tokens),\(cases.hiddenSize)]x[\(cases.hiddenSize),\(2 * cases.intermediateSize)]"))
 
-            let denseSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = dense.forward(x) }
-            let denseFlops = 6.0 * Double(tokens) * Double(hidden) * Double(intermediate)
+            let denseSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = cases.dense.forward(x) }
             emit(Result(level: "layer", kind: "dense", tokens: tokens, tokensPerSecond: Self.throughput(denseSeconds, work: Double(tokens)),
-                        gflops: Self.throughput(denseSeconds, work: denseFlops * 1e-9)))
+                        gflops: Self.throughput(denseSeconds, work: cases.denseFLOPs(tokens: tokens) * 1e-9)))
 
-            let activeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = denseActive.forward(x) }
+            let activeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = cases.denseActive.forward(x) }
             emit(Result(level: "layer", kind: "dense-active", tokens: tokens, topK: k,
                         tokensPerSecond: Self.throughput(activeSeconds, work: Double(tokens)),
-                        gflops: Self.throughput(activeSeconds, work: Double(k) * denseFlops * 1e-9), note: "intermediate \(k * intermediate)"))
+                        gflops: Self.throughput(activeSeconds, work: cases.activeFLOPs(tokens: tokens) * 1e-9),
+                        note: "intermediate \(k * cases.intermediateSize)"))
 
             for routing in options.routings {
                 let router = try self.router(routing)
-                let moeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = moe.forward(x, layer: 0, router: router) }
+                let moeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = cases.moe.forward(x, layer: 0, router: router) }
                 emit(Result(level: "layer", kind: "moe", tokens: tokens, experts: e, topK: k, routing: routing.rawValue,
                             tokensPerSecond: Self.throughput(moeSeconds, work: Double(tokens)),
-                            gflops: Self.throughput(moeSeconds, work: Double(k) * denseFlops * 1e-9)))
+                            gflops: Self.throughput(moeSeconds, work: cases.activeFLOPs(tokens: tokens) * 1e-9)))
             }
-        }
-    }
-
-    /// The router of a routing mode; `learned` is MiniCPM-MoE's routing with the model's router weights.
-    func router(_ routing: Routing) throws -> ExpertRouter {
-        let topK = options.topK
-        switch routing {
-        case .learned:
-            return try ConfigurableRouter(configuration: RouterConfiguration(), layers: options.config.numHiddenLayers,
-                                          experts: options.experts, hiddenSize: options.config.hiddenSize, modelTopK: topK)
-        case .uniform: return ForcedRouter(pattern: .uniform, topK: topK)
-        case .collapsed: return ForcedRouter(pattern: .collapsed, topK: topK)
         }
     }
 
     // MARK: Model level
 
-    /// A dense model of the configured shapes with MiniCPM's initialisation, and its sparse upcycling
-    /// (every expert a copy of the dense MLP in its own memory, router N(0, 0.1²)).
-    func makeModels() throws -> (dense: MiniCPMModel, moe: MiniCPMModel) {
-        let denseConfig = options.config
-        let std = ModelInitializer.standardDeviation(for: denseConfig)
-        var cache: [String: Tensor] = [:]
-        func denseTensor(_ name: String, _ shape: [Int]) -> Tensor {
-            if let tensor = cache[name] { return tensor }
-            let tensor = shape.count == 1 ? Tensor(shape: shape, repeating: 1)
-                : Self.randomMatrix(shape, seed: options.seed, stream: name, standardDeviation: std)
-            cache[name] = tensor
-            return tensor
-        }
-        let shapes = Dictionary(MiniCPMLayout(config: denseConfig).entries.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
-        let dense = try MiniCPMModel(config: denseConfig, source: "bench-dense") { name in
-            guard let shape = shapes[name] else { throw CheckpointError.missingTensor(directory: "bench", tensor: name) }
-            return denseTensor(name, shape)
-        }
-        var moeConfig = denseConfig
-        moeConfig.numExperts = options.experts
-        moeConfig.numExpertsPerToken = options.topK
-        let moe = try MiniCPMModel(config: moeConfig, source: "bench-moe") { name in
-            let parts = name.split(separator: ".")
-            if name.hasSuffix("mlp.gate.weight") {
-                return Self.randomMatrix([options.experts, denseConfig.hiddenSize], seed: options.seed, stream: name, standardDeviation: 0.1)
-            }
-            if let expertsIndex = parts.firstIndex(of: "experts"), let layer = Int(parts[2]) {
-                let which = parts[expertsIndex + 2]
-                let denseName = which == "w1" ? MiniCPMTensorNames.gateProjection(layer)
-                    : which == "w3" ? MiniCPMTensorNames.upProjection(layer) : MiniCPMTensorNames.downProjection(layer)
-                var copy = denseTensor(denseName, shapes[denseName]!)
-                copy.values[0] += 0  // a write makes the copy-on-write array its own memory, like a loaded checkpoint
-                return copy
-            }
-            return denseTensor(name, shapes[name]!)
-        }
-        return (dense, moe)
-    }
-
     func runModelLevel(_ emit: (Result) -> Void) throws {
         let (dense, moe) = try makeModels()
-        let vocabulary = options.config.vocabSize
         for tokens in options.tokenCounts where tokens <= options.config.maxPositionEmbeddings {
-            let sequence = (0 ..< tokens).map { ($0 * 7919 + 13) % vocabulary }
+            let sequence = prefillSequence(tokens: tokens)
             for (kind, model, routings) in [("dense", dense, [Routing?.none]), ("moe", moe, options.routings.map { Optional($0) })] {
                 for routing in routings {
                     if let routing { model.router = try self.router(routing) }
@@ -237,10 +165,7 @@ public struct ThroughputBenchmark {
                 }
             }
         }
-        guard options.decodeSteps > 0 else { return }
-        let prefix = min(128, options.config.maxPositionEmbeddings - options.decodeSteps)
-        guard prefix > 0 else { return }
-        let prompt = (0 ..< prefix).map { ($0 * 31 + 7) % vocabulary }
+        guard options.decodeSteps > 0, let prompt = decodePrompt(), let last = prompt.last else { return }
         for (kind, model) in [("dense", dense), ("moe", moe)] {
             if kind == "moe" { model.router = try self.router(.learned) }
             let timer = StageTimer()
@@ -250,18 +175,14 @@ public struct ThroughputBenchmark {
                 _ = try model.forward([(prompt, cache)], logitRows: .lastTokenOfEachSequence)
                 timer.reset()
                 let start = DispatchTime.now().uptimeNanoseconds
-                var token = prompt.last!
-                for _ in 0 ..< options.decodeSteps {
-                    let logits = try model.forward([([token], cache)], logitRows: .lastTokenOfEachSequence, timer: timer).logits
-                    token = logits.values.indices.max { logits.values[$0] < logits.values[$1] } ?? 0
-                }
+                try Self.decode(model, cache: cache, after: last, steps: options.decodeSteps, timer: timer)
                 if run >= options.warmups { samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(options.decodeSteps)) }
             }
             emit(Result(level: "model", kind: kind, phase: "decode", tokens: options.decodeSteps,
                         experts: kind == "moe" ? options.experts : nil, topK: kind == "moe" ? options.topK : nil,
                         routing: kind == "moe" ? "learned" : nil, tokensPerSecond: Self.throughput(samples, work: 1), gflops: nil,
                         breakdown: Self.breakdown(timer).mapValues { $0 / Double(options.decodeSteps) },
-                        note: "after a \(prefix)-token prompt, KV cache"))
+                        note: "after a \(prompt.count)-token prompt, KV cache"))
         }
     }
 
