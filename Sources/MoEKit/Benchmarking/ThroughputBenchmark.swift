@@ -79,18 +79,6 @@ public struct ThroughputBenchmark {
     public let options: Options
     public init(options: Options) { self.options = options }
 
-    /// Times `body` after warm-up: seconds per run.
-    static func time(warmups: Int, repeats: Int, _ body: () throws -> Void) rethrows -> [Double] {
-        for _ in 0 ..< warmups { try body() }
-        var samples: [Double] = []
-        for _ in 0 ..< repeats {
-            let start = DispatchTime.now().uptimeNanoseconds
-            try body()
-            samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
-        }
-        return samples
-    }
-
     static func throughput(_ seconds: [Double], work: Double) -> Statistic {
         Statistic(seconds.map { work / $0 })
     }
@@ -113,56 +101,82 @@ public struct ThroughputBenchmark {
 
     // MARK: Layer level
 
+    /// Times several cases round-robin — warm-ups first, then repeat r of every case before repeat
+    /// r+1 of any — so drift in the machine's speed (other load, clock changes) hits every case
+    /// alike and ratios measured in one run stay fair. Returns seconds per run, per case.
+    static func timeInterleaved(warmups: Int, repeats: Int, _ cases: [() throws -> Void]) throws -> [[Double]] {
+        for _ in 0 ..< warmups { for body in cases { try body() } }
+        var samples = [[Double]](repeating: [], count: cases.count)
+        for _ in 0 ..< repeats {
+            for (index, body) in cases.enumerated() {
+                let start = DispatchTime.now().uptimeNanoseconds
+                try body()
+                samples[index].append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+            }
+        }
+        return samples
+    }
+
     func runLayerLevel(_ emit: (Result) -> Void) throws {
         let cases = makeLayerCases()
         let k = options.topK, e = options.experts
         for tokens in options.tokenCounts {
             let x = cases.input(tokens: tokens)
             var output = cases.sgemmOutput(tokens: tokens)
-            let sgemmSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { cases.sgemm(x, into: &output) }
-            emit(Result(level: "layer", kind: "sgemm", tokens: tokens, tokensPerSecond: Self.throughput(sgemmSeconds, work: Double(tokens)),
-                        gflops: Self.throughput(sgemmSeconds, work: cases.sgemmFLOPs(tokens: tokens) * 1e-9),
+            let routers = try options.routings.map { try self.router($0) }
+            let timers = options.routings.map { _ in StageTimer() }
+            var bodies: [() throws -> Void] = [
+                { cases.sgemm(x, into: &output) },
+                { _ = cases.dense.forward(x) },
+                { _ = cases.denseActive.forward(x) },
+            ]
+            for (router, timer) in zip(routers, timers) {
+                bodies.append {
+                    timer.reset()
+                    _ = cases.moe.forward(x, layer: 0, router: router, timer: timer)
+                }
+            }
+            let seconds = try Self.timeInterleaved(warmups: options.warmups, repeats: options.repeats, bodies)
+            emit(Result(level: "layer", kind: "sgemm", tokens: tokens, tokensPerSecond: Self.throughput(seconds[0], work: Double(tokens)),
+                        gflops: Self.throughput(seconds[0], work: cases.sgemmFLOPs(tokens: tokens) * 1e-9),
                         note: "[\(tokens),\(cases.hiddenSize)]x[\(cases.hiddenSize),\(2 * cases.intermediateSize)]"))
-
-            let denseSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = cases.dense.forward(x) }
-            emit(Result(level: "layer", kind: "dense", tokens: tokens, tokensPerSecond: Self.throughput(denseSeconds, work: Double(tokens)),
-                        gflops: Self.throughput(denseSeconds, work: cases.denseFLOPs(tokens: tokens) * 1e-9)))
-
-            let activeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = cases.denseActive.forward(x) }
+            emit(Result(level: "layer", kind: "dense", tokens: tokens, tokensPerSecond: Self.throughput(seconds[1], work: Double(tokens)),
+                        gflops: Self.throughput(seconds[1], work: cases.denseFLOPs(tokens: tokens) * 1e-9)))
             emit(Result(level: "layer", kind: "dense-active", tokens: tokens, topK: k,
-                        tokensPerSecond: Self.throughput(activeSeconds, work: Double(tokens)),
-                        gflops: Self.throughput(activeSeconds, work: cases.activeFLOPs(tokens: tokens) * 1e-9),
+                        tokensPerSecond: Self.throughput(seconds[2], work: Double(tokens)),
+                        gflops: Self.throughput(seconds[2], work: cases.activeFLOPs(tokens: tokens) * 1e-9),
                         note: "intermediate \(k * cases.intermediateSize)"))
-
-            for routing in options.routings {
-                let router = try self.router(routing)
-                let moeSeconds = Self.time(warmups: options.warmups, repeats: options.repeats) { _ = cases.moe.forward(x, layer: 0, router: router) }
+            for (index, routing) in options.routings.enumerated() {
                 emit(Result(level: "layer", kind: "moe", tokens: tokens, experts: e, topK: k, routing: routing.rawValue,
-                            tokensPerSecond: Self.throughput(moeSeconds, work: Double(tokens)),
-                            gflops: Self.throughput(moeSeconds, work: cases.activeFLOPs(tokens: tokens) * 1e-9)))
+                            tokensPerSecond: Self.throughput(seconds[3 + index], work: Double(tokens)),
+                            gflops: Self.throughput(seconds[3 + index], work: cases.activeFLOPs(tokens: tokens) * 1e-9),
+                            breakdown: Self.breakdown(timers[index])))
             }
         }
     }
-
-    // MARK: Model level
 
     func runModelLevel(_ emit: (Result) -> Void) throws {
         let (dense, moe) = try makeModels()
         for tokens in options.tokenCounts where tokens <= options.config.maxPositionEmbeddings {
             let sequence = prefillSequence(tokens: tokens)
-            for (kind, model, routings) in [("dense", dense, [Routing?.none]), ("moe", moe, options.routings.map { Optional($0) })] {
-                for routing in routings {
-                    if let routing { model.router = try self.router(routing) }
-                    let timer = StageTimer()
-                    let seconds = try Self.time(warmups: options.warmups, repeats: options.repeats) {
-                        timer.reset()
-                        _ = try model.forward([sequence], logitRows: .lastTokenOfEachSequence, timer: timer)
-                    }
-                    emit(Result(level: "model", kind: kind, phase: "prefill", tokens: tokens,
-                                experts: routing == nil ? nil : options.experts, topK: routing == nil ? nil : options.topK,
-                                routing: routing?.rawValue, tokensPerSecond: Self.throughput(seconds, work: Double(tokens)),
-                                gflops: nil, breakdown: Self.breakdown(timer)))
+            let variants: [(kind: String, model: MiniCPMModel, routing: Routing?)] =
+                [("dense", dense, nil)] + options.routings.map { ("moe", moe, $0) }
+            let routers = try variants.map { try $0.routing.map { try self.router($0) } }
+            let timers = variants.map { _ in StageTimer() }
+            let bodies: [() throws -> Void] = variants.indices.map { index in
+                {
+                    let variant = variants[index]
+                    if let router = routers[index] { variant.model.router = router }
+                    timers[index].reset()
+                    _ = try variant.model.forward([sequence], logitRows: .lastTokenOfEachSequence, timer: timers[index])
                 }
+            }
+            let seconds = try Self.timeInterleaved(warmups: options.warmups, repeats: options.repeats, bodies)
+            for (index, variant) in variants.enumerated() {
+                emit(Result(level: "model", kind: variant.kind, phase: "prefill", tokens: tokens,
+                            experts: variant.routing == nil ? nil : options.experts, topK: variant.routing == nil ? nil : options.topK,
+                            routing: variant.routing?.rawValue, tokensPerSecond: Self.throughput(seconds[index], work: Double(tokens)),
+                            gflops: nil, breakdown: Self.breakdown(timers[index])))
             }
         }
         guard options.decodeSteps > 0, let prompt = decodePrompt(), let last = prompt.last else { return }
