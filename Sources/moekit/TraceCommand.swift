@@ -79,7 +79,12 @@ struct TraceCommand: ParsableCommand {
             }
             let medianStep = summary.stepSeconds.sorted()[summary.stepSeconds.count / 2]
             print("\(modelDirectory): \(summary.tokens) tokens in \(summary.steps) steps (\(String(format: "%.2f", summary.seconds))s, median \(String(format: "%.4f", medianStep))s per step)")
-            if let log = options.logPath { print("  logged steps \(summary.firstStep)…\(summary.firstStep + summary.steps - 1) to \(log)") }
+            if let log = options.logPath {
+                print("  logged steps \(summary.firstStep)…\(summary.firstStep + summary.steps - 1) to \(log)")
+                let logging = summary.loggingSeconds.reduce(0, +), total = summary.stepSeconds.reduce(0, +)
+                print(String(format: "  logging (statistics + HDF5 write and flush): %.2f ms per step, %.2f%% of step time",
+                             1000 * logging / Double(max(summary.steps, 1)), 100 * logging / max(total, 1e-12)))
+            }
         }
     }
 }

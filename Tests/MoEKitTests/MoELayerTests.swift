@@ -96,6 +96,25 @@ import Testing
         #expect(collapsedRecord.selectedExperts == [0, 0, 0, 0])
     }
 
+    /// The record's one-pass f32 statistics equal the loss functions' values on random routing,
+    /// and its entropy equals −Σ p log p of the softmax computed directly.
+    @Test func recordStatisticsEqualTheLossFunctions() throws {
+        let x = randomTensor([37, 6], seed: 12)
+        let gate = randomTensor([5, 6], seed: 13)
+        let routed = try Self.defaultRouter(experts: 5, hidden: 6, topK: 2).route(inputs: x, gateWeight: gate, layer: 0)
+        let record = RoutingStatistics.record(routed, topK: 2, detail: .statistics)
+        let d = routed.decision
+        let switchLoss = RouterLosses.switchLoadBalancing(logits: routed.logits, tokens: 37, experts: 5, selectedExperts: d.selectedExperts, topK: 2).value
+        let zLoss = RouterLosses.zLoss(logits: routed.logits, tokens: 37, experts: 5).value
+        #expect(abs(record.loadBalancingLoss - switchLoss) <= 1e-5 * switchLoss)
+        #expect(abs(record.zLoss - zLoss) <= 1e-5 * zLoss)
+        var entropy = 0.0
+        for t in 0 ..< 37 {
+            for e in 0 ..< 5 { let p = Double(d.probabilities[t * 5 + e]); if p > 0 { entropy -= p * log(p) } }
+        }
+        #expect(abs(Double(record.entropy) - entropy / 37) <= 1e-5)
+    }
+
     /// Asking a model for routing detail returns one record per MoE layer whose counts add up to tokens·k.
     @Test func modelReturnsOneRecordPerLayer() throws {
         let config = SmallModels.config(experts: 4, topK: 2, layers: 3)

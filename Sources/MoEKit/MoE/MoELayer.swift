@@ -25,7 +25,9 @@ public struct MoELayer: Sendable {
                         timer: StageTimer? = nil) -> (output: Tensor, record: RoutingRecord?) {
         let routed = timer.measure(.router) { router.route(inputs: x, gateWeight: gateWeight, layer: layer) }
         let output = run(x, decision: routed.decision, timer: timer)
-        let record: RoutingRecord? = detail == .none ? nil : RoutingStatistics.record(routed, topK: router.slotsPerToken, detail: detail)
+        let record: RoutingRecord? = detail == .none ? nil : timer.measure(.routingStatistics) {
+            RoutingStatistics.record(routed, topK: router.slotsPerToken, detail: detail)
+        }
         return (output, record)
     }
 

@@ -5,8 +5,8 @@
 /// Σ counts = tokens · k − droppedAssignments for top-k routing; `probabilityMean[i]` is P_i, the
 /// mean over tokens of the full router probability of expert i; `loadBalancingLoss` is the Switch
 /// loss E · Σ f_i · P_i with f_i = count_i / (tokens · k), so perfectly balanced routing gives 1;
-/// `zLoss` is the mean of logsumexp(logits)²; `entropy` the mean per-token entropy of the router
-/// probabilities in nats; `coactivation[i·E + j]` counts tokens that chose both i and j (i ≠ j,
+/// `zLoss` is the mean of logsumexp(logits)²; `entropy` the mean per-token entropy of
+/// softmax(logits) in nats; `coactivation[i·E + j]` counts tokens that chose both i and j (i ≠ j,
 /// symmetric, diagonal 0).
 public struct RoutingRecord: Sendable, Equatable {
     public enum Detail: Sendable {

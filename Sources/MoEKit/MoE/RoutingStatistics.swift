@@ -1,44 +1,62 @@
 import Foundation
 
-/// Builds `RoutingRecord`s from routing decisions (see `RoutingRecord` for the conventions). The
-/// load-balancing and z-loss values are those of `RouterLosses`; entropy is that of each token's
-/// scores normalised to sum to 1 (the softmax probabilities themselves by default).
+/// Builds `RoutingRecord`s from routing decisions (see `RoutingRecord` for the conventions).
+///
+/// One pass over the tokens in f32, cheap enough to run on every step of a trace: per token, the
+/// softmax of the router logits z gives logsumexp(z) (z-loss), its entropy
+/// H = logsumexp(z) − Σ_i p_i z_i, and its contribution to P_i for the Switch loss. The loss values
+/// equal those of `RouterLosses.switchLoadBalancing` and `RouterLosses.zLoss` (a test pins this);
+/// they are computed here without the gradients those functions also return.
 public enum RoutingStatistics {
     public static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail) -> RoutingRecord {
         let decision = routed.decision
         let tokens = decision.tokens, experts = decision.experts, slots = decision.slotsPerToken
         let counts = decision.expertCounts
         var probabilityMean = [Float](repeating: 0, count: experts)
-        var entropySum = 0.0
+        var softmaxMean = [Float](repeating: 0, count: experts)
+        var entropySum: Float = 0
+        var zSum: Float = 0
         var coactivation = [Int](repeating: 0, count: experts * experts)
-        for t in 0 ..< tokens {
-            var rowSum = 0.0
-            for e in 0 ..< experts { rowSum += Double(decision.probabilities[t * experts + e]) }
-            for e in 0 ..< experts {
-                let p = Double(decision.probabilities[t * experts + e])
-                probabilityMean[e] += Float(p)
-                let normalised = rowSum > 0 ? p / rowSum : 0
-                if normalised > 0 { entropySum -= normalised * log(normalised) }
-            }
-            for a in 0 ..< slots {
-                let i = Int(decision.selectedExperts[t * slots + a])
-                guard i >= 0 else { continue }
-                for b in 0 ..< slots where b != a {
-                    let j = Int(decision.selectedExperts[t * slots + b])
-                    if j >= 0 && j != i { coactivation[i * experts + j] += 1 }
+        var exps = [Float](repeating: 0, count: experts)
+        routed.logits.withUnsafeBufferPointer { logits in
+            decision.probabilities.withUnsafeBufferPointer { probabilities in
+                for t in 0 ..< tokens {
+                    let z = logits.baseAddress! + t * experts
+                    var maximum = -Float.infinity
+                    for e in 0 ..< experts { maximum = max(maximum, z[e]) }
+                    var sum: Float = 0
+                    for e in 0 ..< experts { exps[e] = expf(z[e] - maximum); sum += exps[e] }
+                    let logSumExp = maximum + logf(sum)
+                    zSum += logSumExp * logSumExp
+                    var expectedLogit: Float = 0
+                    for e in 0 ..< experts {
+                        let p = exps[e] / sum
+                        softmaxMean[e] += p
+                        expectedLogit += p * z[e]
+                        probabilityMean[e] += probabilities[t * experts + e]
+                    }
+                    entropySum += logSumExp - expectedLogit
+                    for a in 0 ..< slots {
+                        let i = Int(decision.selectedExperts[t * slots + a])
+                        guard i >= 0 else { continue }
+                        for b in 0 ..< slots where b != a {
+                            let j = Int(decision.selectedExperts[t * slots + b])
+                            if j >= 0 && j != i { coactivation[i * experts + j] += 1 }
+                        }
+                    }
                 }
             }
         }
         let tokenCount = Float(max(tokens, 1))
-        for e in 0 ..< experts { probabilityMean[e] /= tokenCount }
-        let loadBalancing = RouterLosses.switchLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
-                                                             selectedExperts: decision.selectedExperts, topK: topK).value
-        let zLoss = RouterLosses.zLoss(logits: routed.logits, tokens: tokens, experts: experts).value
+        var loadBalancing: Float = 0
+        for e in 0 ..< experts {
+            probabilityMean[e] /= tokenCount
+            loadBalancing += Float(counts[e]) / Float(max(tokens * topK, 1)) * (softmaxMean[e] / tokenCount)
+        }
         return RoutingRecord(
             tokens: tokens, experts: experts, topK: topK, expertCounts: counts, probabilityMean: probabilityMean,
-            droppedAssignments: decision.droppedAssignments, loadBalancingLoss: loadBalancing,
-            zLoss: zLoss, entropy: Float(entropySum / Double(max(tokens, 1))),
-            coactivation: coactivation,
+            droppedAssignments: decision.droppedAssignments, loadBalancingLoss: Float(experts) * loadBalancing,
+            zLoss: zSum / tokenCount, entropy: max(0, entropySum / tokenCount), coactivation: coactivation,
             selectedExperts: detail == .perToken ? decision.selectedExperts : nil,
             combineWeights: detail == .perToken ? decision.combineWeights : nil)
     }

@@ -171,6 +171,8 @@ final class HDF5File {
     // MARK: Datasets
 
     /// Creates a chunked, deflate-compressed dataset whose first axis starts at 0 and is unlimited.
+    /// Deflate level 1: every per-step flush recompresses the chunk being filled, and level 1 keeps
+    /// that within the 2% logging budget (level 4 cost about 0.2 ms more per step on the tiny preset).
     /// `trailingShape` are the fixed dimensions after it; `chunkRows` rows make one chunk.
     func createExtendibleDataset(_ name: String, fileType: hid_t, trailingShape: [Int], chunkRows: Int) throws -> HDF5Dataset {
         func failure() -> RoutingLogError { .hdf5(file: path, operation: "create dataset", object: name, reason: HDF5.lastErrorMessage()) }
@@ -181,7 +183,7 @@ final class HDF5File {
         let creation = HDF5Object.propertyList(H5Pcreate(moekit_H5P_DATASET_CREATE()))
         guard space.id >= 0, creation.id >= 0,
               H5Pset_chunk(creation.id, Int32(chunk.count), &chunk) >= 0,
-              H5Pset_deflate(creation.id, 4) >= 0 else { throw failure() }
+              H5Pset_deflate(creation.id, 1) >= 0 else { throw failure() }
         let dataset = H5Dcreate2(id, name, fileType, space.id, moekit_H5P_DEFAULT(), creation.id, moekit_H5P_DEFAULT())
         guard dataset >= 0 else { throw failure() }
         return HDF5Dataset(id: dataset, name: name, file: path)

@@ -32,6 +32,8 @@ public struct RoutingTracer {
         public var seconds: Double
         /// Seconds per step, in order (for overhead measurements).
         public var stepSeconds: [Double]
+        /// Seconds per step spent on logging: building routing statistics and writing the step.
+        public var loggingSeconds: [Double]
     }
 
     /// One batch: pieces of sequences (sequence index, token range within it).
@@ -105,6 +107,8 @@ public struct RoutingTracer {
         var caches: [Int: KVCache] = [:]
         var done = 0
         var stepSeconds: [Double] = []
+        var loggingSeconds: [Double] = []
+        let timer = StageTimer()
         let start = Date()
         let detail: RoutingRecord.Detail = writer == nil ? .none : options.perToken ? .perToken : .statistics
         for (index, batch) in plan.enumerated() {
@@ -122,19 +126,23 @@ public struct RoutingTracer {
                     positions += piece.range.map { Int32($0) }
                 }
             }
-            let output = try model.forward(chunks, detail: detail, logitRows: .none, source: source)
+            timer.reset()
+            let output = try model.forward(chunks, detail: detail, logitRows: .none, timer: timer, source: source)
             for piece in batch.pieces where piece.range.upperBound == sequences[piece.sequence].count {
                 caches[piece.sequence] = nil  // finished: free its cache
             }
             if let writer {
                 let trace = options.perToken ? RoutingLogTokenTrace(ids: ids, sequence: sequenceIndices, position: positions, records: output.routing) : nil
-                try writer.append(RoutingLogStep(step: firstStep + index, records: output.routing, tokenTrace: trace))
+                try timer.measure(.logWrite) {
+                    try writer.append(RoutingLogStep(step: firstStep + index, records: output.routing, tokenTrace: trace))
+                }
             }
+            loggingSeconds.append((timer.seconds[.routingStatistics] ?? 0) + (timer.seconds[.logWrite] ?? 0))
             stepSeconds.append(Double(DispatchTime.now().uptimeNanoseconds - stepStart) * 1e-9)
             done += batch.tokenCount
             progress(Progress(step: index + 1, steps: plan.count, tokensDone: done, tokens: total, seconds: Date().timeIntervalSince(start)))
         }
         try writer?.close()
-        return Summary(steps: plan.count, tokens: total, firstStep: firstStep, seconds: Date().timeIntervalSince(start), stepSeconds: stepSeconds)
+        return Summary(steps: plan.count, tokens: total, firstStep: firstStep, seconds: Date().timeIntervalSince(start), stepSeconds: stepSeconds, loggingSeconds: loggingSeconds)
     }
 }

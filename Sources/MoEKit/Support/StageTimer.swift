@@ -5,6 +5,10 @@ import Foundation
 public final class StageTimer: @unchecked Sendable {
     public enum Stage: String, CaseIterable, Sendable {
         case attention, router, dispatch, expertGEMM = "expert_gemm", combine, denseFFN = "dense_ffn", other
+        /// Building routing records (statistics for logs), when asked for.
+        case routingStatistics = "routing_statistics"
+        /// Writing routing logs.
+        case logWrite = "log_write"
     }
 
     public private(set) var seconds: [Stage: Double] = [:]
