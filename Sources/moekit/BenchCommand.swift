@@ -32,8 +32,7 @@ struct BenchCommand: ParsableCommand {
     var routing: String = "learned,uniform,collapsed"
     @Option(help: "Which levels: layer, model or all.")
     var level: String = "all"
-    @Option(help: "OpenBLAS threads (default: all cores).")
-    var threads: Int?
+    @OptionGroup var compute: ComputeOptions
     @Option(help: "Timed runs per case.")
     var repeats: Int = 5
     @Option(help: "Write the results as JSON to this file.")
@@ -60,7 +59,7 @@ struct BenchCommand: ParsableCommand {
             options.layerLevel = level == "all" || level == "layer"
             options.modelLevel = level == "all" || level == "model"
             guard layers >= 1, experts >= 2, topK >= 1, topK <= experts else { throw ValidationError("need layers ≥ 1, experts ≥ 2, 1 ≤ top-k ≤ experts") }
-            if let threads { BLAS.threadCount = threads }
+            compute.apply()
             let machine = ThroughputBenchmark.Machine.current
             print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
             print("shapes: \(preset) hidden \(config.hiddenSize), intermediate \(config.intermediateSize); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")

@@ -25,12 +25,11 @@ struct ForwardCommand: ParsableCommand {
     @Option(help: "Router to use instead of the model's (MoE only; e.g. softmax-topk, switch, \"topk:cf=1.25\"); see docs/routers.md.")
     var router: String?
 
-    @Option(help: "OpenBLAS threads (default: all cores, or OPENBLAS_NUM_THREADS).")
-    var threads: Int?
+    @OptionGroup var compute: ComputeOptions
 
     func run() throws {
         try reportingErrors {
-            if let threads { BLAS.threadCount = threads }
+            compute.apply()
             let sequences = try TokenFile.read(tokensFile)
             let start = Date()
             let model = try MiniCPMModel(directory: modelDirectory)

@@ -40,8 +40,7 @@ struct TraceCommand: ParsableCommand {
     @Flag(help: "Run the same batches without logging (to measure logging overhead).")
     var noLog = false
 
-    @Option(help: "OpenBLAS threads (default: all cores).")
-    var threads: Int?
+    @OptionGroup var compute: ComputeOptions
 
     @Flag(help: "No progress line.")
     var quiet = false
@@ -55,7 +54,7 @@ struct TraceCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            if let threads { BLAS.threadCount = threads }
+            compute.apply()
             let sequences = try TokenFile.read(tokensFile)
             let model = try MiniCPMModel(directory: modelDirectory)
             if let router { try model.useRouter(RouterConfiguration(text: router)) }

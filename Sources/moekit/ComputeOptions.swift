@@ -1,0 +1,17 @@
+import ArgumentParser
+import MoEKit
+
+/// Options shared by the commands that compute: how many OpenBLAS threads to use.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "OpenBLAS threads (default: all cores, or OPENBLAS_NUM_THREADS).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    /// Applies the options to the process.
+    func apply() {
+        if let threads { BLAS.threadCount = threads }
+    }
+}
