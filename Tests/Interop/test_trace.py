@@ -95,6 +95,10 @@ def test_concurrent_reader_sees_consistent_growing_data(moekit, moe, tmp_path):
     seen = []
     try:
         wait_for_steps(log, 1, process)
+        # MoEKit's own reader works on the live file too (SWMR read).
+        live = subprocess.run([moekit, "inspect", str(log), "--json"], capture_output=True, text=True)
+        assert live.returncode == 0, live.stderr
+        assert process.poll() is None, "inspect ran while trace was still writing"
         with h5py.File(log, "r", libver="latest", swmr=True) as f:
             while process.poll() is None:
                 rows = complete_rows(f)

@@ -67,3 +67,29 @@ def test_bad_input_leaves_no_output(tmp_path):
     assert result.returncode != 0 and "--top-k" in result.stderr
     assert not os.path.exists(moe)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_interrupted_upcycle_leaves_nothing_behind(tmp_path):
+    """SIGINT mid-write: no OUT_DIR appears and the temporary directory beside it is removed."""
+    import signal
+    import time
+    dense, moe = str(tmp_path / "dense"), str(tmp_path / "moe")
+    run("init", dense, "--preset", "minicpm-1.2b", "--layers", "2", "--quiet")
+    process = subprocess.Popen([MOEKIT, "upcycle", dense, moe, "--experts", "8", "--top-k", "2", "--verify", "0", "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    temporary = []
+    while time.time() < deadline and process.poll() is None:
+        temporary = [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+        if temporary and any(n.endswith(".safetensors") or ".safetensors.tmp-" in n
+                             for n in os.listdir(tmp_path / temporary[0])):
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "upcycle finished before it could be interrupted"
+    assert temporary, "upcycle writes into a temporary directory beside OUT_DIR"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "interrupted" in stderr
+    assert not os.path.exists(moe)
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
