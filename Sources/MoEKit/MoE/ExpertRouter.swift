@@ -12,14 +12,26 @@ public protocol ExpertRouter: AnyObject {
     func route(inputs: Tensor, gateWeight: Tensor, layer: Int) -> RoutedTokens
 }
 
-/// A routing decision together with the router logits it came from.
+/// A routing decision together with the router logits it came from, and the noise the selection
+/// saw while training.
 public struct RoutedTokens: Sendable {
     public var decision: RoutingDecision
     /// `[tokens, experts]` router logits, `gate(x)` (before any noise).
     public var logits: [Float]
+    /// `[tokens, experts]` the noisy logits z̃ the selection was made from (input jitter, logit
+    /// noise and noisy top-k noise all applied, see `RouterConfiguration`); `nil` when no noise
+    /// was applied (evaluation, or a router without noise).
+    public var noisyLogits: [Float]?
+    /// `[tokens, experts]` σ = softplus(x'·W_noiseᵀ), the standard deviations of Shazeer's noisy
+    /// top-k noise exactly as applied (z̃ gained σ ⊙ ε with ε ~ N(0, 1)); `nil` unless noisy top-k
+    /// noise was applied. When set, `noisyLogits` is set too. The load loss needs both
+    /// (`RouterLosses.loadLoss`).
+    public var noiseStandardDeviations: [Float]?
 
-    public init(decision: RoutingDecision, logits: [Float]) {
+    public init(decision: RoutingDecision, logits: [Float], noisyLogits: [Float]? = nil, noiseStandardDeviations: [Float]? = nil) {
         self.decision = decision
         self.logits = logits
+        self.noisyLogits = noisyLogits
+        self.noiseStandardDeviations = noiseStandardDeviations
     }
 }

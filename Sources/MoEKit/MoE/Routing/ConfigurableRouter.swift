@@ -74,8 +74,11 @@ public final class ConfigurableRouter: ExpertRouter {
         // Logits and scores the choice is made from: noisy while training.
         var selectionLogits = logits
         var selectionScores = probabilities
+        var noise: (logits: [Float], standardDeviations: [Float]?)?
         if isTraining, configuration.inputJitter != nil || configuration.logitNoise != nil || configuration.noisyTopK {
-            selectionLogits = noisyLogits(inputs: flatInputs, cleanLogits: logits, gateWeight: gateWeight, layer: layer)
+            let applied = noisyLogits(inputs: flatInputs, cleanLogits: logits, gateWeight: gateWeight, layer: layer)
+            noise = applied
+            selectionLogits = applied.logits
             selectionScores = RoutingFunctions.scores(selectionLogits, columns: experts, scoring: configuration.scoring)
         }
 
@@ -90,7 +93,7 @@ public final class ConfigurableRouter: ExpertRouter {
             decision = RoutingDecision(tokens: tokens, experts: experts, slotsPerToken: experts, selectedExperts: selected,
                                        combineWeights: weights, probabilities: probabilities)
         }
-        return RoutedTokens(decision: decision, logits: logits)
+        return RoutedTokens(decision: decision, logits: logits, noisyLogits: noise?.logits, noiseStandardDeviations: noise?.standardDeviations)
     }
 
     /// Token choice: top-k of (scores + bias) per token, weights from the unbiased scores, then capacity.
@@ -142,7 +145,8 @@ public final class ConfigurableRouter: ExpertRouter {
 
     /// z̃ = (x ⊙ U(1−ε, 1+ε))·Wᵀ + σ·N(0,1) + softplus(x'·W_noiseᵀ) ⊙ N(0,1). Samples are drawn in
     /// this order: jitter for every input element, then logit noise, then noisy-top-k noise.
-    private func noisyLogits(inputs: Tensor, cleanLogits: [Float], gateWeight: Tensor, layer: Int) -> [Float] {
+    /// Returns z̃ and, with noisy top-k, its standard deviations softplus(x'·W_noiseᵀ) `[T, E]`.
+    private func noisyLogits(inputs: Tensor, cleanLogits: [Float], gateWeight: Tensor, layer: Int) -> (logits: [Float], standardDeviations: [Float]?) {
         var jittered = inputs
         var logits = cleanLogits
         if let epsilon = configuration.inputJitter {
@@ -155,11 +159,16 @@ public final class ConfigurableRouter: ExpertRouter {
         if let standardDeviation = configuration.logitNoise {
             for i in logits.indices { logits[i] += Float(random.nextNormal()) * standardDeviation }
         }
+        var standardDeviations: [Float]?
         if configuration.noisyTopK {
-            let noiseScale = MatrixMultiply.product(jittered, noiseWeights[layer], transposeB: true).values
-            for i in logits.indices { logits[i] += RoutingFunctions.softplus(noiseScale[i]) * Float(random.nextNormal()) }
+            var deviations = MatrixMultiply.product(jittered, noiseWeights[layer], transposeB: true).values
+            for i in logits.indices {
+                deviations[i] = RoutingFunctions.softplus(deviations[i])
+                logits[i] += deviations[i] * Float(random.nextNormal())
+            }
+            standardDeviations = deviations
         }
-        return logits
+        return (logits, standardDeviations)
     }
 
     // MARK: Auxiliary-loss-free balancing

@@ -35,6 +35,7 @@
 /// | `lb`         | `load_balancing_coefficient`     | number ≥ 0                                    |
 /// | `z`          | `z_loss_coefficient`             | number ≥ 0                                    |
 /// | `importance` | `importance_coefficient`         | number ≥ 0                                    |
+/// | `load`       | `load_coefficient`               | number ≥ 0 (non-zero needs `noisy-topk=true`) |
 ///
 /// The JSON key names are accepted as keys too, and `-` and `_` are interchangeable in keys and
 /// values. Examples: `switch`, `sigmoid:scale=2.5`, `expert-choice:cf=1.25`,
@@ -146,6 +147,9 @@ extension RouterConfiguration: CustomStringConvertible {
         TextKey(name: "importance", field: .importanceCoefficient, expected: "a number ≥ 0",
                 parse: { text, c in guard let v = Float(text) else { return false }; c.importanceCoefficient = v; return true },
                 format: { "\($0.importanceCoefficient)" }),
+        TextKey(name: "load", field: .loadCoefficient, expected: "a number ≥ 0",
+                parse: { text, c in guard let v = Float(text) else { return false }; c.loadCoefficient = v; return true },
+                format: { "\($0.loadCoefficient)" }),
     ]
 
     /// Parses the text form (see the table above) and validates the result. Errors quote the text

@@ -137,6 +137,11 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
     public var zLossCoefficient: Float = 0
     /// Coefficient of the importance CV² loss (Shazeer et al. 2017). Default 0.
     public var importanceCoefficient: Float = 0
+    /// Coefficient of the load CV² loss (Shazeer et al. 2017, Appendix A): the CV² of each expert's
+    /// smooth load Σ_t Φ((z_t,i − kth_excluding(H_t, k, i)) / σ_t,i) under noisy top-k (see
+    /// `RouterLosses.loadLoss`). Default 0. A non-zero value needs `noisyTopK` and token-choice
+    /// routing; the term is computed only for calls that applied the noise (training).
+    public var loadCoefficient: Float = 0
 
     /// MiniCPM-MoE's routing with every default.
     public init() {}
@@ -164,6 +169,7 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         case loadBalancingCoefficient = "load_balancing_coefficient"
         case zLossCoefficient = "z_loss_coefficient"
         case importanceCoefficient = "importance_coefficient"
+        case loadCoefficient = "load_coefficient"
     }
 
     /// Decodes the record; absent keys take their defaults. Does not validate (see `validate`).
@@ -186,6 +192,7 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         loadBalancingCoefficient = try container.decodeIfPresent(Float.self, forKey: .loadBalancingCoefficient) ?? loadBalancingCoefficient
         zLossCoefficient = try container.decodeIfPresent(Float.self, forKey: .zLossCoefficient) ?? zLossCoefficient
         importanceCoefficient = try container.decodeIfPresent(Float.self, forKey: .importanceCoefficient) ?? importanceCoefficient
+        loadCoefficient = try container.decodeIfPresent(Float.self, forKey: .loadCoefficient) ?? loadCoefficient
     }
 
     // MARK: Validation
@@ -205,8 +212,16 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         }
         guard biasUpdateRate.isFinite && biasUpdateRate > 0 else { throw fail(.biasUpdateRate, "must be a positive number, got \(biasUpdateRate)") }
         for (key, value) in [(CodingKeys.loadBalancingCoefficient, loadBalancingCoefficient), (.zLossCoefficient, zLossCoefficient),
-                             (.importanceCoefficient, importanceCoefficient)] where !(value >= 0 && value.isFinite) {
+                             (.importanceCoefficient, importanceCoefficient), (.loadCoefficient, loadCoefficient)] where !(value >= 0 && value.isFinite) {
             throw fail(key, "must be a finite number ≥ 0, got \(value)")
+        }
+        if loadCoefficient != 0 {
+            guard noisyTopK else {
+                throw fail(.loadCoefficient, "needs noisy_top_k: the load loss is defined by the noise of Shazeer's noisy top-k gate")
+            }
+            guard mode == .tokenChoice else {
+                throw fail(.loadCoefficient, "needs token-choice routing: the load loss estimates whether an expert stays in a token's top k")
+            }
         }
         if weighting == .softmaxOverSelected && scoring != .softmax {
             throw fail(.weighting, "'softmax_over_selected' needs softmax scoring, not \(scoring.rawValue)")

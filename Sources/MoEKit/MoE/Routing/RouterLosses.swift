@@ -142,8 +142,7 @@ public enum RouterLosses {
     /// G_i = ∂L/∂I_i = (2/E) · ((I_i − m)/m² − v/m³), and for j selected by token t
     /// ∂L/∂z_t,j = g_t,j · (G_j − Σ_i g_t,i G_i); 0 for unselected j.
     ///
-    /// Only the importance half of the paper's auxiliary losses: its smooth "load" estimator needs
-    /// the noise distribution of a noisy top-k gate and is not implemented.
+    /// The paper's other half, the smooth load estimator of a noisy top-k gate, is `loadLoss`.
     public static func importanceLoss(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32]) -> LossAndGradient {
         var gradient = [Float](repeating: 0, count: tokens * experts)
         let slotCount = slots(selectedExperts, tokens)
@@ -163,14 +162,9 @@ public enum RouterLosses {
             }
             for j in 0 ..< experts { gates[t * experts + j] /= sum; importance[j] += gates[t * experts + j] }
         }
-        let count = Float(experts)
-        let mean = importance.reduce(0, +) / count
-        guard mean > 0 else { return LossAndGradient(value: 0, gradient: gradient) }
-        var variance: Float = 0
-        for i in importance { variance += (i - mean) * (i - mean) }
-        variance /= count
-        let value = variance / (mean * mean)
-        let importanceGradient = importance.map { (2 / count) * (($0 - mean) / (mean * mean) - variance / (mean * mean * mean)) }
+        guard let (value, importanceGradient) = squaredCoefficientOfVariation(importance) else {
+            return LossAndGradient(value: 0, gradient: gradient)
+        }
         for t in 0 ..< tokens {
             var expected: Float = 0
             for i in 0 ..< experts { expected += gates[t * experts + i] * importanceGradient[i] }
@@ -179,6 +173,111 @@ public enum RouterLosses {
             }
         }
         return LossAndGradient(value: value, gradient: gradient)
+    }
+
+    // MARK: Load
+
+    /// Load loss of Shazeer et al. (2017, Appendix A), L = CV²(Load) = Var(Load) / Mean(Load)², for
+    /// a noisy top-k gate H_t = z_t + ε_t ⊙ σ_t (z the clean logits, σ_t = softplus(x_t·W_noiseᵀ),
+    /// ε ~ N(0, 1)). Load_i = Σ_t P(t, i), where P(t, i) is the probability that expert i would
+    /// still be among token t's top k if only ε_t,i were drawn again:
+    ///
+    ///     P(t, i) = Φ((z_t,i − θ_t,i) / σ_t,i),   θ_t,i = kth_excluding(H_t, k, i),
+    ///
+    /// kth_excluding(v, k, i) the k-th highest component of v with component i left out, and Φ the
+    /// standard normal CDF, Φ(u) = ½ erfc(−u/√2). Var and the zero handling are those of
+    /// `importanceLoss`: population variance over the E experts (divide by E), no ε added, and
+    /// the loss is 0 (with zero gradient) when every load is zero.
+    ///
+    /// Gradient with respect to the clean logits z, holding the noise samples ε and σ fixed (so
+    /// H_t,j = z_t,j + ε_t,j σ_t,j moves with z_t,j, and θ_t,i is the value H_t,j* of one other
+    /// expert j*): with G_i = ∂L/∂Load_i = (2/E) · ((Load_i − m)/m² − v/m³) and φ the standard
+    /// normal density, ∂P(t, i)/∂z_t,i = φ(u)/σ_t,i and ∂P(t, i)/∂z_t,j* = −φ(u)/σ_t,i, so
+    /// ∂L/∂z_t,i gains G_i · φ(u)/σ_t,i and ∂L/∂z_t,j* loses it. The selection (which expert is
+    /// j*) is held constant, as the paper's code does.
+    ///
+    /// Ties in H are broken like the router's top-k: the lower expert index ranks higher. θ's
+    /// value does not depend on the tie-break; its gradient goes to the one expert j* the
+    /// tie-break names. When E − 1 < k (every other expert fits in the top k, so no k-th other
+    /// exists) P(t, i) = 1 with zero gradient. When σ_t,i = 0 (softplus underflow) P is the step
+    /// 1 if z_t,i > θ, ½ if equal, 0 otherwise, with zero gradient.
+    ///
+    /// NOTE: this is exact for noisy top-k as the only noise. With input jitter or logit noise as
+    /// well, `noisyLogits` carries that noise too: θ comes from the noisy logits the selection
+    /// saw, while the numerator uses the clean z_t,i (the router's reported logits), and the
+    /// gradient treats H − z as constant. A router with an auxiliary-loss-free bias selects on
+    /// biased scores; the estimator ignores the bias.
+    ///
+    /// - Parameters:
+    ///   - logits: `[tokens, experts]` clean logits z (`RoutedTokens.logits`).
+    ///   - noisyLogits: `[tokens, experts]` H, the logits the selection was made from
+    ///     (`RoutedTokens.noisyLogits`).
+    ///   - noiseStandardDeviations: `[tokens, experts]` σ ≥ 0 (`RoutedTokens.noiseStandardDeviations`).
+    ///   - topK: the router's k, 1 ≤ k ≤ E.
+    public static func loadLoss(logits: [Float], noisyLogits: [Float], noiseStandardDeviations: [Float], tokens: Int, experts: Int,
+                                topK: Int) -> LossAndGradient {
+        let count = tokens * experts
+        precondition(logits.count == count && noisyLogits.count == count && noiseStandardDeviations.count == count,
+                     "load loss: logits, noisy logits and noise standard deviations must all be [\(tokens), \(experts)]")
+        precondition(topK >= 1 && topK <= experts, "load loss: top-k \(topK) must be in 1...\(experts)")
+        var gradient = [Float](repeating: 0, count: count)
+        // Per token and expert: u = (z − θ)/σ, the expert j* whose H is θ (−1: none), for the gradient.
+        var standardized = [Float](repeating: 0, count: count)
+        var threshold = [Int](repeating: -1, count: count)
+        var load = [Float](repeating: 0, count: experts)
+        var order = [Int](repeating: 0, count: experts)
+        var rank = [Int](repeating: 0, count: experts)
+        for t in 0 ..< tokens {
+            let row = t * experts
+            // Experts by H descending, ties to the lower index (a stable sort of 0..<E).
+            for e in 0 ..< experts { order[e] = e }
+            order.sort { a, b in
+                let ha = noisyLogits[row + a], hb = noisyLogits[row + b]
+                return ha > hb || (ha == hb && a < b)
+            }
+            for (position, e) in order.enumerated() { rank[e] = position }
+            for i in 0 ..< experts {
+                // Without i, the k-th highest is order[k] if i is itself in the top k, else order[k − 1].
+                let position = rank[i] < topK ? topK : topK - 1
+                guard position < experts else { load[i] += 1; continue }
+                let other = order[position]
+                let theta = noisyLogits[row + other]
+                let z = logits[row + i], sigma = noiseStandardDeviations[row + i]
+                guard sigma > 0 else { load[i] += z > theta ? 1 : (z == theta ? 0.5 : 0); continue }
+                let u = (z - theta) / sigma
+                standardized[row + i] = u
+                threshold[row + i] = other
+                load[i] += 0.5 * erfcf(-u / Float(2).squareRoot())
+            }
+        }
+        guard let (value, loadGradient) = squaredCoefficientOfVariation(load) else {
+            return LossAndGradient(value: 0, gradient: gradient)
+        }
+        let inverseSquareRootTwoPi = 1 / Float(2 * Double.pi).squareRoot()
+        for t in 0 ..< tokens {
+            let row = t * experts
+            for i in 0 ..< experts where threshold[row + i] >= 0 {
+                let u = standardized[row + i]
+                let density = inverseSquareRootTwoPi * expf(-0.5 * u * u)
+                let term = loadGradient[i] * density / noiseStandardDeviations[row + i]
+                gradient[row + i] += term
+                gradient[row + threshold[row + i]] -= term
+            }
+        }
+        return LossAndGradient(value: value, gradient: gradient)
+    }
+
+    /// CV²(x) = Var(x) / Mean(x)² with the population variance (divide by n) and its gradient
+    /// ∂/∂x_i = (2/n) · ((x_i − m)/m² − v/m³); `nil` when the mean is not positive.
+    private static func squaredCoefficientOfVariation(_ values: [Float]) -> (value: Float, gradient: [Float])? {
+        let count = Float(values.count)
+        let mean = values.reduce(0, +) / count
+        guard mean > 0 else { return nil }
+        var variance: Float = 0
+        for x in values { variance += (x - mean) * (x - mean) }
+        variance /= count
+        let gradient = values.map { (2 / count) * (($0 - mean) / (mean * mean) - variance / (mean * mean * mean)) }
+        return (variance / (mean * mean), gradient)
     }
 
     private static func slots(_ selectedExperts: [Int32], _ tokens: Int) -> Int {
