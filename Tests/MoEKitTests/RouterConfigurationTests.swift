@@ -23,6 +23,7 @@ import Testing
         c.loadBalancingCoefficient = 0.001
         c.zLossCoefficient = 0.001
         c.importanceCoefficient = 0.1
+        c.loadCoefficient = 0.02
         return c
     }
 

@@ -96,8 +96,7 @@ import Testing
         return (logits, selection)
     }
 
-    static func checkGradient(_ loss: ([Float]) -> LossAndGradient) {
-        let (logits, _) = fixture
+    static func checkGradient(at logits: [Float] = fixture.logits, _ loss: ([Float]) -> LossAndGradient) {
         let analytic = loss(logits).gradient
         let numeric = finiteDifferenceGradient(at: logits, step: 1e-2) { loss($0).value }
         #expect(analytic.contains { $0 != 0 })
@@ -137,20 +136,175 @@ import Testing
     }
 
     /// The combined loss is the coefficient-weighted sum of its terms, and its gradient the same
-    /// sum (checked against finite differences of the total).
+    /// sum (checked against finite differences of the total, with noise data so the load term counts).
     @Test func combinedLossWeightsTermsByCoefficients() throws {
-        var c = try RouterConfiguration(text: "loss=per-sequence,lb=0.5,z=0.25,importance=2")
+        var c = try RouterConfiguration(text: "noisy-topk:loss=per-sequence,lb=0.5,z=0.25,importance=2,load=1.5")
         let selection = Self.fixture.selection
+        let (logits, offsets, deviations) = Self.loadFixture
         func evaluate(_ logits: [Float]) -> RouterLoss.Value {
             let decision = RoutingDecision(tokens: Self.tokens, experts: Self.experts, slotsPerToken: Self.topK, selectedExperts: selection,
                                            combineWeights: [Float](repeating: 0, count: selection.count),
                                            probabilities: [Float](repeating: 0, count: logits.count))
-            return RouterLoss(configuration: c).evaluate(RoutedTokens(decision: decision, logits: logits), topK: Self.topK, sequenceLengths: [3, 3])
+            let routed = RoutedTokens(decision: decision, logits: logits, noisyLogits: zip(logits, offsets).map(+),
+                                      noiseStandardDeviations: deviations)
+            return RouterLoss(configuration: c).evaluate(routed, topK: Self.topK, sequenceLengths: [3, 3])
         }
-        let value = evaluate(Self.fixture.logits)
-        #expect(abs(value.total - (0.5 * value.loadBalancing + 0.25 * value.zLoss + 2 * value.importance)) <= 1e-6 * value.total)
-        Self.checkGradient { logits in let v = evaluate(logits); return LossAndGradient(value: v.total, gradient: v.gradient) }
+        let value = evaluate(logits)
+        let load = try #require(value.load)
+        #expect(abs(value.total - (0.5 * value.loadBalancing + 0.25 * value.zLoss + 2 * value.importance + 1.5 * load)) <= 1e-6 * value.total)
+        Self.checkGradient(at: logits) { z in let v = evaluate(z); return LossAndGradient(value: v.total, gradient: v.gradient) }
         c = RouterConfiguration()
         #expect(evaluate(Self.fixture.logits).total == 0.01 * evaluate(Self.fixture.logits).loadBalancing)
+    }
+
+    // MARK: Load loss (Shazeer 2017, Appendix A)
+
+    /// Load CV² on a hand-computed case: T = 2, E = 3, k = 1.
+    /// Token 0: z = (1, 0, 0), σ = (1, 1, 1), ε = 0, so H = (1, 0, 0). Expert 0 is the top-1; without
+    /// it the best is H_1 = 0 (the tie with expert 2 goes to the lower index), u = 1; experts 1 and 2
+    /// face θ = H_0 = 1, u = −1.
+    /// Token 1: z = (0, 1, 0), σ = (1, 2, 1), ε = (0, 0.5, 0), so H = (0, 2, 0). Expert 1 faces
+    /// θ = H_0 = 0 (tie with expert 2, lower index), u = (1 − 0)/2 = 0.5 — the numerator uses the
+    /// clean z, not H; experts 0 and 2 face θ = 2, u = −2.
+    /// Load = (Φ(1) + Φ(−2), Φ(−1) + Φ(0.5), Φ(−1) + Φ(−2)) = (0.8640949, 0.8501177, 0.1814054),
+    /// mean 0.6318727, population variance 0.1014929, CV² = 0.2542007.
+    /// Gradient (double precision, from G_i = (2/E)((L_i − m)/m² − v/m³) = (0.1195532, 0.0962149,
+    /// −1.0203628), +G_i φ(u)/σ at (t, i) and −G_i φ(u)/σ at (t, j*)). ∂/∂z_0,2 = G_2 φ(1) only, since
+    /// the tie made expert 1, not 2, the j* of expert 0: this pins the tie rule.
+    @Test func loadLossOnHandComputedCase() {
+        let logits: [Float] = [1, 0, 0, 0, 1, 0]
+        let standardDeviations: [Float] = [1, 1, 1, 1, 2, 1]
+        let noisyLogits: [Float] = [1, 0, 0, 0, 2, 0]
+        let loss = RouterLosses.loadLoss(logits: logits, noisyLogits: noisyLogits, noiseStandardDeviations: standardDeviations,
+                                         tokens: 2, experts: 3, topK: 1)
+        #expect(abs(loss.value - 0.25420068) <= 1e-5 * 0.25420068, "\(loss.value)")
+        let expected: [Float] = [0.25254510, -0.00564718, -0.24689792, -0.01048218, 0.06557255, -0.05509037]
+        #expect(isClose(loss.gradient, expected, relativeTolerance: 1e-5), "\(loss.gradient)")
+    }
+
+    /// Balanced loads give CV² = 0 with a zero gradient (the loss is stationary there): two tokens
+    /// mirror each other, so both experts have load Φ(1) + Φ(−1) = 1. With k = E every expert is
+    /// always chosen (P = 1): loads are equal and the loss is 0 too.
+    @Test func balancedLoadsGiveZeroLoadLoss() {
+        let noisy: [Float] = [1, 0, 0, 1]
+        let loss = RouterLosses.loadLoss(logits: noisy, noisyLogits: noisy, noiseStandardDeviations: [1, 1, 1, 1], tokens: 2, experts: 2, topK: 1)
+        #expect(loss.value == 0)
+        #expect(loss.gradient.allSatisfy { $0 == 0 })
+        let everyExpert = RouterLosses.loadLoss(logits: [3, 0, 1], noisyLogits: [3, 0, 1], noiseStandardDeviations: [1, 1, 1],
+                                                tokens: 1, experts: 3, topK: 3)
+        #expect(everyExpert.value == 0 && everyExpert.gradient.allSatisfy { $0 == 0 })
+        // An unbalanced case is not 0 (the test above can fail).
+        let skewed = RouterLosses.loadLoss(logits: [1, 0, 2, 0], noisyLogits: [1, 0, 2, 0], noiseStandardDeviations: [1, 1, 1, 1],
+                                           tokens: 2, experts: 2, topK: 1)
+        #expect(skewed.value > 0.1)
+    }
+
+    /// A well-conditioned noisy top-k case: each token's noisy logits H are a rotation of
+    /// (−1.2, −0.4, 0.4, 1.2) shifted by 0.05·t (so they are 0.8 apart: a finite-difference step never
+    /// reorders them), σ in [0.5, 1.5), ε ~ N(0, 0.5²), and the clean logits z = H − ε·σ. The noise
+    /// ε·σ = H − z is what stays fixed when z moves.
+    static var loadFixture: (logits: [Float], noiseOffsets: [Float], standardDeviations: [Float]) {
+        let epsilon = randomTensor([tokens, experts], seed: 33, standardDeviation: 0.5).values
+        let deviations = randomTensor([tokens, experts], seed: 34).values.map { 0.5 + 1 / (1 + expf(-$0)) }
+        let offsets = zip(epsilon, deviations).map(*)
+        let levels: [Float] = [-1.2, -0.4, 0.4, 1.2]
+        var logits = [Float](repeating: 0, count: tokens * experts)
+        for t in 0 ..< tokens {
+            for e in 0 ..< experts { logits[t * experts + e] = levels[(e + t) % experts] + 0.05 * Float(t) - offsets[t * experts + e] }
+        }
+        return (logits, offsets, deviations)
+    }
+
+    /// ∂(load CV²)/∂z with ε and σ held fixed (H moves with z), k = 2 and k = 1, against central
+    /// finite differences in f32, on the well-conditioned `loadFixture` (no near-ties in H, σ ≥ 0.5,
+    /// u of order 1).
+    @Test func loadLossGradientMatchesFiniteDifferences() throws {
+        let (logits, offsets, deviations) = Self.loadFixture
+        for k in [2, 1] {
+            Self.checkGradient(at: logits) { z in
+                let noisy = zip(z, offsets).map(+)
+                return RouterLosses.loadLoss(logits: z, noisyLogits: noisy, noiseStandardDeviations: deviations,
+                                             tokens: Self.tokens, experts: Self.experts, topK: k)
+            }
+        }
+    }
+
+    /// `load_coefficient` (text key `load`) round-trips through the `moekit_router` JSON and the
+    /// text form, and defaults to 0.
+    @Test func loadCoefficientRoundTripsThroughJSONAndText() throws {
+        #expect(RouterConfiguration().loadCoefficient == 0)
+        let parsed = try RouterConfiguration(text: "noisy-topk:load=0.01,seed=3")
+        #expect(parsed.noisyTopK && parsed.loadCoefficient == 0.01 && parsed.noiseSeed == 3)
+        #expect(try RouterConfiguration(text: parsed.description) == parsed)
+        #expect(parsed.description.contains("load=0.01"))
+        let json = parsed.jsonValue
+        #expect(json.objectValue?["load_coefficient"] != nil)
+        #expect(try RouterConfiguration(json: json) == parsed)
+        #expect(try RouterConfiguration(json: .object(["noisy_top_k": .bool(true), "load_coefficient": .number(0.5)])).loadCoefficient == 0.5)
+    }
+
+    /// A non-zero load coefficient needs noisy top-k (the loss is defined by its noise) and token
+    /// choice; the error names `load_coefficient` and the missing setting. Negative is refused.
+    @Test func loadCoefficientWithoutNoisyTopKIsAnError() throws {
+        let cases: [(String, String)] = [
+            ("load=0.1", "'load_coefficient' needs noisy_top_k"),
+            ("noisy-topk:load=0.1,mode=expert-choice,cf=1", "'load_coefficient' needs token-choice routing"),
+            ("noisy-topk:load=-1", "'load_coefficient' must be a finite number ≥ 0"),
+        ]
+        for (text, fragment) in cases {
+            do {
+                _ = try RouterConfiguration(text: text)
+                Issue.record("'\(text)' was accepted")
+            } catch {
+                #expect((error.errorDescription ?? "").contains(fragment), "'\(error.errorDescription ?? "")' lacks '\(fragment)'")
+            }
+        }
+        #expect(throws: RouterConfigurationError.invalidField(source: "c.json", field: "load_coefficient",
+                                                             reason: "needs noisy_top_k: the load loss is defined by the noise of Shazeer's noisy top-k gate")) {
+            try RouterConfiguration(json: .object(["load_coefficient": .number(0.5)]), source: "c.json")
+        }
+        #expect(try RouterConfiguration(text: "load=0").loadCoefficient == 0)
+    }
+
+    /// A noisy top-k ConfigurableRouter in training reports the noise exactly as applied: σ =
+    /// softplus(x·W_noiseᵀ), and noisy logits = clean logits + σ ⊙ ε where ε is the router's seeded
+    /// N(0, 1) stream (reproduced here independently), and its selection is the top-k of the noisy
+    /// logits. In evaluation, and without noisy top-k, σ is nil (with only jitter, the noisy logits
+    /// are still reported). The combined loss then includes the load term.
+    @Test func noisyRouterReportsTheNoiseItApplied() throws {
+        let tokens = 5, experts = 4
+        let rows = RouterRoutingTests.randomLogits(tokens: tokens, experts: experts, seed: 8)
+        var c = try RouterConfiguration(text: "noisy-topk:seed=5,load=0.5,lb=0")
+        let noiseWeight = randomTensor([experts, tokens], seed: 9)   // identity inputs: σ_t,e = softplus(W_noise[e, t])
+        let routed = try RouterRoutingTests.route(c, logits: rows, training: true) { $0.noiseWeights = [noiseWeight] }
+        let deviations = try #require(routed.noiseStandardDeviations)
+        let noisy = try #require(routed.noisyLogits)
+        var random = SeededRandom(seed: 5, stream: "router-noise")
+        for t in 0 ..< tokens {
+            for e in 0 ..< experts {
+                let i = t * experts + e
+                #expect(deviations[i] == RoutingFunctions.softplus(noiseWeight[e, t]))
+                #expect(noisy[i] == routed.logits[i] + deviations[i] * Float(random.nextNormal()))
+            }
+            let chosen = RoutingFunctions.topK(Array(noisy[t * experts ..< (t + 1) * experts]), k: 2)
+            #expect(Array(routed.decision.selectedExperts[t * 2 ..< t * 2 + 2]) == chosen)
+        }
+        #expect(noisy != routed.logits && Set(deviations).count > 1)
+
+        let value = RouterLoss(configuration: c).evaluate(routed, topK: 2)
+        let load = try #require(value.load)
+        #expect(load > 0 && abs(value.total - 0.5 * load) <= 1e-6 * value.total)
+        let expected = RouterLosses.loadLoss(logits: routed.logits, noisyLogits: noisy, noiseStandardDeviations: deviations,
+                                             tokens: tokens, experts: experts, topK: 2)
+        #expect(isClose(value.gradient, expected.gradient.map { 0.5 * $0 }, relativeTolerance: 1e-6))
+
+        let evaluation = try RouterRoutingTests.route(c, logits: rows, training: false) { $0.noiseWeights = [noiseWeight] }
+        #expect(evaluation.noisyLogits == nil && evaluation.noiseStandardDeviations == nil)
+        let evaluated = RouterLoss(configuration: c).evaluate(evaluation, topK: 2)
+        #expect(evaluated.load == nil && evaluated.total == 0 && evaluated.gradient.allSatisfy { $0 == 0 })
+
+        c = try RouterConfiguration(text: "jitter=0.5")
+        let jittered = try RouterRoutingTests.route(c, logits: rows, training: true)
+        #expect(jittered.noisyLogits != nil && jittered.noiseStandardDeviations == nil)
     }
 }
