@@ -93,6 +93,10 @@ import Testing
         Kernels.applyRotary(&fast, heads: heads, positions: positions, rotary: RotaryEmbedding(headDim: headDim, theta: 10000))
         let reference = ReferenceKernels.applyRotary(x, heads: heads, headDim: headDim, positions: positions, theta: 10000)
         #expect(isClose(fast, reference, relativeTolerance: 1e-5))
+        // The precomputed table (what models use) gives bit-identical results to the on-demand one.
+        var precomputed = x
+        Kernels.applyRotary(&precomputed, heads: heads, positions: positions, rotary: RotaryEmbedding(headDim: headDim, theta: 10000, precomputedPositions: 64))
+        #expect(precomputed == fast)
     }
 
     /// headDim 4, θ = 10000: inv_freq = [1, 1/100]. v = [1, 0, 0, 0] at position 1 pairs (0, 2):

@@ -96,7 +96,8 @@ public final class MiniCPMModel {
             return value
         }
         embedding = try tensor(MiniCPMTensorNames.embedTokens)
-        let rotary = RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta))
+        let rotary = RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta),
+                                     precomputedPositions: config.maxPositionEmbeddings)
         var layers: [DecoderLayer] = []
         for index in 0 ..< config.numHiddenLayers {
             let attention = CausalSelfAttention(

@@ -99,7 +99,8 @@ public enum Kernels {
         let headDim = rotary.headDim
         let half = headDim / 2
         precondition(x.columns == heads * headDim && x.rows == positions.count, "RoPE: shape \(x.shape) vs \(heads)×\(headDim), \(positions.count) positions")
-        let table = rotary.table(upTo: (positions.max() ?? 0) + 1)
+        let needed = (positions.max() ?? 0) + 1
+        let table = needed <= rotary.precomputedPositions ? (cos: rotary.cosines, sin: rotary.sines) : rotary.table(upTo: needed)
         let columns = x.columns
         x.values.withUnsafeMutableBufferPointer { px in
             table.cos.withUnsafeBufferPointer { pc in
@@ -128,19 +129,31 @@ public struct RotaryEmbedding: Sendable {
     public let theta: Float
     /// `inv_freq_i = 1 / θ^(2i/d)` for `i` in `0 ..< d/2`, computed in f32.
     public let inverseFrequencies: [Float]
+    /// Positions whose cos/sin are precomputed (a model precomputes `max_position_embeddings`, so
+    /// no forward call or decode step recomputes them).
+    public let precomputedPositions: Int
+    let cosines: [Float]
+    let sines: [Float]
 
-    public init(headDim: Int, theta: Float) {
+    public init(headDim: Int, theta: Float, precomputedPositions: Int = 0) {
         precondition(headDim > 0 && headDim % 2 == 0, "rotary head size must be even, got \(headDim)")
         self.headDim = headDim
         self.theta = theta
-        self.inverseFrequencies = (0 ..< headDim / 2).map { i in
+        let inverseFrequencies = (0 ..< headDim / 2).map { i in
             1 / powf(theta, Float(2 * i) / Float(headDim))
         }
+        self.inverseFrequencies = inverseFrequencies
+        self.precomputedPositions = max(0, precomputedPositions)
+        (cosines, sines) = Self.table(upTo: max(0, precomputedPositions), headDim: headDim, inverseFrequencies: inverseFrequencies)
     }
 
     /// cos and sin of `position · inv_freq_i`, `[positions, d/2]` each (the second half of
     /// `cat(freqs, freqs)` repeats the first, so half the table suffices).
     public func table(upTo positions: Int) -> (cos: [Float], sin: [Float]) {
+        Self.table(upTo: positions, headDim: headDim, inverseFrequencies: inverseFrequencies)
+    }
+
+    static func table(upTo positions: Int, headDim: Int, inverseFrequencies: [Float]) -> (cos: [Float], sin: [Float]) {
         let half = headDim / 2
         var cosines = [Float](repeating: 0, count: positions * half)
         var sines = [Float](repeating: 0, count: positions * half)
