@@ -54,3 +54,12 @@ def test_init_refuses_an_existing_directory(tmp_path, run_moekit):
     (existing / "keep.txt").write_text("mine")
     assert_one_line_error(run_moekit("init", existing, "--preset", "tiny", "--layers", "1", "--quiet", check=False), existing, "already exists")
     assert sorted(os.listdir(tmp_path)) == ["model"] and os.listdir(existing) == ["keep.txt"]
+
+
+def test_bad_thread_count_is_refused(tmp_path, fixtures_dir, run_moekit):
+    """--threads below 1 is a usage error, before any model is loaded."""
+    model = os.path.join(fixtures_dir, "minicpm-tiny-torch")
+    result = run_moekit("forward", model, "--tokens-file", os.path.join(model, "tokens.txt"),
+                        "--output", tmp_path / "logits.safetensors", "--threads", 0, check=False)
+    assert result.returncode != 0 and "--threads must be at least 1" in result.stderr
+    assert not (tmp_path / "logits.safetensors").exists()

@@ -38,12 +38,6 @@ public struct ThroughputBenchmark {
             max = sorted.last ?? 0
             median = sorted.isEmpty ? 0 : sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
         }
-
-        func scaled(_ factor: Double) -> Statistic {
-            var copy = self
-            copy.min *= factor; copy.median *= factor; copy.max *= factor
-            return copy
-        }
     }
 
     public struct Result: Sendable {

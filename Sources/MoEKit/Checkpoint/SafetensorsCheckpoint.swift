@@ -71,17 +71,20 @@ public final class SafetensorsCheckpoint: @unchecked Sendable {
     }
 
     public func info(_ name: String) throws(CheckpointError) -> SafetensorsTensorInfo {
-        do { return try file(for: name).info(name) } catch let error as CheckpointError { throw error } catch let error as SafetensorsError { throw .safetensors(error) } catch { throw .invalidArgument("\(error)") }
+        let file = try file(for: name)
+        do { return try file.info(name) } catch { throw .safetensors(error) }
     }
 
     /// The tensor converted to f32.
     public func floatTensor(_ name: String) throws(CheckpointError) -> Tensor {
-        do { return try file(for: name).floatTensor(name) } catch let error as CheckpointError { throw error } catch let error as SafetensorsError { throw .safetensors(error) } catch { throw .invalidArgument("\(error)") }
+        let file = try file(for: name)
+        do { return try file.floatTensor(name) } catch { throw .safetensors(error) }
     }
 
     /// The tensor's raw bytes from the memory map.
     public func bytes(_ name: String) throws(CheckpointError) -> UnsafeRawBufferPointer {
-        do { return try file(for: name).bytes(name) } catch let error as CheckpointError { throw error } catch let error as SafetensorsError { throw .safetensors(error) } catch { throw .invalidArgument("\(error)") }
+        let file = try file(for: name)
+        do { return try file.bytes(name) } catch { throw .safetensors(error) }
     }
 
     /// Lets the kernel drop a tensor's pages after use (streaming passes).
