@@ -32,9 +32,53 @@ public struct ExpertLoadStatistics: Sendable, Equatable {
     }
 }
 
+/// How strongly one layer's experts specialise by data domain, from the domain × expert counts
+/// summed over the selected steps (`/routing/domain_counts`).
+///
+/// `expertShare[d][e] = n(d, e) / Σ_e' n(d, e')` is the share of domain d's assignments that go to
+/// expert e (each row sums to 1; uniform routing gives 1/E everywhere).
+/// `mutualInformation` is I(D; E) = Σ p(d, e) · log₂(p(d, e) / (p(d) p(e))) in bits over the
+/// assignment distribution p(d, e) = n(d, e) / Σ n: 0 when the expert a token goes to says nothing
+/// about its domain, log₂ D at most (each domain with its own experts). `normalizedMutualInformation`
+/// divides by min(log₂ D, log₂ E) so 1 means perfectly domain-separated experts.
+public struct DomainSpecialization: Sendable, Equatable {
+    public var layer: Int
+    /// `[domain][expert]` assignment counts.
+    public var counts: [[Int]]
+    public var expertShare: [[Double]]
+    public var mutualInformation: Double
+    public var normalizedMutualInformation: Double
+
+    public init(layer: Int, counts: [[Int]]) {
+        self.layer = layer
+        self.counts = counts
+        expertShare = counts.map { row in
+            let total = row.reduce(0, +)
+            return row.map { total > 0 ? Double($0) / Double(total) : 0 }
+        }
+        let total = Double(counts.reduce(0) { $0 + $1.reduce(0, +) })
+        let domains = counts.count, experts = counts.first?.count ?? 0
+        var information = 0.0
+        if total > 0 {
+            let domainMarginal = counts.map { Double($0.reduce(0, +)) / total }
+            let expertMarginal = (0 ..< experts).map { e in Double(counts.reduce(0) { $0 + $1[e] }) / total }
+            for d in 0 ..< domains {
+                for e in 0 ..< experts where counts[d][e] > 0 {
+                    let joint = Double(counts[d][e]) / total
+                    information += joint * Foundation.log2(joint / (domainMarginal[d] * expertMarginal[e]))
+                }
+            }
+        }
+        mutualInformation = max(information, 0)
+        let ceiling = min(Foundation.log2(Double(max(domains, 1))), Foundation.log2(Double(max(experts, 1))))
+        normalizedMutualInformation = ceiling > 0 ? mutualInformation / ceiling : 0
+    }
+}
+
 /// What `moekit inspect` reports about a routing log: per layer, the load over the selected steps
 /// (counts summed over those steps), the mean aux loss, z-loss and entropy over those steps
-/// weighted by their token counts, and per step the trend of CV and aux loss.
+/// weighted by their token counts, and per step the trend of CV and aux loss. Training logs add
+/// the loss / learning-rate curve; logs with domains add each layer's domain specialisation.
 public struct RoutingLogInspection: Sendable {
     public enum StepSelection: Sendable, Equatable {
         /// Every complete step.
@@ -69,6 +113,10 @@ public struct RoutingLogInspection: Sendable {
     public let tokens: Int
     public let layers: [LayerSummary]
     public let trend: [TrendPoint]
+    /// Per inspected layer, when the log has domains.
+    public let domainSpecialization: [DomainSpecialization]
+    /// The selected steps' loss, learning rate and training columns (training logs; else empty).
+    public let training: [RoutingLogStep]
 
     public init(path: String, layer: Int? = nil, selection: StepSelection = .all) throws {
         try self.init(reader: RoutingLogReader(path: path), layer: layer, selection: selection)
@@ -111,6 +159,20 @@ public struct RoutingLogInspection: Sendable {
             return LayerSummary(layer: index, load: ExpertLoadStatistics(expertCounts: counts, tokens: totalTokens, topK: topK), dropped: dropped,
                                 auxLoss: tokenWeightedMean(\.auxLoss, layer: index), zLoss: tokenWeightedMean(\.zLoss, layer: index),
                                 entropy: tokenWeightedMean(\.entropy, layer: index))
+        }
+        training = header.training ? selected.map { step in
+            var bare = step
+            bare.layers = []
+            return bare
+        } : []
+        let domains = header.domains.count
+        domainSpecialization = domains == 0 ? [] : layerIndices.map { index in
+            var counts = [[Int]](repeating: [Int](repeating: 0, count: experts), count: domains)
+            for step in selected {
+                guard let stepCounts = step.layers[index].domainCounts else { continue }
+                for d in 0 ..< domains { for e in 0 ..< experts { counts[d][e] += stepCounts[d * experts + e] } }
+            }
+            return DomainSpecialization(layer: index, counts: counts)
         }
         trend = selected.map { step in
             TrendPoint(step: step.step,
@@ -161,6 +223,27 @@ public struct RoutingLogInspection: Sendable {
                     "aux_loss": .array(point.auxLoss.map(number)),
                 ])
             }),
+            "domains": .array(header.domains.map(JSONValue.string)),
+            "domain_specialization": .array(domainSpecialization.map { summary in
+                .object([
+                    "layer": .integer(Int64(summary.layer)),
+                    "counts": .array(summary.counts.map(integers)),
+                    "expert_share": .array(summary.expertShare.map { .array($0.map(number)) }),
+                    "mutual_information_bits": number(summary.mutualInformation),
+                    "normalized_mutual_information": number(summary.normalizedMutualInformation),
+                ])
+            }),
+            "training": .array(training.map { step in
+                .object([
+                    "step": .integer(Int64(step.step)),
+                    "tokens": .integer(Int64(step.tokens)),
+                    "loss": number(Double(step.loss)),
+                    "lm_loss": number(Double(step.training?.languageModelLoss ?? .nan)),
+                    "lr": number(Double(step.learningRate)),
+                    "grad_norm": number(Double(step.training?.gradientNorm ?? .nan)),
+                    "val_loss": number(Double(step.training?.validationLoss ?? .nan)),
+                ])
+            }),
         ])
     }
 
@@ -170,13 +253,21 @@ public struct RoutingLogInspection: Sendable {
     /// (for a terminal), otherwise with plain characters.
     public func textReport(colour: Bool) -> String {
         var lines: [String] = []
-        lines.append("\(path): MoEKit routing log v\(header.version), \(header.numLayers) layers, \(header.numExperts) experts, top-\(header.topK)")
-        lines.append("  router: \(header.router)")
+        if header.isDense {
+            lines.append("\(path): MoEKit training log v\(header.version), dense model")
+        } else {
+            lines.append("\(path): MoEKit \(header.training ? "training" : "routing") log v\(header.version), \(header.numLayers) layers, \(header.numExperts) experts, top-\(header.topK)")
+            lines.append("  router: \(header.router)")
+        }
         lines.append("  source: \(header.source), created \(header.created)")
         guard !steps.isEmpty else {
             lines.append("  no complete steps yet")
             return lines.joined(separator: "\n")
         }
+        if !training.isEmpty {
+            lines.append(contentsOf: trainingReport())
+        }
+        guard !header.isDense else { return lines.joined(separator: "\n") }
         let stepText = steps.count == 1 ? "step \(steps[0])" : "\(steps.count) steps (\(steps.first!)…\(steps.last!))"
         lines.append("  \(stepText), \(tokens) tokens; ideal load = tokens·k/E = \(format(Double(tokens * header.topK) / Double(header.numExperts))) per expert")
         lines.append("")
@@ -199,6 +290,10 @@ public struct RoutingLogInspection: Sendable {
         }
         lines.append("")
         lines.append(contentsOf: terminalHeatmap(colour: colour))
+        if !domainSpecialization.isEmpty {
+            lines.append("")
+            lines.append(contentsOf: domainReport())
+        }
         if trend.count > 1 {
             lines.append("")
             lines.append("trend (mean over the layers shown)")
@@ -212,6 +307,39 @@ public struct RoutingLogInspection: Sendable {
             lines.append("  aux " + Self.sparkline(trend.map { Self.mean($0.auxLoss) }))
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// The loss curve of a training log: a table of up to 12 evenly spaced steps and sparklines.
+    func trainingReport() -> [String] {
+        var lines = ["", "training: \(training.count) steps, \(tokens) tokens",
+                     "     step      loss   lm loss         lr  grad norm  val loss"]
+        for index in Self.evenlySpaced(count: training.count, limit: 12) {
+            let step = training[index]
+            lines.append(pad("\(step.step)", 9) + pad(format(Double(step.loss)), 10) + pad(format(Double(step.training?.languageModelLoss ?? .nan)), 10)
+                + pad(String(format: "%.3e", Double(step.learningRate)), 11) + pad(format(Double(step.training?.gradientNorm ?? .nan)), 11)
+                + pad(format(Double(step.training?.validationLoss ?? .nan)), 10))
+        }
+        if training.count > 1 {
+            lines.append("  loss " + Self.sparkline(training.map { Double($0.loss) }))
+            lines.append("  lr   " + Self.sparkline(training.map { Double($0.learningRate) }))
+        }
+        return lines
+    }
+
+    /// Per layer, each domain's share of assignments per expert and I(domain; expert).
+    func domainReport() -> [String] {
+        let nameWidth = max(8, header.domains.map(\.count).max() ?? 0)
+        var lines = ["domain specialisation: share of each domain's assignments per expert (uniform = \(format(1 / Double(max(header.numExperts, 1)))));",
+                     "  I(domain; expert) in bits, normalised by min(log2 D, log2 E) in brackets"]
+        for summary in domainSpecialization {
+            lines.append("  layer \(summary.layer): I = \(format(summary.mutualInformation)) bits (\(format(summary.normalizedMutualInformation)))")
+            lines.append("    " + pad("domain", nameWidth) + (0 ..< header.numExperts).map { pad("e\($0)", 7) }.joined())
+            for (domain, shares) in summary.expertShare.enumerated() {
+                let name = domain < header.domains.count ? header.domains[domain] : "\(domain)"
+                lines.append("    " + pad(name, nameWidth) + shares.map { pad(format($0), 7) }.joined())
+            }
+        }
+        return lines
     }
 
     /// Rows are layers, columns experts; each cell shows the expert's share of the ideal load.

@@ -1,7 +1,7 @@
 import CHDF5
 import Foundation
 
-/// Reads a routing log (schema version 1), also while another process is still writing it: the
+/// Reads a routing log (schema versions 1 and 2), also while another process is still writing it: the
 /// file is opened for SWMR reading when its format allows, and `refresh()` picks up the steps
 /// written since. A step counts once every step-axis dataset holds its row, so a step in flight
 /// is never returned half-written.
@@ -51,7 +51,7 @@ public final class RoutingLogReader {
     public func refresh() throws {
         HDF5.prepare()
         if isSWMR { for dataset in datasets.values { try dataset.refresh() } }
-        let schema = RoutingLogSchema.datasets(layers: header.numLayers, experts: header.numExperts, topK: header.topK, perToken: header.perToken)
+        let schema = RoutingLogSchema.datasets(for: header)
         var steps = Int.max
         for entry in schema where entry.axis == .steps { steps = min(steps, try dataset(entry.name).shape()[0]) }
         stepCount = steps
@@ -97,23 +97,35 @@ public final class RoutingLogReader {
         let tokens = try read(RoutingLogSchema.tokens, [], Int64.self)
         let losses = try read(RoutingLogSchema.loss, [], Float.self)
         let rates = try read(RoutingLogSchema.learningRate, [], Float.self)
-        let counts = try read(RoutingLogSchema.expertCounts, [layers, experts], Int64.self)
-        let probabilities = try read(RoutingLogSchema.probabilityMean, [layers, experts], Float.self)
-        let aux = try read(RoutingLogSchema.auxLoss, [layers], Float.self)
-        let z = try read(RoutingLogSchema.zLoss, [layers], Float.self)
-        let entropy = try read(RoutingLogSchema.entropy, [layers], Float.self)
-        let dropped = try read(RoutingLogSchema.dropped, [layers], Int64.self)
-        let coactivation = try read(RoutingLogSchema.coactivation, [layers, experts, experts], Int64.self)
+        let dense = header.isDense
+        let counts = dense ? [] : try read(RoutingLogSchema.expertCounts, [layers, experts], Int64.self)
+        let probabilities = dense ? [] : try read(RoutingLogSchema.probabilityMean, [layers, experts], Float.self)
+        let aux = dense ? [] : try read(RoutingLogSchema.auxLoss, [layers], Float.self)
+        let z = dense ? [] : try read(RoutingLogSchema.zLoss, [layers], Float.self)
+        let entropy = dense ? [] : try read(RoutingLogSchema.entropy, [layers], Float.self)
+        let dropped = dense ? [] : try read(RoutingLogSchema.dropped, [layers], Int64.self)
+        let coactivation = dense ? [] : try read(RoutingLogSchema.coactivation, [layers, experts, experts], Int64.self)
+        let domains = header.domains.count
+        let domainCounts = dense || domains == 0 ? [] : try read(RoutingLogSchema.domainCounts, [layers, domains, experts], Int64.self)
+        let lmLosses = header.training ? try read(RoutingLogSchema.languageModelLoss, [], Float.self) : []
+        let gradientNorms = header.training ? try read(RoutingLogSchema.gradientNorm, [], Float.self) : []
+        let validationLosses = header.training ? try read(RoutingLogSchema.validationLoss, [], Float.self) : []
         return (0 ..< rows.count).map { row in
             let statistics = (0 ..< layers).map { layer -> RoutingLogLayerStatistics in
                 let perLayer = row * layers + layer
                 let expertRange = perLayer * experts ..< (perLayer + 1) * experts
                 let pairRange = perLayer * experts * experts ..< (perLayer + 1) * experts * experts
+                let domainRange = perLayer * domains * experts ..< (perLayer + 1) * domains * experts
                 return RoutingLogLayerStatistics(expertCounts: counts[expertRange].map { Int($0) }, probabilityMean: Array(probabilities[expertRange]),
                                                  auxLoss: aux[perLayer], zLoss: z[perLayer], entropy: entropy[perLayer],
-                                                 dropped: Int(dropped[perLayer]), coactivation: coactivation[pairRange].map { Int($0) })
+                                                 dropped: Int(dropped[perLayer]), coactivation: coactivation[pairRange].map { Int($0) },
+                                                 domainCounts: domains == 0 ? nil : domainCounts[domainRange].map { Int($0) })
             }
-            return RoutingLogStep(step: Int(indices[row]), tokens: Int(tokens[row]), loss: losses[row], learningRate: rates[row], layers: statistics)
+            let training = header.training
+                ? RoutingLogTrainingColumns(languageModelLoss: lmLosses[row], gradientNorm: gradientNorms[row], validationLoss: validationLosses[row])
+                : nil
+            return RoutingLogStep(step: Int(indices[row]), tokens: Int(tokens[row]), loss: losses[row], learningRate: rates[row], layers: statistics,
+                                  training: training)
         }
     }
 

@@ -1,10 +1,19 @@
 import CHDF5
 import Foundation
 
-/// The root attributes of a routing log (schema version 1, see docs/routing-log.md).
+/// The root attributes of a routing log (schema versions 1 and 2, see docs/routing-log.md).
+///
+/// Version 2 adds what training logs need; a log that uses none of it is written as version 1,
+/// so `trace` logs stay readable by version-1 readers:
+/// - `training` logs carry `/steps/lm_loss`, `/steps/grad_norm` and `/steps/val_loss`;
+/// - `domains` (non-empty) adds `/routing/domain_counts` `[step, layer, domain, expert]`;
+/// - a dense model's training log has `num_layers = num_experts = top_k = 0` and no `/routing`.
 public struct RoutingLogHeader: Sendable, Equatable {
+    /// MoE layers (0 for a dense model's training log).
     public var numLayers: Int
+    /// Experts per MoE layer (0 for a dense model's training log).
     public var numExperts: Int
+    /// Experts per token (0 for a dense model's training log).
     public var topK: Int
     /// A short description of the router (e.g. "top-2 softmax, aux 0.01").
     public var router: String
@@ -16,11 +25,19 @@ public struct RoutingLogHeader: Sendable, Equatable {
     public var created: String
     /// Whether the log has the per-token trace (`/tokens/*`).
     public var perToken: Bool
-    /// Schema version (1 for everything this MoEKit writes).
+    /// Whether the log has the training columns (`/steps/lm_loss`, `/steps/grad_norm`, `/steps/val_loss`).
+    public var training: Bool
+    /// Names of the data's domains, in domain-id order; non-empty adds `/routing/domain_counts`.
+    public var domains: [String]
+    /// Schema version: 2 when the log uses a version-2 feature (training columns, domains, a dense
+    /// model), else 1.
     public var version: Int
 
+    /// True for a dense model's training log: no MoE layers, no `/routing` group.
+    public var isDense: Bool { numExperts == 0 }
+
     public init(numLayers: Int, numExperts: Int, topK: Int, router: String, modelConfig: String, source: String,
-                created: Date = Date(), perToken: Bool = false) {
+                created: Date = Date(), perToken: Bool = false, training: Bool = false, domains: [String] = []) {
         self.numLayers = numLayers
         self.numExperts = numExperts
         self.topK = topK
@@ -29,7 +46,9 @@ public struct RoutingLogHeader: Sendable, Equatable {
         self.source = source
         self.created = ISO8601DateFormatter().string(from: created)
         self.perToken = perToken
-        self.version = Int(RoutingLogSchema.version)
+        self.training = training
+        self.domains = domains
+        self.version = training || !domains.isEmpty || numExperts == 0 ? 2 : 1
     }
 }
 
@@ -37,7 +56,8 @@ public struct RoutingLogHeader: Sendable, Equatable {
 /// axis for `/tokens/*`) is the first, unlimited, dimension; the trailing dimensions are fixed.
 enum RoutingLogSchema {
     static let format = "moekit-routing"
-    static let version: Int64 = 1
+    /// The newest version this build reads and writes.
+    static let version: Int64 = 2
 
     enum Axis { case steps, tokens }
 
@@ -57,24 +77,35 @@ enum RoutingLogSchema {
     static let entropy = "/routing/entropy"
     static let dropped = "/routing/dropped"
     static let coactivation = "/routing/coactivation"
+    static let domainCounts = "/routing/domain_counts"
     static let step = "/steps/step"
     static let tokens = "/steps/tokens"
     static let loss = "/steps/loss"
     static let learningRate = "/steps/lr"
+    static let languageModelLoss = "/steps/lm_loss"
+    static let gradientNorm = "/steps/grad_norm"
+    static let validationLoss = "/steps/val_loss"
     static let tokenIDs = "/tokens/ids"
     static let tokenSequence = "/tokens/sequence"
     static let tokenPosition = "/tokens/position"
     static let tokenExperts = "/tokens/experts"
     static let tokenWeights = "/tokens/weights"
 
-    static let groups = ["/routing", "/steps"]
+    static let routingGroup = "/routing"
+    static let stepsGroup = "/steps"
     static let tokenGroup = "/tokens"
 
-    /// Every dataset of a log with this shape, step-axis datasets first, `/steps/*` last (the
+    /// The groups a log with this header has.
+    static func groups(for header: RoutingLogHeader) -> [String] {
+        (header.isDense ? [] : [routingGroup]) + [stepsGroup] + (header.perToken ? [tokenGroup] : [])
+    }
+
+    /// Every dataset of a log with this header, step-axis datasets first, `/steps/*` last (the
     /// writer writes in this order, so the step columns are the last thing a step adds).
-    static func datasets(layers: Int, experts: Int, topK: Int, perToken: Bool) -> [Dataset] {
+    static func datasets(for header: RoutingLogHeader) -> [Dataset] {
+        let layers = header.numLayers, experts = header.numExperts, topK = header.topK
         let i64 = moekit_H5T_STD_I64LE(), f32 = moekit_H5T_IEEE_F32LE()
-        var all: [Dataset] = [
+        var all: [Dataset] = header.isDense ? [] : [
             Dataset(name: expertCounts, axis: .steps, fileType: i64, isFloatingPoint: false, trailingShape: [layers, experts]),
             Dataset(name: probabilityMean, axis: .steps, fileType: f32, isFloatingPoint: true, trailingShape: [layers, experts]),
             Dataset(name: auxLoss, axis: .steps, fileType: f32, isFloatingPoint: true, trailingShape: [layers]),
@@ -83,7 +114,11 @@ enum RoutingLogSchema {
             Dataset(name: dropped, axis: .steps, fileType: i64, isFloatingPoint: false, trailingShape: [layers]),
             Dataset(name: coactivation, axis: .steps, fileType: i64, isFloatingPoint: false, trailingShape: [layers, experts, experts]),
         ]
-        if perToken {
+        if !header.isDense, !header.domains.isEmpty {
+            all.append(Dataset(name: domainCounts, axis: .steps, fileType: i64, isFloatingPoint: false,
+                               trailingShape: [layers, header.domains.count, experts]))
+        }
+        if header.perToken {
             let i32 = moekit_H5T_STD_I32LE(), i16 = moekit_H5T_STD_I16LE()
             all += [
                 Dataset(name: tokenIDs, axis: .tokens, fileType: i32, isFloatingPoint: false, trailingShape: []),
@@ -99,6 +134,13 @@ enum RoutingLogSchema {
             Dataset(name: loss, axis: .steps, fileType: f32, isFloatingPoint: true, trailingShape: []),
             Dataset(name: learningRate, axis: .steps, fileType: f32, isFloatingPoint: true, trailingShape: []),
         ]
+        if header.training {
+            all += [
+                Dataset(name: languageModelLoss, axis: .steps, fileType: f32, isFloatingPoint: true, trailingShape: []),
+                Dataset(name: gradientNorm, axis: .steps, fileType: f32, isFloatingPoint: true, trailingShape: []),
+                Dataset(name: validationLoss, axis: .steps, fileType: f32, isFloatingPoint: true, trailingShape: []),
+            ]
+        }
         return all
     }
 
@@ -128,9 +170,17 @@ enum RoutingLogSchema {
         guard version <= Self.version else { throw RoutingLogError.newerVersion(file: path, found: version, supported: Self.version) }
         guard version >= 1 else { throw RoutingLogError.invalidAttribute(file: path, attribute: "version", reason: "\(version) is not a schema version") }
 
+        // A version-2 log may be a dense model's training log: all three shape attributes 0.
+        let dense = try version >= 2 && file.integerAttribute("num_experts") == 0
         func count(_ name: String, limit: Int64) throws -> Int {
             guard let value = try file.integerAttribute(name) else {
                 throw RoutingLogError.invalidAttribute(file: path, attribute: name, reason: "missing")
+            }
+            if dense {
+                guard value == 0 else {
+                    throw RoutingLogError.invalidAttribute(file: path, attribute: name, reason: "\(value), but a dense log (num_experts = 0) must have 0")
+                }
+                return 0
             }
             guard value >= 1, value <= limit else {
                 throw RoutingLogError.invalidAttribute(file: path, attribute: name, reason: "\(value) is outside 1...\(limit)")
@@ -146,9 +196,25 @@ enum RoutingLogSchema {
         let layers = try count("num_layers", limit: 1 << 16)
         let experts = try count("num_experts", limit: Int64(Int16.max))
         let topK = try count("top_k", limit: Int64(experts))
+        var training = false
+        var domains: [String] = []
+        if version >= 2 {
+            training = (try file.integerAttribute("training") ?? 0) != 0
+            if let names = try file.stringAttribute("domains") {
+                guard let parsed = JSONValue.parse(Data(names.utf8)), case .array(let items) = parsed else {
+                    throw RoutingLogError.invalidAttribute(file: path, attribute: "domains", reason: "not a JSON array of names")
+                }
+                domains = try items.map { item in
+                    guard case .string(let name) = item else {
+                        throw RoutingLogError.invalidAttribute(file: path, attribute: "domains", reason: "not a JSON array of names")
+                    }
+                    return name
+                }
+            }
+        }
         var header = RoutingLogHeader(numLayers: layers, numExperts: experts, topK: topK, router: try text("router"),
                                       modelConfig: try text("model_config"), source: try text("source"),
-                                      perToken: file.linkExists(tokenGroup))
+                                      perToken: file.linkExists(tokenGroup), training: training, domains: domains)
         header.created = try text("created")
         header.version = Int(version)
         return header
@@ -157,7 +223,7 @@ enum RoutingLogSchema {
     /// Opens every dataset of the schema and checks rank, trailing shape and element type class.
     static func openDatasets(_ file: HDF5File, header: RoutingLogHeader) throws -> [String: HDF5Dataset] {
         var opened: [String: HDF5Dataset] = [:]
-        for expected in datasets(layers: header.numLayers, experts: header.numExperts, topK: header.topK, perToken: header.perToken) {
+        for expected in datasets(for: header) {
             let dataset = try file.openDataset(expected.name)
             let shape = try dataset.shape()
             guard shape.count == expected.trailingShape.count + 1, Array(shape.dropFirst()) == expected.trailingShape else {

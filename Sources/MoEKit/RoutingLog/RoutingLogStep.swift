@@ -16,15 +16,19 @@ public struct RoutingLogStep: Sendable, Equatable {
     public var layers: [RoutingLogLayerStatistics]
     /// Each token's chosen experts and weights; required exactly when the log has a per-token trace.
     public var tokenTrace: RoutingLogTokenTrace?
+    /// The training columns; required exactly when the log has them (`RoutingLogHeader.training`).
+    public var training: RoutingLogTrainingColumns?
 
     public init(step: Int, tokens: Int, loss: Float = .nan, learningRate: Float = .nan,
-                layers: [RoutingLogLayerStatistics], tokenTrace: RoutingLogTokenTrace? = nil) {
+                layers: [RoutingLogLayerStatistics], tokenTrace: RoutingLogTokenTrace? = nil,
+                training: RoutingLogTrainingColumns? = nil) {
         self.step = step
         self.tokens = tokens
         self.loss = loss
         self.learningRate = learningRate
         self.layers = layers
         self.tokenTrace = tokenTrace
+        self.training = training
     }
 
     /// A step from the routing records the MoE layers returned for one batch (one record per layer,
@@ -33,6 +37,24 @@ public struct RoutingLogStep: Sendable, Equatable {
                 tokenTrace: RoutingLogTokenTrace? = nil) {
         self.init(step: step, tokens: records.first?.tokens ?? 0, loss: loss, learningRate: learningRate,
                   layers: records.map(RoutingLogLayerStatistics.init(record:)), tokenTrace: tokenTrace)
+    }
+}
+
+/// The version-2 training columns of one step (`/steps/lm_loss`, `/steps/grad_norm`, `/steps/val_loss`).
+/// `loss` (`/steps/loss`) is the total loss that was minimised: the language-model cross-entropy
+/// plus every MoE layer's weighted auxiliary loss.
+public struct RoutingLogTrainingColumns: Sendable, Equatable {
+    /// Mean next-token cross-entropy of the step's batch (nats).
+    public var languageModelLoss: Float
+    /// Global L2 norm of the gradient before clipping.
+    public var gradientNorm: Float
+    /// Mean cross-entropy on held-out batches, NaN on steps without an evaluation.
+    public var validationLoss: Float
+
+    public init(languageModelLoss: Float, gradientNorm: Float, validationLoss: Float = .nan) {
+        self.languageModelLoss = languageModelLoss
+        self.gradientNorm = gradientNorm
+        self.validationLoss = validationLoss
     }
 }
 
@@ -51,9 +73,13 @@ public struct RoutingLogLayerStatistics: Sendable, Equatable {
     public var dropped: Int
     /// `[experts, experts]`, row-major.
     public var coactivation: [Int]
+    /// `[domains, experts]` row-major: assignments of tokens of each data domain to each expert
+    /// (Σ_domain = `expertCounts`); required exactly when the log has domains.
+    public var domainCounts: [Int]?
 
     public init(expertCounts: [Int], probabilityMean: [Float], auxLoss: Float, zLoss: Float, entropy: Float,
-                dropped: Int, coactivation: [Int]) {
+                dropped: Int, coactivation: [Int], domainCounts: [Int]? = nil) {
+        self.domainCounts = domainCounts
         self.expertCounts = expertCounts
         self.probabilityMean = probabilityMean
         self.auxLoss = auxLoss

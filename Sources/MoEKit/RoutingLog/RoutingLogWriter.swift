@@ -4,7 +4,7 @@ import Foundation
 import Glibc
 #endif
 
-/// Writes a routing log (schema version 1, docs/routing-log.md) one step at a time, as a live
+/// Writes a routing log (schema versions 1 and 2, docs/routing-log.md) one step at a time, as a live
 /// SWMR file: the latest HDF5 format, every dataset created before SWMR writing starts, and after
 /// every step the datasets are extended, written and the file flushed, so a concurrent reader
 /// (`h5py.File(path, "r", swmr=True)`, `RoutingLogReader`) sees each completed step and a killed
@@ -40,8 +40,9 @@ public final class RoutingLogWriter {
     public init(path: String, header: RoutingLogHeader, mode: Mode = .create) throws {
         HDF5.prepare()
         self.path = path
-        guard header.numLayers >= 1, header.numExperts >= 1, header.numExperts <= Int(Int16.max),
-              header.topK >= 1, header.topK <= header.numExperts else {
+        let denseTraining = header.isDense && header.numLayers == 0 && header.topK == 0 && header.training && header.domains.isEmpty && !header.perToken
+        guard denseTraining || (header.numLayers >= 1 && header.numExperts >= 1 && header.numExperts <= Int(Int16.max) &&
+              header.topK >= 1 && header.topK <= header.numExperts) else {
             throw RoutingLogError.invalidAttribute(file: path, attribute: "num_layers/num_experts/top_k",
                                                    reason: "\(header.numLayers) layers, \(header.numExperts) experts, top-\(header.topK) is not a valid MoE shape")
         }
@@ -80,7 +81,7 @@ public final class RoutingLogWriter {
         }
         let file = try HDF5File.create(actualPath: temporary, displayPath: path)
         try file.writeAttribute("format", RoutingLogSchema.format)
-        try file.writeAttribute("version", RoutingLogSchema.version)
+        try file.writeAttribute("version", Int64(header.version))
         try file.writeAttribute("num_layers", Int64(header.numLayers))
         try file.writeAttribute("num_experts", Int64(header.numExperts))
         try file.writeAttribute("top_k", Int64(header.topK))
@@ -88,11 +89,18 @@ public final class RoutingLogWriter {
         try file.writeAttribute("model_config", header.modelConfig)
         try file.writeAttribute("source", header.source)
         try file.writeAttribute("created", header.created)
-        for group in RoutingLogSchema.groups + (header.perToken ? [RoutingLogSchema.tokenGroup] : []) {
+        if header.version >= 2 {
+            try file.writeAttribute("training", Int64(header.training ? 1 : 0))
+            if !header.domains.isEmpty {
+                let names = String(decoding: JSONValue.array(header.domains.map(JSONValue.string)).serialized(pretty: false), as: UTF8.self)
+                try file.writeAttribute("domains", names)
+            }
+        }
+        for group in RoutingLogSchema.groups(for: header) {
             try file.createGroup(group)
         }
         var opened: [(RoutingLogSchema.Dataset, HDF5Dataset)] = []
-        for dataset in RoutingLogSchema.datasets(layers: header.numLayers, experts: header.numExperts, topK: header.topK, perToken: header.perToken) {
+        for dataset in RoutingLogSchema.datasets(for: header) {
             let created = try file.createExtendibleDataset(dataset.name, fileType: dataset.fileType, trailingShape: dataset.trailingShape,
                                                            chunkRows: RoutingLogSchema.chunkRows(for: dataset))
             opened.append((dataset, created))
@@ -128,8 +136,16 @@ public final class RoutingLogWriter {
             throw RoutingLogError.incompatibleAppend(file: path, field: "per-token trace", existing: existing.perToken ? "yes" : "no",
                                                      requested: requested.perToken ? "yes" : "no")
         }
+        if existing.training != requested.training {
+            throw RoutingLogError.incompatibleAppend(file: path, field: "training columns", existing: existing.training ? "yes" : "no",
+                                                     requested: requested.training ? "yes" : "no")
+        }
+        if existing.domains != requested.domains {
+            throw RoutingLogError.incompatibleAppend(file: path, field: "domains", existing: existing.domains.joined(separator: ","),
+                                                     requested: requested.domains.joined(separator: ","))
+        }
         let byName = try RoutingLogSchema.openDatasets(file, header: existing)
-        let schema = RoutingLogSchema.datasets(layers: existing.numLayers, experts: existing.numExperts, topK: existing.topK, perToken: existing.perToken)
+        let schema = RoutingLogSchema.datasets(for: existing)
         let opened = try schema.map { dataset -> (RoutingLogSchema.Dataset, HDF5Dataset) in
             guard let handle = byName[dataset.name] else { throw RoutingLogError.missingDataset(file: path, dataset: dataset.name) }
             return (dataset, handle)
@@ -184,6 +200,26 @@ public final class RoutingLogWriter {
             guard sum == expected else {
                 throw RoutingLogError.invariantViolated(file: path, step: step.step, layer: index, countSum: sum, expected: expected)
             }
+            if header.domains.isEmpty {
+                guard layer.domainCounts == nil else { throw invalid(index, "domain counts given, but the log was created without domains") }
+            } else {
+                let domains = header.domains.count
+                guard let domainCounts = layer.domainCounts else { throw invalid(index, "the log has domains but the step carries no domain counts") }
+                guard domainCounts.count == domains * experts else {
+                    throw invalid(index, "domain counts hold \(domainCounts.count) values, expected domains·experts = \(domains * experts)")
+                }
+                for expert in 0 ..< experts {
+                    var sum = 0
+                    for domain in 0 ..< domains {
+                        let count = domainCounts[domain * experts + expert]
+                        guard count >= 0 else { throw invalid(index, "negative domain count for domain \(domain), expert \(expert)") }
+                        sum += count
+                    }
+                    guard sum == layer.expertCounts[expert] else {
+                        throw invalid(index, "domain counts of expert \(expert) sum to \(sum), but its expert count is \(layer.expertCounts[expert])")
+                    }
+                }
+            }
             for i in 0 ..< experts {
                 guard layer.coactivation[i * experts + i] == 0 else { throw invalid(index, "coactivation diagonal [\(i), \(i)] is not 0") }
                 for j in 0 ..< i where layer.coactivation[i * experts + j] != layer.coactivation[j * experts + i] || layer.coactivation[i * experts + j] < 0 {
@@ -206,6 +242,11 @@ public final class RoutingLogWriter {
         } else if step.tokenTrace != nil {
             throw invalid(nil, "the step carries a per-token trace but the log was created without one")
         }
+        if header.training {
+            guard step.training != nil else { throw invalid(nil, "the log has training columns but the step carries none") }
+        } else if step.training != nil {
+            throw invalid(nil, "the step carries training columns but the log was created without them")
+        }
     }
 
     /// Validates `step`, appends it to every dataset and flushes the file.
@@ -226,6 +267,7 @@ public final class RoutingLogWriter {
             case RoutingLogSchema.entropy: try handle.write(step.layers.map(\.entropy), rows: rows, trailingShape: dataset.trailingShape)
             case RoutingLogSchema.dropped: try handle.write(step.layers.map { Int64($0.dropped) }, rows: rows, trailingShape: dataset.trailingShape)
             case RoutingLogSchema.coactivation: try handle.write(step.layers.flatMap { $0.coactivation.map(Int64.init) }, rows: rows, trailingShape: dataset.trailingShape)
+            case RoutingLogSchema.domainCounts: try handle.write(step.layers.flatMap { ($0.domainCounts ?? []).map(Int64.init) }, rows: rows, trailingShape: dataset.trailingShape)
             case RoutingLogSchema.tokenIDs: try handle.write(step.tokenTrace?.ids ?? [], rows: rows, trailingShape: [])
             case RoutingLogSchema.tokenSequence: try handle.write(step.tokenTrace?.sequence ?? [], rows: rows, trailingShape: [])
             case RoutingLogSchema.tokenPosition: try handle.write(step.tokenTrace?.position ?? [], rows: rows, trailingShape: [])
@@ -235,7 +277,10 @@ public final class RoutingLogWriter {
             case RoutingLogSchema.tokens: try handle.write([Int64(step.tokens)], rows: rows, trailingShape: [])
             case RoutingLogSchema.loss: try handle.write([step.loss], rows: rows, trailingShape: [])
             case RoutingLogSchema.learningRate: try handle.write([step.learningRate], rows: rows, trailingShape: [])
-            default: throw RoutingLogError.invalidDataset(file: path, dataset: dataset.name, reason: "not in schema version 1")
+            case RoutingLogSchema.languageModelLoss: try handle.write([step.training?.languageModelLoss ?? .nan], rows: rows, trailingShape: [])
+            case RoutingLogSchema.gradientNorm: try handle.write([step.training?.gradientNorm ?? .nan], rows: rows, trailingShape: [])
+            case RoutingLogSchema.validationLoss: try handle.write([step.training?.validationLoss ?? .nan], rows: rows, trailingShape: [])
+            default: throw RoutingLogError.invalidDataset(file: path, dataset: dataset.name, reason: "not in schema version \(header.version)")
             }
         }
         try file.flush()
