@@ -10,6 +10,8 @@ public enum TrainingError: Error, Equatable, LocalizedError {
     case invalidOption(name: String, reason: String)
     /// Optimiser/resume state that does not match the model or is damaged (path, what).
     case invalidState(path: String, reason: String)
+    /// The loss became NaN or infinite (the step, the value) — lower the learning rate.
+    case nonFiniteLoss(step: Int, loss: Float)
 
     public var errorDescription: String? {
         switch self {
@@ -17,6 +19,7 @@ public enum TrainingError: Error, Equatable, LocalizedError {
         case let .invalidData(path, reason): return "\(path): \(reason)"
         case let .invalidOption(name, reason): return "--\(name): \(reason)"
         case let .invalidState(path, reason): return "\(path): \(reason)"
+        case let .nonFiniteLoss(step, loss): return "step \(step): the loss is \(loss); training diverged (try a lower --lr or a longer --warmup)"
         }
     }
 }

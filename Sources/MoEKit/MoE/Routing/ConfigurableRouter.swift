@@ -178,6 +178,13 @@ public final class ConfigurableRouter: ExpertRouter {
     /// received over the step and the mean is over experts. Overloaded experts go down, underloaded
     /// up; an expert exactly at the mean is unchanged. Does nothing unless the configuration turns
     /// auxiliary-loss-free balancing on.
+    /// Restarts the noise generator at a stream determined by `step` alone (and the configured
+    /// seed), so a training step's noise does not depend on how many `route` calls came before it:
+    /// a resumed run draws the same noise at step s as an uninterrupted one.
+    public func reseedNoise(step: Int) {
+        random = SeededRandom(seed: configuration.noiseSeed, stream: "router-noise-step-\(step)")
+    }
+
     public func updateBalancingBias(expertCounts: [[Int]]) {
         guard configuration.auxiliaryLossFreeBalancing else { return }
         precondition(expertCounts.count == layers && expertCounts.allSatisfy { $0.count == experts },

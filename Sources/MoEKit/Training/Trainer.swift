@@ -1,0 +1,322 @@
+import Foundation
+
+/// Runs `moekit train`: trains a dense or MoE MiniCPM checkpoint on a token file with AdamW under a
+/// learning-rate schedule, logs every step to an HDF5 routing log (schema version 2), and saves the
+/// result as a Hugging Face directory with its training state beside it.
+///
+/// One step s: batch(s) = `BatchSampler.batch(at: s)` (a pure function of seed and step) →
+/// router noise reseeded for s → loss and gradients (`TrainableMiniCPM`) → AdamW with
+/// η_s = schedule(s) × the tensor-program multipliers, gradient clipped by global norm → the
+/// auxiliary-loss-free bias updated from the step's expert counts (when configured) → log row.
+/// Because nothing else carries state between steps, a run resumed from a save at step s computes
+/// exactly what the uninterrupted run computes.
+///
+/// OUT_DIR layout: `config.json` (with the `moekit_router` used), `model.safetensors` (f32, and
+/// `mlp.gate.moekit_bias` per layer when the router keeps a bias), the source's other files
+/// (tokenizer etc.), and `training_state/` with `optimizer.safetensors` and `trainer_state.json`
+/// (a subdirectory, so loaders that glob `*.safetensors` — vLLM — see only the model). Every save
+/// builds the whole directory under a temporary name and renames it into place.
+public final class Trainer {
+    public static let stateDirectoryName = "training_state"
+    public static let optimizerFileName = "optimizer.safetensors"
+
+    /// One step's figures, for a progress line.
+    public struct Progress: Sendable {
+        public var step: Int
+        public var totalSteps: Int
+        public var loss: Float
+        public var languageModelLoss: Float
+        public var learningRate: Float
+        public var gradientNorm: Float
+        public var validationLoss: Float?
+        /// Training tokens per second over this run's steps so far (evaluation and saving excluded).
+        public var tokensPerSecond: Double
+        /// Seconds since the run started, and the estimate for the remaining steps.
+        public var elapsed: Double
+        public var remaining: Double
+        /// True when OUT_DIR was saved after this step.
+        public var saved: Bool
+    }
+
+    /// What a finished run did.
+    public struct Summary: Sendable {
+        public var firstStep: Int
+        public var completedSteps: Int
+        public var tokens: Int
+        public var trainingSeconds: Double
+        public var tokensPerSecond: Double
+        public var finalLoss: Float
+        public var finalLanguageModelLoss: Float
+        public var finalValidationLoss: Float?
+        public var outputDirectory: String
+        public var logPath: String?
+    }
+
+    public let model: TrainableMiniCPM
+    public let options: TrainingOptions
+    public let sampler: BatchSampler
+    public let schedule: LearningRateSchedule
+    public private(set) var optimizer: AdamW
+    public let outputDirectory: String
+    public let logPath: String?
+    /// The model directory the weights came from (OUT_DIR when resuming).
+    public let source: String
+    /// Steps completed before this run (0 unless resuming).
+    public let startStep: Int
+    /// Domain names as logged (the data's, plus "unlabelled" when some tokens carry no domain).
+    public let domainNames: [String]
+    private let initialModel: String
+    private let dataPath: String
+    private var logWriter: RoutingLogWriter?
+    private var tokensSeen: Int
+
+    /// Prepares a run: loads the model (from `outputDirectory` when `resume`), the data, the
+    /// optimiser (its saved moments when resuming) and opens the log.
+    ///
+    /// Without `resume`, an existing `outputDirectory` or log is refused unless `replaceExisting`.
+    /// With `resume`, `outputDirectory/training_state/trainer_state.json` must exist and the
+    /// options that shape the run (steps, batch, seq, seed, lr, schedule, …) must equal the saved
+    /// ones; the log, when it exists, is continued.
+    public init(modelDirectory: String, dataPath: String, outputDirectory: String, logPath: String?, options: TrainingOptions,
+                resume: Bool = false, replaceExisting: Bool = false) throws {
+        try options.validate()
+        self.options = options
+        self.outputDirectory = outputDirectory
+        self.logPath = logPath
+        self.dataPath = dataPath
+        let manager = FileManager.default
+        let stateDirectory = outputDirectory + "/" + Self.stateDirectoryName
+
+        var state: TrainerState?
+        if resume {
+            let loaded = try TrainerState(path: stateDirectory + "/" + TrainerState.fileName)
+            let signature = options.resumeSignature
+            for key in signature.keys.sorted() where loaded.options[key] != signature[key] {
+                throw TrainingError.invalidOption(name: key, reason: "is \(signature[key] ?? "unset") but the run in \(outputDirectory) used \(loaded.options[key] ?? "unset"); resume with the same value")
+            }
+            guard loaded.completedSteps <= options.steps else {
+                throw TrainingError.invalidState(path: stateDirectory + "/" + TrainerState.fileName,
+                                                 reason: "\(loaded.completedSteps) steps already done, more than --steps \(options.steps)")
+            }
+            state = loaded
+            source = outputDirectory
+            initialModel = loaded.initialModel
+        } else {
+            if manager.fileExists(atPath: outputDirectory) && !replaceExisting { throw CheckpointError.alreadyExists(path: outputDirectory) }
+            if let logPath, manager.fileExists(atPath: logPath) && !replaceExisting { throw RoutingLogError.alreadyExists(file: logPath) }
+            source = modelDirectory
+            initialModel = modelDirectory
+        }
+
+        // The model, with the router the options ask for (keeping any saved balancing bias).
+        let loaded = try TrainableMiniCPM(directory: source)
+        if let baseRouter = loaded.router {
+            var configuration = options.router ?? baseRouter.configuration
+            if let coefficient = options.auxiliaryLossCoefficient { configuration.loadBalancingCoefficient = coefficient }
+            if let coefficient = options.zLossCoefficient { configuration.zLossCoefficient = coefficient }
+            if configuration != baseRouter.configuration {
+                let router = try ConfigurableRouter(configuration: configuration, model: loaded.config)
+                for layer in 0 ..< router.layers { try router.setBalancingBias(baseRouter.balancingBias[layer], layer: layer) }
+                model = TrainableMiniCPM(parameters: loaded.parameters, router: router)
+            } else {
+                model = loaded
+            }
+            if logPath != nil, configuration.mode == .expertChoice {
+                throw TrainingError.unsupportedRouter(reason: "expert-choice routing has no fixed k per token, which routing logs need; train without --log or with a top-k router")
+            }
+        } else {
+            if options.router != nil || options.auxiliaryLossCoefficient != nil || options.zLossCoefficient != nil {
+                throw TrainingError.invalidOption(name: options.router != nil ? "router" : options.auxiliaryLossCoefficient != nil ? "aux-loss" : "z-loss",
+                                                  reason: "\(source) is a dense model (config.json has no num_experts)")
+            }
+            model = loaded
+        }
+
+        // Data.
+        let dataset = try TokenDataset(path: dataPath, vocabularySize: model.config.vocabSize, binaryDataType: options.binaryDataType)
+        sampler = try BatchSampler(dataset: dataset, batchSize: options.batchSize, sequenceLength: options.sequenceLength,
+                                   seed: options.seed, validationFraction: options.validationFraction)
+        guard options.sequenceLength <= model.config.maxPositionEmbeddings else {
+            throw TrainingError.invalidOption(name: "seq", reason: "\(options.sequenceLength) is longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
+        }
+        var names = dataset.domains == nil ? [] : dataset.domainNames
+        if let labels = dataset.domains, labels.contains(where: { Int($0) >= dataset.domainNames.count }) { names.append("unlabelled") }
+        domainNames = names
+        if let state, state.data != dataPath {
+            throw TrainingError.invalidOption(name: "data", reason: "is \(dataPath) but the run in \(outputDirectory) trained on \(state.data); resume with the same data")
+        }
+
+        // Optimiser.
+        schedule = options.learningRateSchedule
+        let multipliers = options.tensorProgram ? TensorProgramRules.learningRateMultipliers(for: model.parameters) : [:]
+        if let state {
+            let path = stateDirectory + "/" + Self.optimizerFileName
+            optimizer = try AdamW(resumingFrom: path, parameters: model.parameters, options: options.adamWOptions, learningRateMultipliers: multipliers)
+            guard optimizer.stepCount == state.completedSteps else {
+                throw TrainingError.invalidState(path: path, reason: "holds \(optimizer.stepCount) optimiser steps, trainer_state.json says \(state.completedSteps)")
+            }
+        } else {
+            optimizer = try AdamW(parameters: model.parameters, options: options.adamWOptions, learningRateMultipliers: multipliers)
+        }
+        startStep = state?.completedSteps ?? 0
+        tokensSeen = state?.tokensSeen ?? 0
+
+        // Log.
+        if let logPath {
+            let header = Self.logHeader(model: model, source: source, domains: domainNames)
+            let mode: RoutingLogWriter.Mode = resume && manager.fileExists(atPath: logPath) ? .append : (resume || replaceExisting ? .replace : .create)
+            logWriter = try RoutingLogWriter(path: logPath, header: header, mode: mode)
+        }
+    }
+
+    /// The header of a training log for `model`: MoE layers, experts and k, or all zero for a dense model.
+    static func logHeader(model: TrainableMiniCPM, source: String, domains: [String]) -> RoutingLogHeader {
+        let config = model.config
+        let configText = String(decoding: config.serialized(), as: UTF8.self)
+        guard let router = model.router else {
+            return RoutingLogHeader(numLayers: 0, numExperts: 0, topK: 0, router: "dense", modelConfig: configText, source: source, training: true)
+        }
+        return RoutingLogHeader(numLayers: router.layers, numExperts: router.experts, topK: router.slotsPerToken,
+                                router: router.configuration.description, modelConfig: configText, source: source,
+                                training: true, domains: domains)
+    }
+
+    /// Runs the steps from `startStep` to `options.steps`, saving OUT_DIR at the save interval and
+    /// after the last step. `progress` is called after every step.
+    @discardableResult
+    public func run(progress: (Progress) -> Void = { _ in }) throws -> Summary {
+        let start = Date()
+        var trainingSeconds = 0.0
+        var tokensThisRun = 0
+        var last: (loss: Float, languageModelLoss: Float) = (.nan, .nan)
+        var lastValidation: Float?
+        for step in startStep ..< options.steps {
+            let stepStart = Date()
+            model.router?.reseedNoise(step: step)
+            let batch = sampler.batch(at: step)
+            let result = try model.lossAndGradients(batch)
+            guard result.loss.isFinite, let gradients = result.gradients else { throw TrainingError.nonFiniteLoss(step: step, loss: result.loss) }
+            let learningRate = schedule.learningRate(at: step)
+            let gradientNorm = optimizer.step(&model.parameters, gradients: gradients, learningRate: learningRate)
+            if let router = model.router, router.configuration.auxiliaryLossFreeBalancing {
+                router.updateBalancingBias(expertCounts: result.routing.map { Self.expertCounts($0.decision) })
+            }
+            trainingSeconds += Date().timeIntervalSince(stepStart)
+            tokensThisRun += batch.tokenCount
+            tokensSeen += batch.tokenCount
+            last = (result.loss, result.languageModelLoss)
+
+            let isLast = step == options.steps - 1
+            var validationLoss: Float?
+            if sampler.validationRange.count > 0, isLast || (options.evaluationInterval > 0 && (step + 1) % options.evaluationInterval == 0) {
+                validationLoss = try validate()
+                lastValidation = validationLoss
+            }
+            try log(step: step, batch: batch, result: result, learningRate: learningRate, gradientNorm: gradientNorm, validationLoss: validationLoss)
+            let save = isLast || (options.saveInterval > 0 && (step + 1) % options.saveInterval == 0)
+            if save {
+                try self.save(completedSteps: step + 1, loss: result.loss, languageModelLoss: result.languageModelLoss,
+                              validationLoss: lastValidation ?? .nan)
+            }
+            let done = step + 1 - startStep
+            let perStep = Date().timeIntervalSince(start) / Double(done)
+            progress(Progress(step: step, totalSteps: options.steps, loss: result.loss, languageModelLoss: result.languageModelLoss,
+                              learningRate: learningRate, gradientNorm: gradientNorm, validationLoss: validationLoss,
+                              tokensPerSecond: trainingSeconds > 0 ? Double(tokensThisRun) / trainingSeconds : 0,
+                              elapsed: Date().timeIntervalSince(start), remaining: perStep * Double(options.steps - step - 1), saved: save))
+        }
+        try logWriter?.close()
+        return Summary(firstStep: startStep, completedSteps: options.steps, tokens: tokensThisRun, trainingSeconds: trainingSeconds,
+                       tokensPerSecond: trainingSeconds > 0 ? Double(tokensThisRun) / trainingSeconds : 0,
+                       finalLoss: last.loss, finalLanguageModelLoss: last.languageModelLoss, finalValidationLoss: lastValidation,
+                       outputDirectory: outputDirectory, logPath: logPath)
+    }
+
+    /// Mean language-model cross-entropy over the held-out batches (at most `options.validationBatches`),
+    /// weighted by the number of predicted tokens; the router evaluates without noise.
+    public func validate() throws -> Float {
+        var total = 0.0, counted = 0
+        for batch in sampler.validationBatches(maximumBatches: options.validationBatches) {
+            let result = try model.evaluate(batch)
+            total += Double(result.languageModelLoss) * Double(result.countedTokens)
+            counted += result.countedTokens
+        }
+        return counted > 0 ? Float(total / Double(counted)) : .nan
+    }
+
+    static func expertCounts(_ decision: RoutingDecision) -> [Int] {
+        var counts = [Int](repeating: 0, count: decision.experts)
+        for expert in decision.selectedExperts where expert >= 0 { counts[Int(expert)] += 1 }
+        return counts
+    }
+
+    private func log(step: Int, batch: TrainingBatch, result: TrainableMiniCPM.StepResult, learningRate: Float, gradientNorm: Float,
+                     validationLoss: Float?) throws {
+        guard let logWriter else { return }
+        // A run resumed from an earlier save than the log's last row recomputes those steps
+        // exactly; their rows are already in the log.
+        if let lastLogged = logWriter.lastStep, step <= lastLogged { return }
+        var domainOfToken: [Int]?
+        if let domains = batch.domains, !domainNames.isEmpty {
+            let unlabelled = domainNames.count - 1
+            domainOfToken = domains.flatMap { $0.map { $0 >= 0 && $0 < domainNames.count ? $0 : unlabelled } }
+        }
+        let topK = model.router?.slotsPerToken ?? 0
+        let layers = result.routing.map {
+            TrainingRoutingStatistics.layerStatistics($0, topK: topK, domainOfToken: domainOfToken, domains: domainNames.count)
+        }
+        try logWriter.append(RoutingLogStep(step: step, tokens: batch.tokenCount, loss: result.loss, learningRate: learningRate, layers: layers,
+                                            training: RoutingLogTrainingColumns(languageModelLoss: result.languageModelLoss, gradientNorm: gradientNorm,
+                                                                                validationLoss: validationLoss ?? .nan)))
+    }
+
+    /// Writes OUT_DIR (weights, config, other files, optimiser and trainer state) atomically.
+    public func save(completedSteps: Int, loss: Float, languageModelLoss: Float, validationLoss: Float) throws {
+        let directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: true)
+        var config = model.config
+        config.torchDtype = "float32"
+        if let router = model.router { config.otherKeys["moekit_router"] = router.configuration.jsonValue }
+        try config.write(to: directory.path("config.json"))
+
+        var tensors = model.parameters.names.map { (name: $0, tensor: model.parameters[$0], dtype: SafetensorsDType.float32) }
+        if let router = model.router, router.configuration.auxiliaryLossFreeBalancing || router.balancingBias.contains(where: { $0.contains { $0 != 0 } }) {
+            for layer in 0 ..< router.layers {
+                tensors.append((name: MiniCPMTensorNames.routerBias(layer), tensor: Tensor(shape: [router.experts], values: router.balancingBias[layer]),
+                                dtype: .float32))
+            }
+        }
+        try SafetensorsWriter.write(tensors, to: directory.path("model.safetensors"))
+
+        let manager = FileManager.default
+        if let names = try? manager.contentsOfDirectory(atPath: source) {
+            for name in names.sorted() where Self.isCarriedOver(name) {
+                do {
+                    try manager.copyItem(atPath: source + "/" + name, toPath: directory.path(name))
+                } catch {
+                    throw CheckpointError.invalidArgument("\(source)/\(name): cannot copy into \(outputDirectory): \(error.localizedDescription)")
+                }
+            }
+        }
+
+        let stateDirectory = directory.path(Self.stateDirectoryName)
+        do {
+            try manager.createDirectory(atPath: stateDirectory, withIntermediateDirectories: false)
+        } catch {
+            throw CheckpointError.invalidArgument("\(stateDirectory): cannot create directory: \(error.localizedDescription)")
+        }
+        try optimizer.save(to: stateDirectory + "/" + Self.optimizerFileName)
+        let state = TrainerState(completedSteps: completedSteps, options: options.resumeSignature, data: dataPath, initialModel: initialModel,
+                                 tokensSeen: tokensSeen, lastLoss: loss, lastLanguageModelLoss: languageModelLoss, lastValidationLoss: validationLoss)
+        try AtomicFileWriter.write(state.serialized(), to: stateDirectory + "/" + TrainerState.fileName)
+        try directory.commit()
+    }
+
+    /// Files of the source directory that travel with the trained weights (tokenizer, modeling
+    /// code, generation config); weights, configs, reports and training state do not.
+    static func isCarriedOver(_ name: String) -> Bool {
+        if name.hasPrefix(".") || name == "config.json" || name == stateDirectoryName || name == UpcyclePlan.reportFileName { return false }
+        if name.hasSuffix(".safetensors") || name.hasSuffix(".safetensors.index.json") { return false }
+        if name.hasPrefix("pytorch_model") && (name.hasSuffix(".bin") || name.hasSuffix(".bin.index.json")) { return false }
+        return true
+    }
+}
