@@ -1,0 +1,187 @@
+import ArgumentParser
+import Foundation
+import MoEKit
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a dense or MoE MiniCPM checkpoint on a token file (AdamW, WSD schedule), logging every step to HDF5.",
+        discussion: """
+        Each step samples --batch windows of --seq tokens (deterministic for --seed and the step), \
+        runs the forward and backward pass (for MoE models: the router's combine weights and its \
+        auxiliary losses included), clips the gradient and takes an AdamW step with the scheduled \
+        learning rate; hidden matrices use η ÷ (hidden/dim_model_base), MiniCPM's tensor-program rule. \
+        Warmup-Stable-Decay (default) holds η after warmup and decays over the last --decay-fraction \
+        of the steps. The log (docs/routing-log.md, schema 2) holds loss, lr, gradient norm, \
+        validation loss and, for MoE models, each layer's routing statistics and per-domain expert \
+        counts when the data has a domain sidecar. OUT_DIR is a Hugging Face directory (f32 \
+        safetensors) with training_state/ beside the weights; --resume continues it exactly.
+        """
+    )
+
+    @Argument(help: "Model directory to start from (dense or MoE).")
+    var modelDirectory: String
+
+    @Option(help: "Token data: .txt (ids, one document per line), .npy, or raw .bin (uint16/uint32); a NAME.domains.bin sidecar adds domains.")
+    var data: String
+
+    @Option(help: "Optimiser steps in the whole run.")
+    var steps: Int
+
+    @Option(help: "Sequences per batch.")
+    var batch: Int = 8
+
+    @Option(help: "Tokens per sequence.")
+    var seq: Int = 128
+
+    @Option(help: "Peak learning rate η.")
+    var lr: Float
+
+    @Option(help: "Learning-rate schedule: wsd, cosine or constant.")
+    var schedule: String = "wsd"
+
+    @Option(help: "Linear warmup steps (default: 1% of --steps, at least 1).")
+    var warmup: Int?
+
+    @Option(help: "WSD: share of the steps spent decaying.")
+    var decayFraction: Double = 0.1
+
+    @Option(help: "WSD: decay shape, exponential or linear.")
+    var decay: String = "exponential"
+
+    @Option(help: "WSD/cosine: final learning rate as a fraction of η.")
+    var finalLrRatio: Float = 0.1
+
+    @Option(help: "Load-balancing loss coefficient (default: the router's, 0.01 for MiniCPM-MoE).")
+    var auxLoss: Float?
+
+    @Option(help: "Router z-loss coefficient (default: the router's, 0).")
+    var zLoss: Float?
+
+    @Option(help: "Router to train with instead of the model's (see docs/routers.md).")
+    var router: String?
+
+    @Option(help: "AdamW decoupled weight decay.")
+    var weightDecay: Float = 0.1
+
+    @Option(help: "Clip the gradient's global L2 norm to this (0: no clipping).")
+    var clip: Float = 1
+
+    @Option(help: "Seed of batch sampling and router noise.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Element type of a raw .bin data file: uint16 or uint32 (default: by vocabulary size).")
+    var dataDtype: String?
+
+    @Option(help: "Share of the data (from its end) held out for validation.")
+    var validationFraction: Double = 0
+
+    @Option(help: "Evaluate on the held-out data every N steps (0: only after the last).")
+    var evalEvery: Int = 0
+
+    @Option(help: "At most this many validation batches per evaluation.")
+    var valBatches: Int = 8
+
+    @Option(help: "Save OUT_DIR every N steps (0: only after the last).")
+    var saveEvery: Int = 0
+
+    @Flag(help: "Do not divide hidden matrices' learning rate by hidden/dim_model_base.")
+    var noTensorProgram = false
+
+    @Option(help: "Output model directory.")
+    var out: String
+
+    @Option(help: "Training log (HDF5) to write.")
+    var log: String?
+
+    @Flag(help: "Continue the run saved in OUT_DIR (same options), appending to the log.")
+    var resume = false
+
+    @Flag(help: "Replace an existing OUT_DIR and log.")
+    var force = false
+
+    @OptionGroup var compute: ComputeOptions
+
+    @Flag(help: "No progress lines.")
+    var quiet = false
+
+    func validate() throws {
+        if resume && force { throw ValidationError("--resume and --force exclude each other") }
+        guard TrainingOptions.ScheduleKind(rawValue: schedule) != nil else { throw ValidationError("--schedule must be wsd, cosine or constant, got '\(schedule)'") }
+        guard LearningRateSchedule.DecayShape(rawValue: decay) != nil else { throw ValidationError("--decay must be exponential or linear, got '\(decay)'") }
+        if let dataDtype, TokenDataType(rawValue: dataDtype) == nil { throw ValidationError("--data-dtype must be uint16 or uint32, got '\(dataDtype)'") }
+        if clip < 0 || !clip.isFinite { throw ValidationError("--clip must be a finite number ≥ 0") }
+    }
+
+    func makeOptions() throws -> TrainingOptions {
+        var options = TrainingOptions(steps: steps, batchSize: batch, sequenceLength: seq, learningRate: lr)
+        options.schedule = TrainingOptions.ScheduleKind(rawValue: schedule) ?? .wsd
+        options.warmupSteps = warmup
+        options.decayFraction = decayFraction
+        options.decayShape = LearningRateSchedule.DecayShape(rawValue: decay) ?? .exponential
+        options.finalLearningRateRatio = finalLrRatio
+        options.auxiliaryLossCoefficient = auxLoss
+        options.zLossCoefficient = zLoss
+        options.router = try router.map { try RouterConfiguration(text: $0) }
+        options.weightDecay = weightDecay
+        options.maxGradientNorm = clip > 0 ? clip : nil
+        options.seed = seed
+        options.binaryDataType = dataDtype.flatMap(TokenDataType.init(rawValue:))
+        options.validationFraction = validationFraction
+        options.evaluationInterval = evalEvery
+        options.validationBatches = valBatches
+        options.saveInterval = saveEvery
+        options.tensorProgram = !noTensorProgram
+        return options
+    }
+
+    func run() throws {
+        try reportingErrors {
+            compute.apply()
+            let trainer = try Trainer(modelDirectory: modelDirectory, dataPath: data, outputDirectory: out, logPath: log,
+                                      options: try makeOptions(), resume: resume, replaceExisting: force)
+            let kind = trainer.model.router.map { "MoE, \($0.experts) experts, top-\($0.topK)" } ?? "dense"
+            print("train: \(trainer.source) (\(kind), \(trainer.model.parameters.elementCount) parameters) on \(data): "
+                + "\(trainer.sampler.trainingRange.count) training tokens, \(trainer.sampler.validationRange.count) held out"
+                + (trainer.domainNames.isEmpty ? "" : ", domains \(trainer.domainNames.joined(separator: ", "))"))
+            if trainer.startStep > 0 { print("  resuming after step \(trainer.startStep) of \(steps)") }
+            let reporter = TrainingProgressPrinter(quiet: quiet)
+            let summary = try trainer.run(progress: reporter.report)
+            print(String(format: "train: steps %d…%d, %d tokens in %.1fs (%.0f tokens/s); final loss %.4f (lm %.4f)%@",
+                         summary.firstStep, summary.completedSteps - 1, summary.tokens, summary.trainingSeconds, summary.tokensPerSecond,
+                         summary.finalLoss, summary.finalLanguageModelLoss,
+                         summary.finalValidationLoss.map { String(format: ", validation %.4f", $0) } ?? ""))
+            print("  model: \(summary.outputDirectory) (training state in \(summary.outputDirectory)/\(Trainer.stateDirectoryName))")
+            if let log = summary.logPath { print("  log: \(log) (moekit inspect \(log))") }
+        }
+    }
+}
+
+/// One progress line per step on a terminal (redrawn), or every few seconds otherwise.
+final class TrainingProgressPrinter {
+    private let quiet: Bool
+    private let terminal = isatty(STDERR_FILENO) == 1
+    private var lastLine = Date.distantPast
+
+    init(quiet: Bool) { self.quiet = quiet }
+
+    func report(_ progress: Trainer.Progress) {
+        guard !quiet else { return }
+        let now = Date()
+        let final = progress.step + 1 == progress.totalSteps
+        guard terminal || final || progress.validationLoss != nil || now.timeIntervalSince(lastLine) >= 5 else { return }
+        lastLine = now
+        var line = String(format: "step %d/%d  loss %.4f (lm %.4f)  lr %.2e  |g| %.3f  %.0f tok/s  elapsed %@  ETA %@",
+                          progress.step + 1, progress.totalSteps, progress.loss, progress.languageModelLoss, progress.learningRate,
+                          progress.gradientNorm, progress.tokensPerSecond, Self.duration(progress.elapsed), Self.duration(progress.remaining))
+        if let validation = progress.validationLoss { line += String(format: "  val %.4f", validation) }
+        if progress.saved { line += "  saved" }
+        let persistent = final || progress.validationLoss != nil
+        FileHandle.standardError.write(Data((terminal ? "\r" + line + "\u{1B}[K" + (persistent ? "\n" : "") : line + "\n").utf8))
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let total = Int(seconds.rounded())
+        return total >= 3600 ? String(format: "%d:%02d:%02d", total / 3600, total / 60 % 60, total % 60) : String(format: "%d:%02d", total / 60, total % 60)
+    }
+}
