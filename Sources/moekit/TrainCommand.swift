@@ -147,10 +147,10 @@ struct TrainCommand: ParsableCommand {
             if trainer.startStep > 0 { print("  resuming after step \(trainer.startStep) of \(steps)") }
             let reporter = TrainingProgressPrinter(quiet: quiet)
             let summary = try trainer.run(progress: reporter.report)
-            print(String(format: "train: steps %d…%d, %d tokens in %.1fs (%.0f tokens/s); final loss %.4f (lm %.4f)%@",
+            print(String(format: "train: steps %d…%d, %d tokens in %.1fs (%.0f tokens/s); final loss %.4f (lm %.4f)",
                          summary.firstStep, summary.completedSteps - 1, summary.tokens, summary.trainingSeconds, summary.tokensPerSecond,
-                         summary.finalLoss, summary.finalLanguageModelLoss,
-                         summary.finalValidationLoss.map { String(format: ", validation %.4f", $0) } ?? ""))
+                         summary.finalLoss, summary.finalLanguageModelLoss)
+                + (summary.finalValidationLoss.map { String(format: ", validation %.4f", $0) } ?? ""))
             print("  model: \(summary.outputDirectory) (training state in \(summary.outputDirectory)/\(Trainer.stateDirectoryName))")
             if let log = summary.logPath { print("  log: \(log) (moekit inspect \(log))") }
         }
@@ -171,9 +171,10 @@ final class TrainingProgressPrinter {
         let final = progress.step + 1 == progress.totalSteps
         guard terminal || final || progress.validationLoss != nil || now.timeIntervalSince(lastLine) >= 5 else { return }
         lastLine = now
-        var line = String(format: "step %d/%d  loss %.4f (lm %.4f)  lr %.2e  |g| %.3f  %.0f tok/s  elapsed %@  ETA %@",
+        var line = String(format: "step %d/%d  loss %.4f (lm %.4f)  lr %.2e  |g| %.3f  %.0f tok/s",
                           progress.step + 1, progress.totalSteps, progress.loss, progress.languageModelLoss, progress.learningRate,
-                          progress.gradientNorm, progress.tokensPerSecond, Self.duration(progress.elapsed), Self.duration(progress.remaining))
+                          progress.gradientNorm, progress.tokensPerSecond)
+            + "  elapsed \(Self.duration(progress.elapsed))  ETA \(Self.duration(progress.remaining))"
         if let validation = progress.validationLoss { line += String(format: "  val %.4f", validation) }
         if progress.saved { line += "  saved" }
         let persistent = final || progress.validationLoss != nil
