@@ -121,6 +121,12 @@ public final class Trainer {
             } else {
                 model = loaded
             }
+            if configuration.noisyTopK {
+                // NOTE: MoEFeedForwardLayer computes ∂L/∂W_noise, but the noise weights live in the router,
+                // outside ParameterSet, AdamW and the saved checkpoint; training them silently at zero would
+                // misreport the run.
+                throw TrainingError.unsupportedRouter(reason: "noisy_top_k: its learned noise weights are not yet optimised or saved by moekit train")
+            }
             if logPath != nil, configuration.mode == .expertChoice {
                 throw TrainingError.unsupportedRouter(reason: "expert-choice routing has no fixed k per token, which routing logs need; train without --log or with a top-k router")
             }
