@@ -17,7 +17,7 @@ public enum CrossEntropyLayer {
     /// The most logits (rows × vocab) for which `forward` keeps dlogits whole for `backward`
     /// (64 MB in f32); larger batches recompute them block by block.
     public static let keptLogitLimit = 1 << 24
-    /// The most logits computed at once in one block.
+    /// The most logits computed at once in one block (unless `forward` is given `blockRows`).
     public static let blockLogitLimit = 1 << 21
 
     /// What `forward` keeps for `backward`.
@@ -32,6 +32,8 @@ public enum CrossEntropyLayer {
         public var logSumExp: [Float]
         /// `[N, vocab]` dlogits when the batch is small enough to keep them (see `keptLogitLimit`).
         public var logitGradient: Tensor?
+        /// Rows per block of logits.
+        public var blockRows: Int
     }
 
     public struct Output: Sendable {
@@ -56,7 +58,7 @@ public enum CrossEntropyLayer {
     /// h `[N, hidden]`, final-norm weight `[hidden]`, head `[vocab, hidden]`, targets `[N]` (each
     /// `< vocab`; negative = ignored).
     public static func forward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float,
-                               keepLogitGradient: Bool = true) -> Output {
+                               keepLogitGradient: Bool = true, blockRows requestedBlockRows: Int? = nil) -> Output {
         let rows = h.rows, hidden = h.columns, vocabulary = head.rows
         precondition(head.columns == hidden && targets.count == rows, "cross-entropy: h \(h.shape), head \(head.shape), \(targets.count) targets")
         let (normed, normCache) = RMSNormLayer.forward(h, weight: normWeight, epsilon: epsilon)
@@ -66,11 +68,12 @@ public enum CrossEntropyLayer {
         let inverseCount = counted > 0 ? 1 / Float(counted) : 0
         let keeps = keepLogitGradient && rows * vocabulary <= keptLogitLimit
         var kept = keeps ? Tensor(uninitializedShape: [rows, vocabulary]) : nil
-        var scratch = keeps ? [] : [Float].uninitialized(count: blockRows(vocabulary: vocabulary, rows: rows) * vocabulary)
+        let blockRows = max(1, min(rows, requestedBlockRows ?? max(1, blockLogitLimit / max(vocabulary, 1))))
+        var scratch = keeps ? [] : [Float].uninitialized(count: blockRows * vocabulary)
         var logSumExp = [Float].uninitialized(count: rows)
         var tokenLosses = [Float](repeating: 0, count: rows)
         var total = 0.0
-        for block in blocks(rows: rows, vocabulary: vocabulary) {
+        for block in blocks(rows: rows, size: blockRows) {
             func process(_ logits: UnsafeMutablePointer<Float>) {
                 computeLogits(scaledNormed, head: head, rows: block, into: logits)
                 for (offset, row) in block.enumerated() {
@@ -93,7 +96,7 @@ public enum CrossEntropyLayer {
             }
         }
         let cache = Cache(norm: normCache, scaledNormed: scaledNormed, targets: targets, countedTokens: counted, divisor: divisor,
-                          logSumExp: logSumExp, logitGradient: kept)
+                          logSumExp: logSumExp, logitGradient: kept, blockRows: blockRows)
         return Output(loss: counted > 0 ? Float(total / Double(counted)) : 0, tokenLosses: tokenLosses, countedTokens: counted, cache: cache)
     }
 
@@ -110,10 +113,10 @@ public enum CrossEntropyLayer {
             scaledGradient = Tensor(uninitializedShape: [rows, hidden])
             headGradient = Tensor(shape: [vocabulary, hidden])
             let inverseCount = cache.countedTokens > 0 ? 1 / Float(cache.countedTokens) : 0
-            var scratch = [Float].uninitialized(count: blockRows(vocabulary: vocabulary, rows: rows) * vocabulary)
+            var scratch = [Float].uninitialized(count: cache.blockRows * vocabulary)
             scratch.withUnsafeMutableBufferPointer { s in
                 let logits = s.baseAddress!
-                for block in blocks(rows: rows, vocabulary: vocabulary) {
+                for block in blocks(rows: rows, size: cache.blockRows) {
                     computeLogits(cache.scaledNormed, head: head, rows: block, into: logits)
                     for (offset, row) in block.enumerated() {
                         writeLogitGradient(logits + offset * vocabulary, count: vocabulary, logSumExp: cache.logSumExp[row],
@@ -143,13 +146,8 @@ public enum CrossEntropyLayer {
 
     // MARK: Pieces
 
-    private static func blockRows(vocabulary: Int, rows: Int) -> Int {
-        max(1, min(rows, blockLogitLimit / max(vocabulary, 1)))
-    }
-
-    private static func blocks(rows: Int, vocabulary: Int) -> [Range<Int>] {
-        let size = blockRows(vocabulary: vocabulary, rows: rows)
-        return stride(from: 0, to: rows, by: size).map { $0 ..< min(rows, $0 + size) }
+    private static func blocks(rows: Int, size: Int) -> [Range<Int>] {
+        stride(from: 0, to: rows, by: size).map { $0 ..< min(rows, $0 + size) }
     }
 
     /// logits[block] `[block.count, vocab]` = z[block] · headᵀ.
