@@ -61,7 +61,7 @@ import Testing
         let trained = try trainable.lossAndGradients(batch)
         #expect(abs(Double(evaluated.languageModelLoss) - expected) <= 1e-5 * expected)
         #expect(evaluated.loss == evaluated.languageModelLoss && trained.loss == evaluated.loss)
-        #expect(evaluated.countedTokens == 17 - 3 - 2)
+        #expect(evaluated.countedTokens == 17 - 3 - 3)
         #expect(evaluated.gradients == nil && trained.gradients != nil)
         #expect(evaluated.routing.isEmpty && evaluated.routerLosses.isEmpty)
     }
