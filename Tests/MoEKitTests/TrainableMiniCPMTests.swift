@@ -77,6 +77,7 @@ import Testing
         #expect(trainable.router?.isTraining == false)
         #expect(abs(Double(result.languageModelLoss) - expected) <= 1e-5 * expected)
         #expect(result.routerLosses.count == 2 && result.routing.count == 2)
+        #expect(result.expertCounts.map { $0.reduce(0, +) } == [24, 24])
         #expect(result.routerLosses.allSatisfy { $0.total > 0 })
         #expect(abs(result.loss - result.languageModelLoss - result.routerLosses.reduce(0) { $0 + $1.total }) <= 1e-6)
         // The routing reported is the inference model's.

@@ -24,6 +24,18 @@ func matchesFiniteDifferences(_ analytic: [Float], at point: [Float], step: Floa
 /// Embedding, RMSNorm, linear and RoPE training layers: fast against reference, backward against
 /// finite differences and hand-checked cases.
 @Suite struct TrainingLayerTests {
+    /// The check itself has teeth: a gradient 10% off, or one entry wrong, is rejected.
+    @Test func finiteDifferenceCheckRejectsWrongGradients() {
+        let x = randomTensor([3, 4], seed: 19), w = randomTensor([5, 4], seed: 14), r = randomTensor([3, 5], seed: 15)
+        let loss = { (values: [Float]) in projectedLoss(LinearLayer.forward(Tensor(shape: x.shape, values: values), weight: w), r) }
+        let dx = LinearLayer.inputGradient(r, weight: w).values
+        #expect(matchesFiniteDifferences(dx, at: x.values, loss))
+        #expect(!matchesFiniteDifferences(dx.map { $0 * 1.1 }, at: x.values, loss))
+        var oneWrong = dx
+        oneWrong[5] += 0.1 * (dx.map(abs).max() ?? 1)
+        #expect(!matchesFiniteDifferences(oneWrong, at: x.values, loss))
+    }
+
     // MARK: Embedding
 
     @Test func embeddingForwardMatchesReference() {

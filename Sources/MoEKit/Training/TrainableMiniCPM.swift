@@ -66,6 +66,10 @@ public final class TrainableMiniCPM {
         public var routing: [RoutedTokens]
         /// ∂loss/∂parameters by parameter name (`lossAndGradients` only).
         public var gradients: ParameterSet?
+
+        /// `[MoE layer][expert]` assignments each expert received (after drops): what
+        /// `ConfigurableRouter.updateBalancingBias(expertCounts:)` takes.
+        public var expertCounts: [[Int]] { routing.map(\.decision.expertCounts) }
     }
 
     /// The loss of a batch, forward only, with the router in evaluation mode (no noise).
