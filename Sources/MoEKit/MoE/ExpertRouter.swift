@@ -27,11 +27,21 @@ public struct RoutedTokens: Sendable {
     /// noise was applied. When set, `noisyLogits` is set too. The load loss needs both
     /// (`RouterLosses.loadLoss`).
     public var noiseStandardDeviations: [Float]?
+    /// `[tokens, hidden]` the input jitter factors f ~ U(1−ε, 1+ε) applied (x' = x ⊙ f, the inputs
+    /// the noisy logits came from); `nil` unless input jitter was applied. The training backward
+    /// needs them (∂z̃/∂W uses x', ∂x' /∂x is f).
+    public var inputJitterFactors: [Float]?
+    /// `[tokens, experts]` the standard normal samples ε of noisy top-k (z̃ gained σ ⊙ ε); `nil`
+    /// unless noisy top-k noise was applied. The training backward needs them for ∂z̃/∂σ = ε.
+    public var noisyTopKSamples: [Float]?
 
-    public init(decision: RoutingDecision, logits: [Float], noisyLogits: [Float]? = nil, noiseStandardDeviations: [Float]? = nil) {
+    public init(decision: RoutingDecision, logits: [Float], noisyLogits: [Float]? = nil, noiseStandardDeviations: [Float]? = nil,
+                inputJitterFactors: [Float]? = nil, noisyTopKSamples: [Float]? = nil) {
         self.decision = decision
         self.logits = logits
         self.noisyLogits = noisyLogits
         self.noiseStandardDeviations = noiseStandardDeviations
+        self.inputJitterFactors = inputJitterFactors
+        self.noisyTopKSamples = noisyTopKSamples
     }
 }

@@ -74,7 +74,7 @@ public final class ConfigurableRouter: ExpertRouter {
         // Logits and scores the choice is made from: noisy while training.
         var selectionLogits = logits
         var selectionScores = probabilities
-        var noise: (logits: [Float], standardDeviations: [Float]?)?
+        var noise: NoiseApplied?
         if isTraining, configuration.inputJitter != nil || configuration.logitNoise != nil || configuration.noisyTopK {
             let applied = noisyLogits(inputs: flatInputs, cleanLogits: logits, gateWeight: gateWeight, layer: layer)
             noise = applied
@@ -93,7 +93,8 @@ public final class ConfigurableRouter: ExpertRouter {
             decision = RoutingDecision(tokens: tokens, experts: experts, slotsPerToken: experts, selectedExperts: selected,
                                        combineWeights: weights, probabilities: probabilities)
         }
-        return RoutedTokens(decision: decision, logits: logits, noisyLogits: noise?.logits, noiseStandardDeviations: noise?.standardDeviations)
+        return RoutedTokens(decision: decision, logits: logits, noisyLogits: noise?.logits, noiseStandardDeviations: noise?.standardDeviations,
+                            inputJitterFactors: noise?.jitterFactors, noisyTopKSamples: noise?.noisyTopKSamples)
     }
 
     /// Token choice: top-k of (scores + bias) per token, weights from the unbiased scores, then capacity.
@@ -145,30 +146,47 @@ public final class ConfigurableRouter: ExpertRouter {
 
     /// z̃ = (x ⊙ U(1−ε, 1+ε))·Wᵀ + σ·N(0,1) + softplus(x'·W_noiseᵀ) ⊙ N(0,1). Samples are drawn in
     /// this order: jitter for every input element, then logit noise, then noisy-top-k noise.
-    /// Returns z̃ and, with noisy top-k, its standard deviations softplus(x'·W_noiseᵀ) `[T, E]`.
-    private func noisyLogits(inputs: Tensor, cleanLogits: [Float], gateWeight: Tensor, layer: Int) -> (logits: [Float], standardDeviations: [Float]?) {
+    /// Returns z̃, the jitter factors (with input jitter) and, with noisy top-k, its standard
+    /// deviations softplus(x'·W_noiseᵀ) `[T, E]` and samples ε `[T, E]`.
+    private func noisyLogits(inputs: Tensor, cleanLogits: [Float], gateWeight: Tensor, layer: Int) -> NoiseApplied {
         var jittered = inputs
         var logits = cleanLogits
+        var jitterFactors: [Float]?
         if let epsilon = configuration.inputJitter {
+            var factors = [Float](repeating: 1, count: jittered.count)
             for i in jittered.values.indices {
                 let factor = 1 - epsilon + 2 * epsilon * Float(random.nextUniform())
+                factors[i] = factor
                 jittered.values[i] *= factor
             }
+            jitterFactors = factors
             logits = MatrixMultiply.product(jittered, gateWeight, transposeB: true).values
         }
         if let standardDeviation = configuration.logitNoise {
             for i in logits.indices { logits[i] += Float(random.nextNormal()) * standardDeviation }
         }
         var standardDeviations: [Float]?
+        var samples: [Float]?
         if configuration.noisyTopK {
             var deviations = MatrixMultiply.product(jittered, noiseWeights[layer], transposeB: true).values
+            var drawn = [Float](repeating: 0, count: logits.count)
             for i in logits.indices {
                 deviations[i] = RoutingFunctions.softplus(deviations[i])
-                logits[i] += deviations[i] * Float(random.nextNormal())
+                drawn[i] = Float(random.nextNormal())
+                logits[i] += deviations[i] * drawn[i]
             }
             standardDeviations = deviations
+            samples = drawn
         }
-        return (logits, standardDeviations)
+        return NoiseApplied(logits: logits, standardDeviations: standardDeviations, jitterFactors: jitterFactors, noisyTopKSamples: samples)
+    }
+
+    /// The noise one `route` call applied (see `RoutedTokens`).
+    private struct NoiseApplied {
+        var logits: [Float]
+        var standardDeviations: [Float]?
+        var jitterFactors: [Float]?
+        var noisyTopKSamples: [Float]?
     }
 
     // MARK: Auxiliary-loss-free balancing

@@ -216,11 +216,57 @@ public enum RouterLosses {
     ///   - topK: the router's k, 1 ≤ k ≤ E.
     public static func loadLoss(logits: [Float], noisyLogits: [Float], noiseStandardDeviations: [Float], tokens: Int, experts: Int,
                                 topK: Int) -> LossAndGradient {
+        var gradient = [Float](repeating: 0, count: tokens * experts)
+        guard let terms = loadLossTerms(logits: logits, noisyLogits: noisyLogits, noiseStandardDeviations: noiseStandardDeviations,
+                                        tokens: tokens, experts: experts, topK: topK) else {
+            return LossAndGradient(value: 0, gradient: gradient)
+        }
+        for t in 0 ..< tokens {
+            let row = t * experts
+            for i in 0 ..< experts where terms.threshold[row + i] >= 0 {
+                let term = terms.slope[row + i]
+                gradient[row + i] += term
+                gradient[row + terms.threshold[row + i]] -= term
+            }
+        }
+        return LossAndGradient(value: terms.value, gradient: gradient)
+    }
+
+    /// The load loss with its partial derivatives kept apart, for a trainer that follows the noise
+    /// into x' and W_noise (`MoEFeedForwardLayer`): ∂L/∂z with respect to the clean logits in the
+    /// numerators, ∂L/∂H with respect to the noisy logits θ is read from, and ∂L/∂σ with respect to
+    /// the standard deviations in the denominators, the samples ε and the selection held fixed. With
+    /// u = (z_t,i − θ_t,i)/σ_t,i and θ_t,i = H_t,j*:
+    ///
+    ///     ∂P(t,i)/∂z_t,i = φ(u)/σ_t,i,   ∂P(t,i)/∂H_t,j* = −φ(u)/σ_t,i,   ∂P(t,i)/∂σ_t,i = −u·φ(u)/σ_t,i,
+    ///
+    /// each times G_i = ∂L/∂Load_i. `loadLoss`'s gradient is `logits + noisyLogits` (θ moving with z).
+    /// All zero when the loss is (every load zero), and for the (t, i) `loadLoss` gives no gradient.
+    public static func loadLossPartials(logits: [Float], noisyLogits: [Float], noiseStandardDeviations: [Float], tokens: Int, experts: Int,
+                                        topK: Int) -> (value: Float, logits: [Float], noisyLogits: [Float], standardDeviations: [Float]) {
+        var numerator = [Float](repeating: 0, count: tokens * experts)
+        var noisy = numerator, deviation = numerator
+        guard let terms = loadLossTerms(logits: logits, noisyLogits: noisyLogits, noiseStandardDeviations: noiseStandardDeviations,
+                                        tokens: tokens, experts: experts, topK: topK) else {
+            return (0, numerator, noisy, deviation)
+        }
+        for index in 0 ..< tokens * experts where terms.threshold[index] >= 0 {
+            let term = terms.slope[index]
+            numerator[index] += term
+            noisy[(index / experts) * experts + terms.threshold[index]] -= term
+            deviation[index] -= terms.standardized[index] * term
+        }
+        return (terms.value, numerator, noisy, deviation)
+    }
+
+    /// The load loss's value and, per (t, i): u, the expert j* whose H is θ (−1: no gradient), and
+    /// G_i · φ(u)/σ_t,i. `nil` when every load is zero (the loss is 0 with zero gradient).
+    private static func loadLossTerms(logits: [Float], noisyLogits: [Float], noiseStandardDeviations: [Float], tokens: Int, experts: Int,
+                                      topK: Int) -> (value: Float, standardized: [Float], threshold: [Int], slope: [Float])? {
         let count = tokens * experts
         precondition(logits.count == count && noisyLogits.count == count && noiseStandardDeviations.count == count,
                      "load loss: logits, noisy logits and noise standard deviations must all be [\(tokens), \(experts)]")
         precondition(topK >= 1 && topK <= experts, "load loss: top-k \(topK) must be in 1...\(experts)")
-        var gradient = [Float](repeating: 0, count: count)
         // Per token and expert: u = (z − θ)/σ, the expert j* whose H is θ (−1: none), for the gradient.
         var standardized = [Float](repeating: 0, count: count)
         var threshold = [Int](repeating: -1, count: count)
@@ -250,21 +296,18 @@ public enum RouterLosses {
                 load[i] += 0.5 * erfcf(-u / Float(2).squareRoot())
             }
         }
-        guard let (value, loadGradient) = squaredCoefficientOfVariation(load) else {
-            return LossAndGradient(value: 0, gradient: gradient)
-        }
+        guard let (value, loadGradient) = squaredCoefficientOfVariation(load) else { return nil }
         let inverseSquareRootTwoPi = 1 / Float(2 * Double.pi).squareRoot()
+        var slope = [Float](repeating: 0, count: count)
         for t in 0 ..< tokens {
             let row = t * experts
             for i in 0 ..< experts where threshold[row + i] >= 0 {
                 let u = standardized[row + i]
                 let density = inverseSquareRootTwoPi * expf(-0.5 * u * u)
-                let term = loadGradient[i] * density / noiseStandardDeviations[row + i]
-                gradient[row + i] += term
-                gradient[row + threshold[row + i]] -= term
+                slope[row + i] = loadGradient[i] * density / noiseStandardDeviations[row + i]
             }
         }
-        return LossAndGradient(value: value, gradient: gradient)
+        return (value, standardized, threshold, slope)
     }
 
     /// CV²(x) = Var(x) / Mean(x)² with the population variance (divide by n) and its gradient

@@ -1,13 +1,97 @@
-// PINNED INTERFACE — implemented on branch `moe` (helper "moe"). Bodies here are placeholders
-// so other branches compile against the signatures; they must be replaced before any issue closes.
+import Foundation
 
 /// Forward/backward of the MiniCPM-MoE layer for training: router → top-k dispatch → SwiGLU
 /// experts → weighted combine, plus the router's auxiliary losses (`RouterLoss`, coefficients
 /// included) whose gradient flows into the gate weight together with the gradient through the
 /// combine weights.
+///
+/// ## Forward (what is differentiated)
+///
+/// For tokens x `[T, H]`, gate weight W `[E, H]` and `ConfigurableRouter` (see `RouterConfiguration`):
+///
+///     x' = x ⊙ f                        f ~ U(1−ε, 1+ε) input jitter (training), else x' = x
+///     z  = x·Wᵀ                         clean logits: `RoutedTokens.logits`, what the losses use
+///     z̃  = x'·Wᵀ + σ_n·n + σ ⊙ ε        selection logits (`noisyLogits`, or z without noise)
+///          σ = softplus(A), A = x'·W_noiseᵀ   (noisy top-k; n, ε ~ N(0, 1) held fixed)
+///     s̃  = softmax(z̃) or sigmoid(z̃)     selection scores
+///     K_t = top-k of (s̃_t + b), or of (z̃_t + b) for softmax-over-selected (b: loss-free bias)
+///     w_t,j for the chosen c_j ∈ K_t, × weightScale c:
+///         renormalized          w_j = c · s̃_c_j / S,  S = Σ_{i∈K} s̃_i
+///         unnormalized          w_j = c · s̃_c_j
+///         softmaxOverSelected   w_j = c · q_j,  q = softmax(z̃_K) over the chosen logits
+///         expert choice         w = c · s̃_t,e for each (t, e) an expert took
+///     capacity drops set a slot's weight to 0 (expert −1) *after* weighting: the other weights
+///     keep S (which still includes the dropped expert's score) — not renormalised.
+///     y_t = Σ_j w_t,j · expert_c_j(x_t)
+///     aux = RouterLoss.evaluate(routed) on the clean logits z (selection and counts constant)
+///
+/// The selection K, the bias b, capacity drops and all noise samples (f, n, ε) are constants:
+/// their derivative is zero almost everywhere, and gradients hold them fixed as every published
+/// implementation does.
+///
+/// ## Backward
+///
+/// For dy = ∂L/∂y `[T, H]`:
+///
+/// 1. Experts. For assignment a (token t, expert e, weight w): the combine weight's gradient
+///    ∂L/∂w_a = ⟨dy_t, expert_e(x_t)⟩ (the expert's unweighted output is cached), and the expert's
+///    output gradient w_a · dy_t. Each expert's rows are gathered in one block (the forward's
+///    `ExpertDispatchPlan`) and run through `SwiGLULayer`'s GEMM backward; the blocks' input
+///    gradients are scattered back (summed) into ∂L/∂x. Dropped slots have no expert output, so
+///    ∂L/∂w is 0 for them.
+/// 2. Combine weights → selection scores/logits, per token (dw_j = ∂L/∂w_j, 0 for dropped slots):
+///    - renormalized: ∂w_j/∂s̃_i = c(δ_ij/S − s̃_c_j/S²) for i ∈ K (including a dropped expert,
+///      whose score is still in S), so ∂L/∂s̃_i = (c/S) · (dw_i − Σ_j dw_j · s̃_c_j/S), 0 outside K;
+///    - unnormalized and expert choice: ∂L/∂s̃_c_j = c · dw_j;
+///    - softmaxOverSelected: ∂L/∂z̃_c_i = c · q_i · (dw_i − Σ_j q_j dw_j), 0 outside K (no scores);
+///    - then the scoring function: softmax ∂L/∂z̃_t = s̃_t ⊙ (∂L/∂s̃_t − ⟨∂L/∂s̃_t, s̃_t⟩);
+///      sigmoid ∂L/∂z̃ = ∂L/∂s̃ ⊙ s̃ ⊙ (1 − s̃).
+/// 3. Auxiliary losses: `RouterLoss.evaluate`'s gradient g = ∂aux/∂z (weight 1, coefficients
+///    already inside). Its load term (noisy top-k only) is split with
+///    `RouterLosses.loadLossPartials`: the numerator part stays on z, the threshold part θ = z̃_j*
+///    goes to ∂L/∂z̃ (θ is a noisy logit, read through x' and σ ⊙ ε), and the ∂/∂σ part to σ.
+/// 4. Into the parameters, with G̃ = ∂L/∂z̃ (steps 2 and the load's θ part):
+///
+///        ∂L/∂W       = G̃ᵀ·x' + gᵀ·x                      [E, H]
+///        ∂L/∂σ       = G̃ ⊙ ε + ∂aux/∂σ,   ∂L/∂A = ∂L/∂σ ⊙ sigmoid(A),   sigmoid(A) = 1 − e^(−σ)
+///        ∂L/∂W_noise = (∂L/∂A)ᵀ·x'                       [E, H]
+///        ∂L/∂x      += (G̃·W + (∂L/∂A)·W_noise) ⊙ f + g·W  [T, H]
+///
+///    (without jitter x' = x, f = 1, and G̃ + g goes through one GEMM pair).
+///
+/// Cost: the experts' backward is two GEMM-equivalents per forward one (forward + backward ≈ 3 ×
+/// the forward's GEMM FLOPs); the router adds O(T·E·H) GEMMs and O(T·E·k) loops. No per-token
+/// loop runs an expert. The auxiliary-loss-free bias is not updated here (the trainer calls
+/// `ConfigurableRouter.updateBalancingBias` with the step's expert counts).
 public enum MoEFeedForwardLayer {
     /// What `forward` keeps for `backward`.
     public struct Cache: Sendable {
+        /// `[T, H]` the layer's input x.
+        public internal(set) var input = Tensor(shape: [0, 0])
+        /// The routing the forward used, with the noise it applied.
+        public internal(set) var routed = RoutedTokens(decision: MoEFeedForwardLayer.emptyDecision, logits: [])
+        /// The router's configuration, k, and the state the forward read (bias, noise weight).
+        var configuration = RouterConfiguration()
+        var topK = 1
+        var balancingBias: [Float]?
+        /// `[E, H]` W_noise of this layer when noisy top-k noise was applied.
+        var noiseWeight: Tensor?
+        /// `[T, E]` ∂aux/∂z on the clean logits (everything but the load term's θ and σ parts).
+        var auxiliaryLogitGradient: [Float] = []
+        /// `[T, E]` ∂aux/∂z̃ and ∂aux/∂σ of the load term (noisy top-k with a load coefficient only).
+        var auxiliaryNoisyLogitGradient: [Float]?
+        var auxiliaryDeviationGradient: [Float]?
+        /// Dispatch: assignments sorted by expert, and each one's flat slot index t·slots + slot.
+        var plan = ExpertDispatchPlan(MoEFeedForwardLayer.emptyDecision)
+        var assignmentSlots: [Int] = []
+        var intermediateSize = 0
+        /// Per sorted assignment: `[A, H]` gathered inputs, `[A, 2I]` [g | u], `[A, I]` silu(g) ⊙ u,
+        /// `[A, H]` the expert's (unweighted) output.
+        var gathered: [Float] = []
+        var gateUp: [Float] = []
+        var activated: [Float] = []
+        var expertOutputs: [Float] = []
+
         public init() {}
     }
 
@@ -28,18 +112,375 @@ public enum MoEFeedForwardLayer {
         public var gateWeight: Tensor
         /// Per expert; experts that received no token have zero gradients.
         public var experts: [SwiGLUWeights]
+        /// `[experts, hidden]` ∂L/∂W_noise of noisy top-k (the router's `noiseWeights[layer]`), through
+        /// the combine weights and the load loss; `nil` unless the forward applied noisy top-k noise.
+        public var noiseWeight: Tensor?
     }
 
     /// x `[tokens, hidden]` of `sequenceLengths` (summing to tokens; used by the per-sequence loss).
-    /// Throws `TrainingError` for router configurations it cannot differentiate.
+    /// Routes with `router` (advancing its noise stream exactly as `MoELayer.forward` does), runs
+    /// the experts grouped, and evaluates `loss` with k = `router.topK`.
+    ///
+    /// Every `ConfigurableRouter` configuration is differentiated (see the type's documentation),
+    /// so this throws nothing today; the `throws` is kept for routers whose backward is missing.
     public static func forward(_ x: Tensor, gateWeight: Tensor, experts: [SwiGLUWeights], router: ConfigurableRouter,
                                layer: Int, loss: RouterLoss, sequenceLengths: [Int]) throws -> Output {
-        fatalError("MoEFeedForwardLayer.forward: implemented on branch moe")
+        let tokens = x.rows, hidden = x.columns
+        precondition(gateWeight.shape == [router.experts, hidden], "MoE layer: gate weight \(gateWeight.shape), router expects [\(router.experts), \(hidden)]")
+        precondition(experts.count == router.experts, "MoE layer: \(experts.count) experts, router has \(router.experts)")
+        let intermediate = experts.first?.gate.rows ?? 0
+        precondition(experts.allSatisfy { $0.gate.shape == [intermediate, hidden] }, "MoE layer: experts must all be [\(intermediate), \(hidden)]")
+        precondition(sequenceLengths.allSatisfy { $0 >= 0 } && sequenceLengths.reduce(0, +) == tokens,
+                     "MoE layer: sequence lengths \(sequenceLengths) do not add up to \(tokens) tokens")
+        let input = x.rank == 2 ? x : x.reshaped([tokens, hidden])
+
+        let routed = router.route(inputs: input, gateWeight: gateWeight, layer: layer)
+        let auxiliaryLoss = loss.evaluate(routed, topK: router.topK, sequenceLengths: sequenceLengths)
+
+        var cache = Cache()
+        cache.input = input
+        cache.routed = routed
+        cache.configuration = router.configuration
+        cache.topK = router.topK
+        cache.balancingBias = router.configuration.auxiliaryLossFreeBalancing ? router.balancingBias[layer] : nil
+        cache.noiseWeight = routed.noisyTopKSamples != nil ? router.noiseWeights[layer] : nil
+        cache.auxiliaryLogitGradient = auxiliaryLoss.gradient
+        if loss.loadCoefficient != 0, let noisyLogits = routed.noisyLogits, let deviations = routed.noiseStandardDeviations {
+            // Re-split the load term: RouterLoss lets θ move with z; here it moves with z̃ (and σ).
+            var withoutLoad = loss
+            withoutLoad.loadCoefficient = 0
+            var clean = withoutLoad.evaluate(routed, topK: router.topK, sequenceLengths: sequenceLengths).gradient
+            let partials = RouterLosses.loadLossPartials(logits: routed.logits, noisyLogits: noisyLogits, noiseStandardDeviations: deviations,
+                                                         tokens: tokens, experts: router.experts, topK: router.topK)
+            let c = loss.loadCoefficient
+            for i in clean.indices { clean[i] += c * partials.logits[i] }
+            cache.auxiliaryLogitGradient = clean
+            cache.auxiliaryNoisyLogitGradient = partials.noisyLogits.map { c * $0 }
+            cache.auxiliaryDeviationGradient = partials.standardDeviations.map { c * $0 }
+        }
+
+        let output = runExperts(input, decision: routed.decision, experts: experts, intermediate: intermediate, cache: &cache)
+        return Output(output: output, routed: routed, auxiliaryLoss: auxiliaryLoss, cache: cache)
     }
 
     /// dy `[tokens, hidden]` → gradients; the auxiliary loss's logit gradient is added with weight 1
     /// (its coefficients are already inside `RouterLoss`).
     public static func backward(_ outputGradient: Tensor, cache: Cache, gateWeight: Tensor, experts: [SwiGLUWeights]) -> Gradients {
-        fatalError("MoEFeedForwardLayer.backward: implemented on branch moe")
+        let x = cache.input, tokens = x.rows, hidden = x.columns
+        precondition(outputGradient.count == tokens * hidden, "MoE backward: gradient \(outputGradient.shape) for [\(tokens), \(hidden)]")
+        precondition(experts.count == cache.plan.experts && gateWeight.shape == [experts.count, hidden], "MoE backward: weights do not match the cache")
+        let expertPass = expertsBackward(outputGradient, cache: cache, experts: experts)
+        var inputGradient = expertPass.input
+        let router = routerBackward(combineWeightGradient: expertPass.combineWeights, cache: cache, gateWeight: gateWeight)
+        Kernels.add(router.input, to: &inputGradient)
+        return Gradients(input: inputGradient, gateWeight: router.gateWeight, experts: expertPass.experts, noiseWeight: router.noiseWeight)
+    }
+
+    // MARK: Experts
+
+    static let emptyDecision = RoutingDecision(tokens: 0, experts: 0, slotsPerToken: 0, selectedExperts: [], combineWeights: [], probabilities: [])
+
+    /// Gather → per-expert SwiGLU forward on its block → weighted scatter, as `MoELayer.run`,
+    /// keeping the blocks' activations and outputs in `cache`.
+    private static func runExperts(_ x: Tensor, decision: RoutingDecision, experts: [SwiGLUWeights], intermediate: Int,
+                                   cache: inout Cache) -> Tensor {
+        let hidden = x.columns
+        let plan = ExpertDispatchPlan(decision)
+        let assignments = plan.assignmentCount
+        var gathered = [Float].uninitialized(count: assignments * hidden)
+        var gateUp = [Float].uninitialized(count: assignments * 2 * intermediate)
+        var activated = [Float].uninitialized(count: assignments * intermediate)
+        var expertOutputs = [Float].uninitialized(count: assignments * hidden)
+        var output = Tensor(shape: [x.rows, hidden])
+        if assignments > 0 {
+            x.values.withUnsafeBufferPointer { input in
+                gathered.withUnsafeMutableBufferPointer { g in
+                    for a in 0 ..< assignments {
+                        (g.baseAddress! + a * hidden).update(from: input.baseAddress! + Int(plan.tokens[a]) * hidden, count: hidden)
+                    }
+                }
+            }
+            gathered.withUnsafeBufferPointer { g in
+                gateUp.withUnsafeMutableBufferPointer { f in
+                    activated.withUnsafeMutableBufferPointer { h in
+                        expertOutputs.withUnsafeMutableBufferPointer { y in
+                            for (e, expert) in experts.enumerated() {
+                                let block = plan.range(of: e)
+                                guard !block.isEmpty else { continue }
+                                let start = block.lowerBound
+                                SwiGLULayer.fusedGateUpWeight(expert).withUnsafeBufferPointer { w13 in
+                                    expert.down.values.withUnsafeBufferPointer { w2 in
+                                        SwiGLULayer.forwardBlock(rows: block.count, hidden: hidden, intermediate: intermediate,
+                                                                 input: g.baseAddress! + start * hidden, gateUpWeight: w13.baseAddress!,
+                                                                 downWeight: w2.baseAddress!, gateUp: f.baseAddress! + start * 2 * intermediate,
+                                                                 activated: h.baseAddress! + start * intermediate,
+                                                                 output: y.baseAddress! + start * hidden)
+                                    }
+                                }
+                            }
+                            output.values.withUnsafeMutableBufferPointer { out in
+                                for a in 0 ..< assignments {
+                                    let weight = plan.weights[a]
+                                    let source = y.baseAddress! + a * hidden
+                                    let destination = out.baseAddress! + Int(plan.tokens[a]) * hidden
+                                    for j in 0 ..< hidden { destination[j] += weight * source[j] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cache.plan = plan
+        cache.assignmentSlots = assignmentSlots(decision, plan: plan)
+        cache.intermediateSize = intermediate
+        cache.gathered = gathered
+        cache.gateUp = gateUp
+        cache.activated = activated
+        cache.expertOutputs = expertOutputs
+        return output
+    }
+
+    /// The flat slot index t·slots + slot of each assignment, in the plan's order (the same stable
+    /// counting sort as `ExpertDispatchPlan`).
+    static func assignmentSlots(_ decision: RoutingDecision, plan: ExpertDispatchPlan) -> [Int] {
+        var cursor = Array(plan.offsets.dropLast())
+        var slots = [Int](repeating: 0, count: plan.assignmentCount)
+        let k = decision.slotsPerToken
+        for t in 0 ..< decision.tokens {
+            for slot in 0 ..< k {
+                let expert = Int(decision.selectedExperts[t * k + slot])
+                guard expert >= 0 else { continue }
+                slots[cursor[expert]] = t * k + slot
+                cursor[expert] += 1
+            }
+        }
+        return slots
+    }
+
+    /// Step 1 of the backward: ∂L/∂w per slot `[T, slots]`, the experts' weight gradients, and
+    /// ∂L/∂x through the experts.
+    private static func expertsBackward(_ outputGradient: Tensor, cache: Cache, experts: [SwiGLUWeights])
+        -> (input: Tensor, experts: [SwiGLUWeights], combineWeights: [Float]) {
+        let tokens = cache.input.rows, hidden = cache.input.columns, intermediate = cache.intermediateSize
+        let plan = cache.plan, assignments = plan.assignmentCount
+        var combineWeightGradient = [Float](repeating: 0, count: tokens * cache.routed.decision.slotsPerToken)
+        var inputGradient = Tensor(shape: [tokens, hidden])
+        var expertGradients = experts.map { $0.zeros() }
+        guard assignments > 0 else { return (inputGradient, expertGradients, combineWeightGradient) }
+
+        // Per assignment: ∂L/∂w_a = ⟨dy_t, expert_e(x_t)⟩, and the expert's output gradient w_a · dy_t.
+        var expertOutputGradient = [Float].uninitialized(count: assignments * hidden)
+        outputGradient.values.withUnsafeBufferPointer { dy in
+            cache.expertOutputs.withUnsafeBufferPointer { y in
+                expertOutputGradient.withUnsafeMutableBufferPointer { d in
+                    for a in 0 ..< assignments {
+                        let row = dy.baseAddress! + Int(plan.tokens[a]) * hidden
+                        let output = y.baseAddress! + a * hidden
+                        let gradient = d.baseAddress! + a * hidden
+                        let weight = plan.weights[a]
+                        var dot: Float = 0
+                        for j in 0 ..< hidden {
+                            dot += row[j] * output[j]
+                            gradient[j] = weight * row[j]
+                        }
+                        combineWeightGradient[cache.assignmentSlots[a]] = dot
+                    }
+                }
+            }
+        }
+
+        // Per expert: SwiGLU backward on its gathered block.
+        var groupedInputGradient = [Float].uninitialized(count: assignments * hidden)
+        let largestBlock = (0 ..< experts.count).map { plan.range(of: $0).count }.max() ?? 0
+        var scratch = [Float].uninitialized(count: largestBlock * 2 * intermediate)
+        for (e, expert) in experts.enumerated() {
+            let block = plan.range(of: e)
+            guard !block.isEmpty else { continue }
+            let start = block.lowerBound
+            var gradients = expertGradients[e]
+            expertOutputGradient.withUnsafeBufferPointer { dy in
+                cache.gathered.withUnsafeBufferPointer { x in
+                    cache.gateUp.withUnsafeBufferPointer { f in
+                        cache.activated.withUnsafeBufferPointer { h in
+                            expert.gate.values.withUnsafeBufferPointer { wg in
+                                expert.up.values.withUnsafeBufferPointer { wu in
+                                    expert.down.values.withUnsafeBufferPointer { wd in
+                                        groupedInputGradient.withUnsafeMutableBufferPointer { dx in
+                                            gradients.gate.values.withUnsafeMutableBufferPointer { dwg in
+                                                gradients.up.values.withUnsafeMutableBufferPointer { dwu in
+                                                    gradients.down.values.withUnsafeMutableBufferPointer { dwd in
+                                                        scratch.withUnsafeMutableBufferPointer { s in
+                                                            SwiGLULayer.backwardBlock(
+                                                                rows: block.count, hidden: hidden, intermediate: intermediate,
+                                                                outputGradient: dy.baseAddress! + start * hidden, input: x.baseAddress! + start * hidden,
+                                                                gateUp: f.baseAddress! + start * 2 * intermediate,
+                                                                activated: h.baseAddress! + start * intermediate,
+                                                                gateWeight: wg.baseAddress!, upWeight: wu.baseAddress!, downWeight: wd.baseAddress!,
+                                                                inputGradient: dx.baseAddress! + start * hidden, gateWeightGradient: dwg.baseAddress!,
+                                                                upWeightGradient: dwu.baseAddress!, downWeightGradient: dwd.baseAddress!,
+                                                                gateUpGradient: s.baseAddress!)
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            expertGradients[e] = gradients
+        }
+
+        // Scatter the blocks' input gradients back to their tokens (a token's k experts add up).
+        groupedInputGradient.withUnsafeBufferPointer { source in
+            inputGradient.values.withUnsafeMutableBufferPointer { destination in
+                for a in 0 ..< assignments {
+                    let from = source.baseAddress! + a * hidden
+                    let to = destination.baseAddress! + Int(plan.tokens[a]) * hidden
+                    for j in 0 ..< hidden { to[j] += from[j] }
+                }
+            }
+        }
+        return (inputGradient, expertGradients, combineWeightGradient)
+    }
+
+    // MARK: Router
+
+    /// Steps 2–4 of the backward: from ∂L/∂w per slot to ∂L/∂W, ∂L/∂W_noise and the router's part of ∂L/∂x.
+    private static func routerBackward(combineWeightGradient: [Float], cache: Cache, gateWeight: Tensor)
+        -> (input: Tensor, gateWeight: Tensor, noiseWeight: Tensor?) {
+        let routed = cache.routed, tokens = routed.decision.tokens, experts = routed.decision.experts
+        let x = cache.input
+        // G̃ = ∂L/∂z̃: through the combine weights, plus the load loss's θ part.
+        var selectionGradient = selectionLogitGradient(combineWeightGradient: combineWeightGradient, routed: routed,
+                                                       configuration: cache.configuration, balancingBias: cache.balancingBias)
+        if let noisy = cache.auxiliaryNoisyLogitGradient { for i in selectionGradient.indices { selectionGradient[i] += noisy[i] } }
+        let jitter = routed.inputJitterFactors
+        var selectionInput = x
+        if let jitter { for i in selectionInput.values.indices { selectionInput.values[i] *= jitter[i] } }
+
+        // Noisy top-k: ∂L/∂A = (G̃ ⊙ ε + ∂aux/∂σ) ⊙ sigmoid(A), sigmoid(A) = 1 − e^(−softplus(A)).
+        var noiseGradient: Tensor?
+        if let samples = routed.noisyTopKSamples, let deviations = routed.noiseStandardDeviations, cache.noiseWeight != nil {
+            var gradient = Tensor(shape: [tokens, experts])
+            for i in 0 ..< tokens * experts {
+                let deviationGradient = selectionGradient[i] * samples[i] + (cache.auxiliaryDeviationGradient?[i] ?? 0)
+                gradient.values[i] = deviationGradient * -expm1f(-deviations[i])
+            }
+            noiseGradient = gradient
+        }
+
+        var cleanGradient: Tensor? = Tensor(shape: [tokens, experts], values: cache.auxiliaryLogitGradient)
+        if jitter == nil, let clean = cleanGradient {
+            // z̃ and z both come from x: one GEMM pair for G̃ + g.
+            for i in selectionGradient.indices { selectionGradient[i] += clean.values[i] }
+            cleanGradient = nil
+        }
+        let selection = Tensor(shape: [tokens, experts], values: selectionGradient)
+        var gateGradient = MatrixMultiply.product(selection, selectionInput, transposeA: true)      // [E, H]
+        var inputGradient = MatrixMultiply.product(selection, gateWeight)                           // [T, H]
+        var noiseWeightGradient: Tensor?
+        if let noiseGradient, let noiseWeight = cache.noiseWeight {
+            noiseWeightGradient = MatrixMultiply.product(noiseGradient, selectionInput, transposeA: true)
+            Kernels.add(MatrixMultiply.product(noiseGradient, noiseWeight), to: &inputGradient)
+        }
+        if let jitter { for i in inputGradient.values.indices { inputGradient.values[i] *= jitter[i] } }
+        if let cleanGradient {
+            Kernels.add(MatrixMultiply.product(cleanGradient, x, transposeA: true), to: &gateGradient)
+            Kernels.add(MatrixMultiply.product(cleanGradient, gateWeight), to: &inputGradient)
+        }
+        return (inputGradient, gateGradient, noiseWeightGradient)
+    }
+
+    /// ∂L/∂z̃ `[T, E]` through the combine weights alone (step 2 of the type's documentation), for
+    /// ∂L/∂w per slot `[T, slots]` (0 for empty slots).
+    static func selectionLogitGradient(combineWeightGradient dw: [Float], routed: RoutedTokens, configuration: RouterConfiguration,
+                                       balancingBias: [Float]?) -> [Float] {
+        let decision = routed.decision
+        let tokens = decision.tokens, experts = decision.experts, slots = decision.slotsPerToken
+        let logits = routed.noisyLogits ?? routed.logits
+        let scale = configuration.weightScale
+        var logitGradient = [Float](repeating: 0, count: tokens * experts)
+
+        if configuration.mode == .tokenChoice && configuration.weighting == .softmaxOverSelected {
+            let chosen = selectionBeforeCapacity(routed, ranked: logits, balancingBias: balancingBias)
+            var q = [Float](repeating: 0, count: slots)
+            for t in 0 ..< tokens {
+                var maximum = -Float.infinity
+                for j in 0 ..< slots { maximum = max(maximum, logits[t * experts + Int(chosen[t * slots + j])]) }
+                var sum: Float = 0
+                for j in 0 ..< slots { q[j] = expf(logits[t * experts + Int(chosen[t * slots + j])] - maximum); sum += q[j] }
+                var expected: Float = 0
+                for j in 0 ..< slots { q[j] /= sum; expected += q[j] * dw[t * slots + j] }
+                for j in 0 ..< slots {
+                    logitGradient[t * experts + Int(chosen[t * slots + j])] += scale * q[j] * (dw[t * slots + j] - expected)
+                }
+            }
+            return logitGradient
+        }
+
+        let scores = RoutingFunctions.scores(logits, columns: experts, scoring: configuration.scoring)
+        var scoreGradient = [Float](repeating: 0, count: tokens * experts)
+        if configuration.mode == .tokenChoice && configuration.weighting == .renormalized {
+            let chosen = selectionBeforeCapacity(routed, ranked: scores, balancingBias: balancingBias)
+            for t in 0 ..< tokens {
+                var sum: Float = 0
+                for j in 0 ..< slots { sum += scores[t * experts + Int(chosen[t * slots + j])] }
+                var expected: Float = 0
+                for j in 0 ..< slots { expected += dw[t * slots + j] * scores[t * experts + Int(chosen[t * slots + j])] / sum }
+                for j in 0 ..< slots {
+                    scoreGradient[t * experts + Int(chosen[t * slots + j])] += scale / sum * (dw[t * slots + j] - expected)
+                }
+            }
+        } else {
+            // Unnormalised token choice and expert choice: w = c · s̃ for every filled slot.
+            for t in 0 ..< tokens {
+                for j in 0 ..< slots {
+                    let expert = Int(decision.selectedExperts[t * slots + j])
+                    if expert >= 0 { scoreGradient[t * experts + expert] += scale * dw[t * slots + j] }
+                }
+            }
+        }
+        switch configuration.scoring {
+        case .softmax:
+            for t in 0 ..< tokens {
+                var inner: Float = 0
+                for e in 0 ..< experts { inner += scoreGradient[t * experts + e] * scores[t * experts + e] }
+                for e in 0 ..< experts {
+                    logitGradient[t * experts + e] = scores[t * experts + e] * (scoreGradient[t * experts + e] - inner)
+                }
+            }
+        case .sigmoid:
+            for i in logitGradient.indices { logitGradient[i] = scoreGradient[i] * scores[i] * (1 - scores[i]) }
+        }
+        return logitGradient
+    }
+
+    /// K_t, each token's top-k before capacity drops (`[T, k]`): the decision's own selection when
+    /// nothing was dropped, else the router's top-k of `ranked + bias` recomputed (it must agree
+    /// with every slot capacity kept).
+    static func selectionBeforeCapacity(_ routed: RoutedTokens, ranked: [Float], balancingBias: [Float]?) -> [Int32] {
+        let decision = routed.decision
+        guard decision.droppedAssignments > 0 else { return decision.selectedExperts }
+        let tokens = decision.tokens, experts = decision.experts, k = decision.slotsPerToken
+        var chosen = [Int32](repeating: -1, count: tokens * k)
+        var row = [Float](repeating: 0, count: experts)
+        for t in 0 ..< tokens {
+            for e in 0 ..< experts { row[e] = ranked[t * experts + e] + (balancingBias?[e] ?? 0) }
+            row.withUnsafeBufferPointer { r in
+                chosen.withUnsafeMutableBufferPointer { c in
+                    RoutingFunctions.topK(r.baseAddress!, count: experts, k: k, into: c.baseAddress! + t * k)
+                }
+            }
+            for slot in 0 ..< k {
+                let kept = decision.selectedExperts[t * k + slot]
+                precondition(kept < 0 || kept == chosen[t * k + slot], "MoE backward: the routing does not match the router's top-k")
+            }
+        }
+        return chosen
     }
 }

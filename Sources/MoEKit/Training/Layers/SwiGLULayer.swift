@@ -120,7 +120,12 @@ public enum SwiGLULayer {
 
     /// `[2I, H]` the gate projection's rows, then the up projection's (`FeedForward.gateUpWeight`).
     static func fusedGateUpWeight(_ weights: SwiGLUWeights) -> [Float] {
-        weights.gate.values + weights.up.values
+        let half = weights.gate.count
+        return [Float](unsafeUninitializedCapacity: 2 * half) { buffer, initialized in
+            weights.gate.values.withUnsafeBufferPointer { buffer.baseAddress!.update(from: $0.baseAddress!, count: half) }
+            weights.up.values.withUnsafeBufferPointer { (buffer.baseAddress! + half).update(from: $0.baseAddress!, count: half) }
+            initialized = 2 * half
+        }
     }
 
     /// Forward on one block of `rows` rows: `gateUp[rows, 2I] = x·[W_g; W_u]ᵀ`,
