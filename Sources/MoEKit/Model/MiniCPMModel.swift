@@ -62,11 +62,7 @@ public final class MiniCPMModel {
             defer { checkpoint.release(name) }
             return try checkpoint.floatTensor(name)
         }
-        if let router = router as? ConfigurableRouter {
-            for layer in 0 ..< config.numHiddenLayers where checkpoint.contains(MiniCPMTensorNames.routerBias(layer)) {
-                try router.setBalancingBias(checkpoint.floatTensor(MiniCPMTensorNames.routerBias(layer)).values, layer: layer)
-            }
-        }
+        if let router = router as? ConfigurableRouter { try router.loadBalancingBiases(from: checkpoint) }
     }
 
     /// Routes every MoE layer with `configuration` (e.g. from `--router`), keeping any
@@ -137,7 +133,7 @@ public final class MiniCPMModel {
             throw CheckpointError.shapeMismatch(directory: source, tensor: MiniCPMTensorNames.lmHead,
                                                 expected: [config.vocabSize, config.hiddenSize], actual: lmHead.shape)
         }
-        router = config.isMoE ? try ConfigurableRouter(configuration: RouterConfiguration(modelConfig: config, path: source + "/config.json"), model: config) : nil
+        router = try ConfigurableRouter.described(by: config, source: source)
     }
 
     /// A fresh cache for incremental decoding of one sequence.

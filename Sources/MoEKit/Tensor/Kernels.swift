@@ -95,13 +95,17 @@ public enum Kernels {
     /// vector `v` with halves `v₁ = v[..<d/2]`, `v₂ = v[d/2...]`:
     /// `v' = v · cos + rotate_half(v) · sin`, `rotate_half(v) = [−v₂, v₁]`, with
     /// `cos, sin` of `cat(freqs, freqs)`, `freqs = position · inv_freq`, `inv_freq_i = 1 / θ^(2i/d)`.
-    public static func applyRotary(_ x: inout Tensor, heads: Int, positions: [Int], rotary: RotaryEmbedding) {
+    ///
+    /// With `inverse` it rotates by the opposite angles (sin → −sin): the rotation is orthogonal, so
+    /// this is both its inverse and its transpose, i.e. RoPE's backward pass.
+    public static func applyRotary(_ x: inout Tensor, heads: Int, positions: [Int], rotary: RotaryEmbedding, inverse: Bool = false) {
         let headDim = rotary.headDim
         let half = headDim / 2
         precondition(x.columns == heads * headDim && x.rows == positions.count, "RoPE: shape \(x.shape) vs \(heads)×\(headDim), \(positions.count) positions")
         let needed = (positions.max() ?? 0) + 1
         let table = needed <= rotary.precomputedPositions ? (cos: rotary.cosines, sin: rotary.sines) : rotary.table(upTo: needed)
         let columns = x.columns
+        let sinSign: Float = inverse ? -1 : 1
         x.values.withUnsafeMutableBufferPointer { px in
             table.cos.withUnsafeBufferPointer { pc in
                 table.sin.withUnsafeBufferPointer { ps in
@@ -111,9 +115,9 @@ public enum Kernels {
                         for h in 0 ..< heads {
                             let v = px.baseAddress! + t * columns + h * headDim
                             for i in 0 ..< half {
-                                let a = v[i], b = v[i + half]
-                                v[i] = a * c[i] - b * s[i]
-                                v[i + half] = b * c[i] + a * s[i]
+                                let a = v[i], b = v[i + half], sine = sinSign * s[i]
+                                v[i] = a * c[i] - b * sine
+                                v[i + half] = b * c[i] + a * sine
                             }
                         }
                     }

@@ -231,3 +231,20 @@ public final class ConfigurableRouter: ExpertRouter {
 }
 
 import Foundation
+
+extension ConfigurableRouter {
+    /// The router a model's config describes: its `moekit_router` object when present, else
+    /// MiniCPM-MoE's softmax → top-k → renormalise; `nil` for a dense model. `source` is the model
+    /// directory (errors name its config.json).
+    public static func described(by config: MiniCPMConfig, source: String) throws(RouterConfigurationError) -> ConfigurableRouter? {
+        guard config.isMoE else { return nil }
+        return try ConfigurableRouter(configuration: RouterConfiguration(modelConfig: config, path: source + "/config.json"), model: config)
+    }
+
+    /// Loads every saved auxiliary-loss-free bias (`model.layers.N.mlp.gate.moekit_bias`) the checkpoint holds.
+    public func loadBalancingBiases(from checkpoint: SafetensorsCheckpoint) throws {
+        for layer in 0 ..< layers where checkpoint.contains(MiniCPMTensorNames.routerBias(layer)) {
+            try setBalancingBias(checkpoint.floatTensor(MiniCPMTensorNames.routerBias(layer)).values, layer: layer)
+        }
+    }
+}

@@ -1,0 +1,312 @@
+import Foundation
+
+/// MiniCPM's causal self-attention for training: the same computation as `CausalSelfAttention`
+/// (grouped-query heads, rotate_half RoPE) over a batch of whole sequences, with its backward pass.
+///
+/// A batch of sequences of lengths `T_s` is stacked as `x [N = Σ T_s, hidden]`; attention stays
+/// within each sequence, whose positions start at 0. Per sequence and query head h (key/value head
+/// g = h / (heads / kvHeads)):
+///
+///     q = RoPE(x·Wqᵀ), k = RoPE(x·Wkᵀ), v = x·Wvᵀ
+///     S = q_h · k_gᵀ / √d,  P = softmax(S + causal mask),  c_h = P · v_g,  y = c · Woᵀ
+///
+/// Backward, per sequence and head:
+///
+///     dP = dc_h · v_gᵀ,   dv_g += Pᵀ · dc_h
+///     dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √d
+///     dq_h = dS · k_g,    dk_g += dSᵀ · q_h         (heads sharing g sum into it)
+///
+/// then RoPE's inverse on dq, dk, and the four projections' GEMMs. Every product is one GEMM per
+/// (sequence, head), as in `CausalSelfAttention`.
+public enum CausalAttentionLayer {
+    /// The four projections (PyTorch `[out, in]`): query `[hidden, hidden]`, key and value
+    /// `[kvHeads · d, hidden]`, output `[hidden, hidden]`. The same struct holds their gradients.
+    public struct Weights: Sendable, Equatable {
+        public var query: Tensor
+        public var key: Tensor
+        public var value: Tensor
+        public var output: Tensor
+
+        public init(query: Tensor, key: Tensor, value: Tensor, output: Tensor) {
+            precondition(query.rank == 2 && key.shape == value.shape && output.shape == query.shape
+                         && key.columns == query.columns && query.rows == query.columns,
+                         "attention shapes \(query.shape), \(key.shape), \(value.shape), \(output.shape)")
+            self.query = query
+            self.key = key
+            self.value = value
+            self.output = output
+        }
+    }
+
+    /// Head layout: `heads` query heads, `keyValueHeads` key/value heads, RoPE frequencies (head size).
+    public struct Geometry: Sendable {
+        public var heads: Int
+        public var keyValueHeads: Int
+        public var rotary: RotaryEmbedding
+        public var headDim: Int { rotary.headDim }
+
+        public init(heads: Int, keyValueHeads: Int, rotary: RotaryEmbedding) {
+            precondition(heads > 0 && keyValueHeads > 0 && heads % keyValueHeads == 0, "\(heads) heads over \(keyValueHeads) kv heads")
+            self.heads = heads
+            self.keyValueHeads = keyValueHeads
+            self.rotary = rotary
+        }
+
+        /// A model's attention geometry, its RoPE table precomputed for `max_position_embeddings`.
+        public init(config: MiniCPMConfig) {
+            self.init(heads: config.numAttentionHeads, keyValueHeads: config.numKeyValueHeads,
+                      rotary: RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta),
+                                              precomputedPositions: config.maxPositionEmbeddings))
+        }
+    }
+
+    /// What `forward` keeps for `backward`.
+    public struct Cache: Sendable {
+        /// `[N, hidden]` the input x.
+        public var input: Tensor
+        /// `[N, hidden]` queries after RoPE.
+        public var queries: Tensor
+        /// `[N, kvHeads · d]` keys after RoPE.
+        public var keys: Tensor
+        /// `[N, kvHeads · d]` values.
+        public var values: Tensor
+        /// Per sequence s, per head h, `[T_s, T_s]` attention probabilities (zeros above the diagonal),
+        /// blocks in (s, h) order.
+        public var probabilities: [Float]
+        /// `[N, hidden]` the heads' outputs before the output projection.
+        public var context: Tensor
+        public var sequenceLengths: [Int]
+        /// `[N]` each row's position within its sequence.
+        public var positions: [Int]
+    }
+
+    /// Each row's position within its sequence (sequences stacked in order).
+    public static func positions(sequenceLengths: [Int]) -> [Int] {
+        sequenceLengths.flatMap { 0 ..< $0 }
+    }
+
+    /// x `[N, hidden]` (sequences of `sequenceLengths` stacked) → y `[N, hidden]`.
+    public static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> (output: Tensor, cache: Cache) {
+        let rows = x.rows, d = geometry.headDim, heads = geometry.heads
+        let hidden = heads * d, kvWidth = geometry.keyValueHeads * d, groupSize = heads / geometry.keyValueHeads
+        precondition(x.columns == hidden && weights.query.shape == [hidden, hidden] && weights.key.shape == [kvWidth, hidden],
+                     "attention: x \(x.shape), Wq \(weights.query.shape), Wk \(weights.key.shape) for \(heads)×\(d) over \(geometry.keyValueHeads) kv heads")
+        precondition(sequenceLengths.reduce(0, +) == rows && sequenceLengths.allSatisfy { $0 > 0 }, "sequence lengths \(sequenceLengths) for \(rows) rows")
+        let positions = positions(sequenceLengths: sequenceLengths)
+        let queries = RotaryLayer.forward(LinearLayer.forward(x, weight: weights.query), heads: heads, positions: positions, rotary: geometry.rotary)
+        let keys = RotaryLayer.forward(LinearLayer.forward(x, weight: weights.key), heads: geometry.keyValueHeads, positions: positions, rotary: geometry.rotary)
+        let values = LinearLayer.forward(x, weight: weights.value)
+        let scale = 1 / Float(d).squareRoot()
+        var probabilities = [Float].uninitialized(count: sequenceLengths.reduce(0) { $0 + heads * $1 * $1 })
+        var context = Tensor(uninitializedShape: [rows, hidden])
+        queries.values.withUnsafeBufferPointer { q in
+            keys.values.withUnsafeBufferPointer { k in
+                values.values.withUnsafeBufferPointer { v in
+                    probabilities.withUnsafeMutableBufferPointer { p in
+                        context.values.withUnsafeMutableBufferPointer { c in
+                            var start = 0, block = 0
+                            for length in sequenceLengths {
+                                for head in 0 ..< heads {
+                                    let kvHead = head / groupSize
+                                    let attention = p.baseAddress! + block
+                                    // S [T, T] = q_h · k_gᵀ / √d, then the causal softmax
+                                    MatrixMultiply.gemm(m: length, n: length, k: d, alpha: scale,
+                                                        a: q.baseAddress! + start * hidden + head * d, lda: hidden,
+                                                        b: k.baseAddress! + start * kvWidth + kvHead * d, ldb: kvWidth, transposeB: true,
+                                                        c: attention, ldc: length)
+                                    CausalSelfAttention.causalSoftmax(attention, queries: length, keys: length, past: 0)
+                                    // c_h [T, d] = P · v_g
+                                    MatrixMultiply.gemm(m: length, n: d, k: length, a: attention, lda: length,
+                                                        b: v.baseAddress! + start * kvWidth + kvHead * d, ldb: kvWidth,
+                                                        c: c.baseAddress! + start * hidden + head * d, ldc: hidden)
+                                    block += length * length
+                                }
+                                start += length
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let output = LinearLayer.forward(context, weight: weights.output)
+        return (output, Cache(input: x, queries: queries, keys: keys, values: values, probabilities: probabilities,
+                              context: context, sequenceLengths: sequenceLengths, positions: positions))
+    }
+
+    /// dy `[N, hidden]` → dx `[N, hidden]` and the four weights' gradients (fresh tensors).
+    public static func backward(_ outputGradient: Tensor, cache: Cache, weights: Weights, geometry: Geometry) -> (input: Tensor, weights: Weights) {
+        let rows = cache.input.rows, d = geometry.headDim, heads = geometry.heads, kvHeads = geometry.keyValueHeads
+        let hidden = heads * d, kvWidth = kvHeads * d, groupSize = heads / kvHeads
+        precondition(outputGradient.shape == [rows, hidden], "attention backward: dy \(outputGradient.shape) for \(rows) rows of \(hidden)")
+        let scale = 1 / Float(d).squareRoot()
+        let (contextGradient, outputWeightGradient) = LinearLayer.backward(outputGradient, input: cache.context, weight: weights.output)
+        var queryGradient = Tensor(uninitializedShape: [rows, hidden])
+        var keyGradient = Tensor(shape: [rows, kvWidth])
+        var valueGradient = Tensor(shape: [rows, kvWidth])
+        let longest = cache.sequenceLengths.max() ?? 0
+        var scratch = [Float].uninitialized(count: longest * longest)
+        contextGradient.values.withUnsafeBufferPointer { dc in
+            cache.queries.values.withUnsafeBufferPointer { q in
+                cache.keys.values.withUnsafeBufferPointer { k in
+                    cache.values.values.withUnsafeBufferPointer { v in
+                        cache.probabilities.withUnsafeBufferPointer { p in
+                            queryGradient.values.withUnsafeMutableBufferPointer { dq in
+                                keyGradient.values.withUnsafeMutableBufferPointer { dk in
+                                    valueGradient.values.withUnsafeMutableBufferPointer { dv in
+                                        scratch.withUnsafeMutableBufferPointer { s in
+                                            var start = 0, block = 0
+                                            for length in cache.sequenceLengths {
+                                                for head in 0 ..< heads {
+                                                    let kvHead = head / groupSize
+                                                    let attention = p.baseAddress! + block
+                                                    let scores = s.baseAddress!
+                                                    let dcHead = dc.baseAddress! + start * hidden + head * d
+                                                    // dP [T, T] = dc_h · v_gᵀ
+                                                    MatrixMultiply.gemm(m: length, n: length, k: d, a: dcHead, lda: hidden,
+                                                                        b: v.baseAddress! + start * kvWidth + kvHead * d, ldb: kvWidth, transposeB: true,
+                                                                        c: scores, ldc: length)
+                                                    // dv_g [T, d] += Pᵀ · dc_h
+                                                    MatrixMultiply.gemm(m: length, n: d, k: length, a: attention, lda: length, transposeA: true,
+                                                                        b: dcHead, ldb: hidden, beta: 1,
+                                                                        c: dv.baseAddress! + start * kvWidth + kvHead * d, ldc: kvWidth)
+                                                    softmaxBackward(probabilities: attention, gradient: scores, size: length, scale: scale)
+                                                    // dq_h [T, d] = dS · k_g
+                                                    MatrixMultiply.gemm(m: length, n: d, k: length, a: scores, lda: length,
+                                                                        b: k.baseAddress! + start * kvWidth + kvHead * d, ldb: kvWidth,
+                                                                        c: dq.baseAddress! + start * hidden + head * d, ldc: hidden)
+                                                    // dk_g [T, d] += dSᵀ · q_h
+                                                    MatrixMultiply.gemm(m: length, n: d, k: length, a: scores, lda: length, transposeA: true,
+                                                                        b: q.baseAddress! + start * hidden + head * d, ldb: hidden, beta: 1,
+                                                                        c: dk.baseAddress! + start * kvWidth + kvHead * d, ldc: kvWidth)
+                                                    block += length * length
+                                                }
+                                                start += length
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        RotaryLayer.backward(&queryGradient, heads: heads, positions: cache.positions, rotary: geometry.rotary)
+        RotaryLayer.backward(&keyGradient, heads: kvHeads, positions: cache.positions, rotary: geometry.rotary)
+        var inputGradient = LinearLayer.inputGradient(queryGradient, weight: weights.query)
+        LinearLayer.accumulateInputGradient(keyGradient, weight: weights.key, into: &inputGradient)
+        LinearLayer.accumulateInputGradient(valueGradient, weight: weights.value, into: &inputGradient)
+        let gradients = Weights(query: LinearLayer.weightGradient(queryGradient, input: cache.input),
+                                key: LinearLayer.weightGradient(keyGradient, input: cache.input),
+                                value: LinearLayer.weightGradient(valueGradient, input: cache.input),
+                                output: outputWeightGradient)
+        return (inputGradient, gradients)
+    }
+
+    /// Causal softmax backward in place: `gradient` holds dP `[T, T]` and becomes
+    /// dS = scale · P ⊙ (dP − Σ_j P_ij dP_ij); entries above the diagonal (P = 0) become 0.
+    static func softmaxBackward(probabilities: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, size: Int, scale: Float) {
+        for i in 0 ..< size {
+            let p = probabilities + i * size
+            let g = gradient + i * size
+            var dot: Float = 0
+            for j in 0 ... i { dot += p[j] * g[j] }
+            for j in 0 ... i { g[j] = scale * p[j] * (g[j] - dot) }
+            for j in (i + 1) ..< size { g[j] = 0 }
+        }
+    }
+
+    // MARK: Reference
+
+    /// The forward pass token by token with plain loops in Double (projections by the reference
+    /// product, RoPE from its definition), for tests.
+    public static func referenceForward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> Tensor {
+        let core = referenceCore(x, weights: weights, geometry: geometry, sequenceLengths: sequenceLengths)
+        return MatrixMultiply.referenceProduct(core.context, weights.output, transposeB: true)
+    }
+
+    /// The backward pass from the formulas, element by element in Double, for tests.
+    public static func referenceBackward(_ outputGradient: Tensor, input x: Tensor, weights: Weights, geometry: Geometry,
+                                         sequenceLengths: [Int]) -> (input: Tensor, weights: Weights) {
+        let d = geometry.headDim, heads = geometry.heads, groupSize = heads / geometry.keyValueHeads
+        let core = referenceCore(x, weights: weights, geometry: geometry, sequenceLengths: sequenceLengths)
+        let contextGradient = MatrixMultiply.referenceProduct(outputGradient, weights.output)
+        let outputWeightGradient = MatrixMultiply.referenceProduct(outputGradient, core.context, transposeA: true)
+        var dq = Tensor(shape: core.queries.shape), dk = Tensor(shape: core.keys.shape), dv = Tensor(shape: core.values.shape)
+        let scale = 1 / Double(d).squareRoot()
+        var start = 0
+        for length in sequenceLengths {
+            for head in 0 ..< heads {
+                let g = head / groupSize
+                for i in 0 ..< length {
+                    let p = core.probabilities(start, head, i)
+                    // dP_ij = dc_i · v_j
+                    let dP = (0 ... i).map { j in (0 ..< d).reduce(0.0) { $0 + Double(contextGradient[start + i, head * d + $1]) * Double(core.values[start + j, g * d + $1]) } }
+                    let dot = (0 ... i).reduce(0.0) { $0 + p[$1] * dP[$1] }
+                    for j in 0 ... i {
+                        let dS = p[j] * (dP[j] - dot) * scale
+                        for e in 0 ..< d {
+                            dv[start + j, g * d + e] += Float(p[j] * Double(contextGradient[start + i, head * d + e]))
+                            dq[start + i, head * d + e] += Float(dS * Double(core.keys[start + j, g * d + e]))
+                            dk[start + j, g * d + e] += Float(dS * Double(core.queries[start + i, head * d + e]))
+                        }
+                    }
+                }
+            }
+            start += length
+        }
+        let positions = positions(sequenceLengths: sequenceLengths)
+        dq = RotaryLayer.referenceBackward(dq, heads: heads, headDim: d, positions: positions, theta: geometry.rotary.theta)
+        dk = RotaryLayer.referenceBackward(dk, heads: geometry.keyValueHeads, headDim: d, positions: positions, theta: geometry.rotary.theta)
+        var dx = MatrixMultiply.referenceProduct(dq, weights.query)
+        Kernels.add(MatrixMultiply.referenceProduct(dk, weights.key), to: &dx)
+        Kernels.add(MatrixMultiply.referenceProduct(dv, weights.value), to: &dx)
+        let gradients = Weights(query: MatrixMultiply.referenceProduct(dq, x, transposeA: true),
+                                key: MatrixMultiply.referenceProduct(dk, x, transposeA: true),
+                                value: MatrixMultiply.referenceProduct(dv, x, transposeA: true),
+                                output: outputWeightGradient)
+        return (dx, gradients)
+    }
+
+    private struct ReferenceCore {
+        var queries: Tensor, keys: Tensor, values: Tensor, context: Tensor
+        var probabilities: (_ start: Int, _ head: Int, _ row: Int) -> [Double]
+    }
+
+    private static func referenceCore(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> ReferenceCore {
+        let d = geometry.headDim, heads = geometry.heads, groupSize = heads / geometry.keyValueHeads
+        let positions = positions(sequenceLengths: sequenceLengths)
+        let theta = geometry.rotary.theta
+        let queries = ReferenceKernels.applyRotary(MatrixMultiply.referenceProduct(x, weights.query, transposeB: true),
+                                                   heads: heads, headDim: d, positions: positions, theta: theta)
+        let keys = ReferenceKernels.applyRotary(MatrixMultiply.referenceProduct(x, weights.key, transposeB: true),
+                                                heads: geometry.keyValueHeads, headDim: d, positions: positions, theta: theta)
+        let values = MatrixMultiply.referenceProduct(x, weights.value, transposeB: true)
+        // Row i of a sequence starting at `start` attends to rows start ... start + i.
+        func probabilities(_ start: Int, _ head: Int, _ i: Int) -> [Double] {
+            let g = head / groupSize
+            let scores = (0 ... i).map { j in
+                (0 ..< d).reduce(0.0) { $0 + Double(queries[start + i, head * d + $1]) * Double(keys[start + j, g * d + $1]) } / Double(d).squareRoot()
+            }
+            let maximum = scores.max() ?? 0
+            let exponentials = scores.map { Foundation.exp($0 - maximum) }
+            let sum = exponentials.reduce(0, +)
+            return exponentials.map { $0 / sum }
+        }
+        var context = Tensor(shape: [x.rows, heads * d])
+        var start = 0
+        for length in sequenceLengths {
+            for head in 0 ..< heads {
+                let g = head / groupSize
+                for i in 0 ..< length {
+                    let p = probabilities(start, head, i)
+                    for e in 0 ..< d {
+                        context[start + i, head * d + e] = Float((0 ... i).reduce(0.0) { $0 + p[$1] * Double(values[start + $1, g * d + e]) })
+                    }
+                }
+            }
+            start += length
+        }
+        return ReferenceCore(queries: queries, keys: keys, values: values, context: context, probabilities: probabilities)
+    }
+}

@@ -1,0 +1,228 @@
+import Foundation
+
+/// MiniCPM's output head and the language-modelling loss:
+///
+///     z = rmsNorm(h; w_norm) / (hidden / dim_model_base)
+///     logits = z · headᵀ                       (head = lm_head, or the tied embedding)
+///     L = (1/M) Σ_{t: target_t ≥ 0} (logsumexp(logits_t) − logits_t[target_t])
+///
+/// over the M rows whose target is not negative (negative targets are ignored and not counted).
+/// Backward: dlogits = (softmax(logits) − onehot(target)) / M on counted rows, 0 elsewhere;
+/// dz = dlogits · head, dhead = dlogitsᵀ · z, then RMSNorm's backward on dz / divisor.
+///
+/// Logits are computed block of rows by block, so a `[N, vocab]` matrix is only held whole when
+/// it is small (`keptLogitLimit`); otherwise `backward` recomputes each block's logits from z and
+/// the saved log-sum-exps.
+public enum CrossEntropyLayer {
+    /// The most logits (rows × vocab) for which `forward` keeps dlogits whole for `backward`
+    /// (64 MB in f32); larger batches recompute them block by block.
+    public static let keptLogitLimit = 1 << 24
+    /// The most logits computed at once in one block (unless `forward` is given `blockRows`).
+    public static let blockLogitLimit = 1 << 21
+
+    /// What `forward` keeps for `backward`.
+    public struct Cache: Sendable {
+        public var norm: RMSNormLayer.Cache
+        /// `[N, hidden]` z = rmsNorm(h) / divisor.
+        public var scaledNormed: Tensor
+        public var targets: [Int]
+        public var countedTokens: Int
+        public var divisor: Float
+        /// `[N]` logsumexp of each row's logits.
+        public var logSumExp: [Float]
+        /// `[N, vocab]` dlogits when the batch is small enough to keep them (see `keptLogitLimit`).
+        public var logitGradient: Tensor?
+        /// Rows per block of logits.
+        public var blockRows: Int
+    }
+
+    public struct Output: Sendable {
+        /// The mean cross-entropy over counted tokens (0 when none is counted).
+        public var loss: Float
+        /// `[N]` each token's cross-entropy (0 for ignored targets).
+        public var tokenLosses: [Float]
+        /// M, the number of targets ≥ 0.
+        public var countedTokens: Int
+        public var cache: Cache
+    }
+
+    public struct Gradients: Sendable {
+        /// `[N, hidden]` ∂L/∂h.
+        public var input: Tensor
+        /// `[hidden]` ∂L/∂w_norm.
+        public var normWeight: Tensor
+        /// `[vocab, hidden]` ∂L/∂head (tied: the caller adds it into the embedding's gradient).
+        public var head: Tensor
+    }
+
+    /// h `[N, hidden]`, final-norm weight `[hidden]`, head `[vocab, hidden]`, targets `[N]` (each
+    /// `< vocab`; negative = ignored).
+    public static func forward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float,
+                               keepLogitGradient: Bool = true, blockRows requestedBlockRows: Int? = nil) -> Output {
+        let rows = h.rows, hidden = h.columns, vocabulary = head.rows
+        precondition(head.columns == hidden && targets.count == rows, "cross-entropy: h \(h.shape), head \(head.shape), \(targets.count) targets")
+        let (normed, normCache) = RMSNormLayer.forward(h, weight: normWeight, epsilon: epsilon)
+        var scaledNormed = normed
+        Kernels.scale(&scaledNormed, by: 1 / divisor)
+        let counted = targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
+        let inverseCount = counted > 0 ? 1 / Float(counted) : 0
+        let keeps = keepLogitGradient && rows * vocabulary <= keptLogitLimit
+        var kept = keeps ? Tensor(uninitializedShape: [rows, vocabulary]) : nil
+        let blockRows = max(1, min(rows, requestedBlockRows ?? max(1, blockLogitLimit / max(vocabulary, 1))))
+        var scratch = keeps ? [] : [Float].uninitialized(count: blockRows * vocabulary)
+        var logSumExp = [Float].uninitialized(count: rows)
+        var tokenLosses = [Float](repeating: 0, count: rows)
+        var total = 0.0
+        for block in blocks(rows: rows, size: blockRows) {
+            func process(_ logits: UnsafeMutablePointer<Float>) {
+                computeLogits(scaledNormed, head: head, rows: block, into: logits)
+                for (offset, row) in block.enumerated() {
+                    let z = logits + offset * vocabulary
+                    let lse = logSumExpOfRow(z, count: vocabulary)
+                    logSumExp[row] = lse
+                    let target = targets[row]
+                    precondition(target < vocabulary, "target \(target) outside the vocabulary \(vocabulary)")
+                    if target >= 0 {
+                        tokenLosses[row] = lse - z[target]
+                        total += Double(tokenLosses[row])
+                    }
+                    if keeps { writeLogitGradient(z, count: vocabulary, logSumExp: lse, target: target, inverseCount: inverseCount) }
+                }
+            }
+            if keeps {
+                kept!.values.withUnsafeMutableBufferPointer { process($0.baseAddress! + block.lowerBound * vocabulary) }
+            } else {
+                scratch.withUnsafeMutableBufferPointer { process($0.baseAddress!) }
+            }
+        }
+        let cache = Cache(norm: normCache, scaledNormed: scaledNormed, targets: targets, countedTokens: counted, divisor: divisor,
+                          logSumExp: logSumExp, logitGradient: kept, blockRows: blockRows)
+        return Output(loss: counted > 0 ? Float(total / Double(counted)) : 0, tokenLosses: tokenLosses, countedTokens: counted, cache: cache)
+    }
+
+    /// ∂L/∂h, ∂L/∂w_norm and ∂L/∂head.
+    public static func backward(cache: Cache, normWeight: Tensor, head: Tensor) -> Gradients {
+        let rows = cache.scaledNormed.rows, hidden = cache.scaledNormed.columns, vocabulary = head.rows
+        var scaledGradient: Tensor
+        var headGradient: Tensor
+        if let logitGradient = cache.logitGradient {
+            // dz = dlogits · head, dhead = dlogitsᵀ · z
+            scaledGradient = MatrixMultiply.product(logitGradient, head)
+            headGradient = MatrixMultiply.product(logitGradient, cache.scaledNormed, transposeA: true)
+        } else {
+            scaledGradient = Tensor(uninitializedShape: [rows, hidden])
+            headGradient = Tensor(shape: [vocabulary, hidden])
+            let inverseCount = cache.countedTokens > 0 ? 1 / Float(cache.countedTokens) : 0
+            var scratch = [Float].uninitialized(count: cache.blockRows * vocabulary)
+            scratch.withUnsafeMutableBufferPointer { s in
+                let logits = s.baseAddress!
+                for block in blocks(rows: rows, size: cache.blockRows) {
+                    computeLogits(cache.scaledNormed, head: head, rows: block, into: logits)
+                    for (offset, row) in block.enumerated() {
+                        writeLogitGradient(logits + offset * vocabulary, count: vocabulary, logSumExp: cache.logSumExp[row],
+                                           target: cache.targets[row], inverseCount: inverseCount)
+                    }
+                    head.values.withUnsafeBufferPointer { w in
+                        cache.scaledNormed.values.withUnsafeBufferPointer { z in
+                            scaledGradient.values.withUnsafeMutableBufferPointer { dz in
+                                headGradient.values.withUnsafeMutableBufferPointer { dw in
+                                    // dz[block] = dlogits · head;  dhead += dlogitsᵀ · z[block]
+                                    MatrixMultiply.gemm(m: block.count, n: hidden, k: vocabulary, a: logits, lda: vocabulary,
+                                                        b: w.baseAddress!, ldb: hidden, c: dz.baseAddress! + block.lowerBound * hidden, ldc: hidden)
+                                    MatrixMultiply.gemm(m: vocabulary, n: hidden, k: block.count, a: logits, lda: vocabulary, transposeA: true,
+                                                        b: z.baseAddress! + block.lowerBound * hidden, ldb: hidden, beta: 1,
+                                                        c: dw.baseAddress!, ldc: hidden)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Kernels.scale(&scaledGradient, by: 1 / cache.divisor)
+        let (inputGradient, normGradient) = RMSNormLayer.backward(scaledGradient, cache: cache.norm, weight: normWeight)
+        return Gradients(input: inputGradient, normWeight: normGradient, head: headGradient)
+    }
+
+    // MARK: Pieces
+
+    private static func blocks(rows: Int, size: Int) -> [Range<Int>] {
+        stride(from: 0, to: rows, by: size).map { $0 ..< min(rows, $0 + size) }
+    }
+
+    /// logits[block] `[block.count, vocab]` = z[block] · headᵀ.
+    private static func computeLogits(_ z: Tensor, head: Tensor, rows block: Range<Int>, into logits: UnsafeMutablePointer<Float>) {
+        let hidden = z.columns
+        z.values.withUnsafeBufferPointer { pz in
+            head.values.withUnsafeBufferPointer { w in
+                MatrixMultiply.gemm(m: block.count, n: head.rows, k: hidden, a: pz.baseAddress! + block.lowerBound * hidden, lda: hidden,
+                                    b: w.baseAddress!, ldb: hidden, transposeB: true, c: logits, ldc: head.rows)
+            }
+        }
+    }
+
+    private static func logSumExpOfRow(_ z: UnsafePointer<Float>, count: Int) -> Float {
+        var maximum = -Float.infinity
+        for j in 0 ..< count { maximum = max(maximum, z[j]) }
+        var sum: Float = 0
+        for j in 0 ..< count { sum += expf(z[j] - maximum) }
+        return maximum + logf(sum)
+    }
+
+    /// Overwrites a row of logits with its gradient (softmax − onehot) / M, or zeros for an ignored target.
+    private static func writeLogitGradient(_ z: UnsafeMutablePointer<Float>, count: Int, logSumExp: Float, target: Int, inverseCount: Float) {
+        guard target >= 0 else {
+            z.update(repeating: 0, count: count)
+            return
+        }
+        for j in 0 ..< count { z[j] = expf(z[j] - logSumExp) * inverseCount }
+        z[target] -= inverseCount
+    }
+
+    // MARK: Reference
+
+    /// The loss and per-token losses from the definition, in Double over all logits at once (for tests).
+    public static func referenceForward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float)
+        -> (loss: Float, tokenLosses: [Float]) {
+        let logits = referenceLogits(h, normWeight: normWeight, head: head, divisor: divisor, epsilon: epsilon)
+        var tokenLosses = [Float](repeating: 0, count: h.rows)
+        var total = 0.0, counted = 0
+        for (row, target) in targets.enumerated() where target >= 0 {
+            let z = (0 ..< head.rows).map { Double(logits[row, $0]) }
+            let maximum = z.max() ?? 0
+            let lse = maximum + Foundation.log(z.reduce(0.0) { $0 + Foundation.exp($1 - maximum) })
+            tokenLosses[row] = Float(lse - z[target])
+            total += lse - z[target]
+            counted += 1
+        }
+        return (counted > 0 ? Float(total / Double(counted)) : 0, tokenLosses)
+    }
+
+    /// The gradients from the definition with whole matrices and the reference product (for tests).
+    public static func referenceBackward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float) -> Gradients {
+        let logits = referenceLogits(h, normWeight: normWeight, head: head, divisor: divisor, epsilon: epsilon)
+        let counted = Double(targets.filter { $0 >= 0 }.count)
+        var logitGradient = Tensor(shape: logits.shape)
+        for (row, target) in targets.enumerated() where target >= 0 {
+            let z = (0 ..< head.rows).map { Double(logits[row, $0]) }
+            let maximum = z.max() ?? 0
+            let sum = z.reduce(0.0) { $0 + Foundation.exp($1 - maximum) }
+            for j in 0 ..< head.rows {
+                logitGradient[row, j] = Float((Foundation.exp(z[j] - maximum) / sum - (j == target ? 1 : 0)) / counted)
+            }
+        }
+        var z = ReferenceKernels.rmsNorm(h, weight: normWeight.values, epsilon: epsilon)
+        Kernels.scale(&z, by: 1 / divisor)
+        var scaledGradient = MatrixMultiply.referenceProduct(logitGradient, head)
+        Kernels.scale(&scaledGradient, by: 1 / divisor)
+        let norm = RMSNormLayer.referenceBackward(scaledGradient, input: h, weight: normWeight, epsilon: epsilon)
+        return Gradients(input: norm.input, normWeight: norm.weight,
+                         head: MatrixMultiply.referenceProduct(logitGradient, z, transposeA: true))
+    }
+
+    private static func referenceLogits(_ h: Tensor, normWeight: Tensor, head: Tensor, divisor: Float, epsilon: Float) -> Tensor {
+        var z = ReferenceKernels.rmsNorm(h, weight: normWeight.values, epsilon: epsilon)
+        Kernels.scale(&z, by: 1 / divisor)
+        return MatrixMultiply.referenceProduct(z, head, transposeB: true)
+    }
+}

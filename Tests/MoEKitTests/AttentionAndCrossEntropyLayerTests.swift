@@ -1,0 +1,114 @@
+import Foundation
+import Testing
+@testable import MoEKit
+
+/// The causal attention and cross-entropy training layers: fast against reference, against the
+/// inference path, backward against finite differences.
+@Suite struct AttentionAndCrossEntropyLayerTests {
+    /// hidden 16 = 4 heads × 4 over 2 kv heads; two sequences of different lengths.
+    static let geometry = CausalAttentionLayer.Geometry(heads: 4, keyValueHeads: 2, rotary: RotaryEmbedding(headDim: 4, theta: 10000, precomputedPositions: 16))
+    static let sequenceLengths = [5, 3]
+
+    static func weights(seed: UInt64) -> CausalAttentionLayer.Weights {
+        CausalAttentionLayer.Weights(query: randomTensor([16, 16], seed: seed, standardDeviation: 0.4),
+                                     key: randomTensor([8, 16], seed: seed + 1, standardDeviation: 0.4),
+                                     value: randomTensor([8, 16], seed: seed + 2, standardDeviation: 0.4),
+                                     output: randomTensor([16, 16], seed: seed + 3, standardDeviation: 0.4))
+    }
+
+    @Test func attentionForwardMatchesReferenceAndInference() {
+        let x = randomTensor([8, 16], seed: 20), w = Self.weights(seed: 21)
+        let fast = CausalAttentionLayer.forward(x, weights: w, geometry: Self.geometry, sequenceLengths: Self.sequenceLengths).output
+        #expect(isClose(fast, CausalAttentionLayer.referenceForward(x, weights: w, geometry: Self.geometry, sequenceLengths: Self.sequenceLengths),
+                        relativeTolerance: 1e-5))
+        // The inference layer, each sequence a chunk with its own empty cache.
+        var config = MiniCPMConfig(hiddenSize: 16, intermediateSize: 8, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2, vocabSize: 4)
+        config.maxPositionEmbeddings = 16
+        let inference = CausalSelfAttention(queryWeight: w.query, keyWeight: w.key, valueWeight: w.value, outputWeight: w.output,
+                                            heads: 4, keyValueHeads: 2, rotary: Self.geometry.rotary)
+        let chunks = [CausalSelfAttention.Chunk(rows: 0 ..< 5, cache: KVCache(config: config)),
+                      CausalSelfAttention.Chunk(rows: 5 ..< 8, cache: KVCache(config: config))]
+        #expect(isClose(fast, inference.forward(x, layer: 0, chunks: chunks), relativeTolerance: 1e-6))
+    }
+
+    @Test func attentionBackwardMatchesReference() {
+        let x = randomTensor([8, 16], seed: 22), w = Self.weights(seed: 23), dy = randomTensor([8, 16], seed: 24)
+        let cache = CausalAttentionLayer.forward(x, weights: w, geometry: Self.geometry, sequenceLengths: Self.sequenceLengths).cache
+        let fast = CausalAttentionLayer.backward(dy, cache: cache, weights: w, geometry: Self.geometry)
+        let reference = CausalAttentionLayer.referenceBackward(dy, input: x, weights: w, geometry: Self.geometry, sequenceLengths: Self.sequenceLengths)
+        #expect(isClose(fast.input, reference.input, relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.query, reference.weights.query, relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.key, reference.weights.key, relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.value, reference.weights.value, relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.output, reference.weights.output, relativeTolerance: 1e-5))
+    }
+
+    @Test func attentionBackwardMatchesFiniteDifferences() {
+        let x = randomTensor([8, 16], seed: 25), w = Self.weights(seed: 26), r = randomTensor([8, 16], seed: 27)
+        let geometry = Self.geometry, lengths = Self.sequenceLengths
+        func loss(_ x: Tensor, _ w: CausalAttentionLayer.Weights) -> Float {
+            projectedLoss(CausalAttentionLayer.forward(x, weights: w, geometry: geometry, sequenceLengths: lengths).output, r)
+        }
+        let cache = CausalAttentionLayer.forward(x, weights: w, geometry: geometry, sequenceLengths: lengths).cache
+        let gradients = CausalAttentionLayer.backward(r, cache: cache, weights: w, geometry: geometry)
+        #expect(matchesFiniteDifferences(gradients.input.values, at: x.values) { loss(Tensor(shape: x.shape, values: $0), w) })
+        let parts: [(WritableKeyPath<CausalAttentionLayer.Weights, Tensor>, String)] = [(\.query, "q"), (\.key, "k"), (\.value, "v"), (\.output, "o")]
+        for (part, name) in parts {
+            let ok = matchesFiniteDifferences(gradients.weights[keyPath: part].values, at: w[keyPath: part].values) { values in
+                var shifted = w
+                shifted[keyPath: part] = Tensor(shape: w[keyPath: part].shape, values: values)
+                return loss(x, shifted)
+            }
+            #expect(ok, "W\(name)")
+        }
+    }
+
+    // MARK: Cross-entropy
+
+    static let targets = [3, -1, 0, 9, 9, 2, -1]
+
+    static func crossEntropyInputs(seed: UInt64) -> (h: Tensor, norm: Tensor, head: Tensor) {
+        var norm = randomTensor([6], seed: seed + 1, standardDeviation: 0.1)
+        norm.values = norm.values.map { 1 + $0 }
+        return (randomTensor([7, 6], seed: seed), norm, randomTensor([10, 6], seed: seed + 2))
+    }
+
+    /// A zero head gives uniform logits: every counted token costs exactly ln V.
+    @Test func uniformLogitsCostLogVocabulary() {
+        let (h, norm, _) = Self.crossEntropyInputs(seed: 30)
+        let output = CrossEntropyLayer.forward(h, normWeight: norm, head: Tensor(shape: [10, 6]), targets: Self.targets, divisor: 2, epsilon: 1e-5)
+        #expect(output.countedTokens == 5)
+        #expect(abs(output.loss - logf(10)) < 1e-6)
+        #expect(output.tokenLosses[1] == 0 && output.tokenLosses[6] == 0)
+    }
+
+    @Test func crossEntropyMatchesReference() {
+        let (h, norm, head) = Self.crossEntropyInputs(seed: 31)
+        let reference = CrossEntropyLayer.referenceForward(h, normWeight: norm, head: head, targets: Self.targets, divisor: 2, epsilon: 1e-5)
+        let referenceGradients = CrossEntropyLayer.referenceBackward(h, normWeight: norm, head: head, targets: Self.targets, divisor: 2, epsilon: 1e-5)
+        // Kept dlogits, and blocks of 3 rows recomputed in backward: the same numbers.
+        for (keep, blockRows) in [(true, nil), (false, 3), (true, 2)] as [(Bool, Int?)] {
+            let output = CrossEntropyLayer.forward(h, normWeight: norm, head: head, targets: Self.targets, divisor: 2, epsilon: 1e-5,
+                                                   keepLogitGradient: keep, blockRows: blockRows)
+            #expect(abs(output.loss - reference.loss) <= 1e-5 * reference.loss)
+            #expect(isClose(output.tokenLosses, reference.tokenLosses, relativeTolerance: 1e-5))
+            let gradients = CrossEntropyLayer.backward(cache: output.cache, normWeight: norm, head: head)
+            #expect(isClose(gradients.input, referenceGradients.input, relativeTolerance: 1e-5))
+            #expect(isClose(gradients.normWeight, referenceGradients.normWeight, relativeTolerance: 1e-5))
+            #expect(isClose(gradients.head, referenceGradients.head, relativeTolerance: 1e-5))
+        }
+    }
+
+    @Test func crossEntropyBackwardMatchesFiniteDifferences() {
+        let (h, norm, head) = Self.crossEntropyInputs(seed: 32)
+        func loss(_ h: Tensor, _ norm: Tensor, _ head: Tensor) -> Float {
+            CrossEntropyLayer.forward(h, normWeight: norm, head: head, targets: Self.targets, divisor: 2, epsilon: 1e-5, keepLogitGradient: false).loss
+        }
+        let gradients = CrossEntropyLayer.backward(cache: CrossEntropyLayer.forward(h, normWeight: norm, head: head, targets: Self.targets,
+                                                                                    divisor: 2, epsilon: 1e-5).cache,
+                                                   normWeight: norm, head: head)
+        #expect(matchesFiniteDifferences(gradients.input.values, at: h.values, absoluteTolerance: 1e-3) { loss(Tensor(shape: h.shape, values: $0), norm, head) })
+        #expect(matchesFiniteDifferences(gradients.normWeight.values, at: norm.values, absoluteTolerance: 1e-3) { loss(h, Tensor(shape: norm.shape, values: $0), head) })
+        #expect(matchesFiniteDifferences(gradients.head.values, at: head.values, absoluteTolerance: 1e-3) { loss(h, norm, Tensor(shape: head.shape, values: $0)) })
+    }
+}
