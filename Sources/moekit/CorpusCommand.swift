@@ -37,7 +37,7 @@ struct CorpusCommand: ParsableCommand {
         try reportingErrors {
             let sidecars = DomainLabels.sidecarPaths(forDataAt: output)
             if !force, let existing = [output, sidecars.labels, sidecars.names].first(where: { FileManager.default.fileExists(atPath: $0) }) {
-                throw TrainingError.invalidOption(name: "force", reason: "\(existing) exists; pass --force to replace it")
+                throw TrainingError.invalidData(path: existing, reason: "exists; pass --force to replace it")
             }
             let corpus = SyntheticCorpus.generate(tokens: tokens, seed: seed)
             try corpus.write(to: output)

@@ -76,4 +76,19 @@ import Testing
         }
         #expect(throws: TrainingError.self) { try LearningRateSchedule.cosine(peak: 1, warmupSteps: 10, totalSteps: 10, finalRatio: 0).validate() }
     }
+
+    /// CLI names map to the cases and are validated; the description states the phases.
+    @Test func namedSchedules() throws {
+        let wsd = try LearningRateSchedule(named: "wsd", peak: 0.01, warmupSteps: 10, totalSteps: 100)
+        #expect(wsd == .minicpm(peak: 0.01, warmupSteps: 10, totalSteps: 100))
+        #expect(wsd.description == "wsd η=0.01: warmup 10, stable to step 90, exponential decay over 10 steps to 0.1η")
+        #expect(try LearningRateSchedule(named: "wsd-linear", peak: 0.01, warmupSteps: 0, totalSteps: 10, decayFraction: 0.5, finalRatio: 0)
+            == .warmupStableDecay(peak: 0.01, warmupSteps: 0, totalSteps: 10, decayFraction: 0.5, decay: .linear, finalRatio: 0))
+        #expect(try LearningRateSchedule(named: "cosine", peak: 1, warmupSteps: 1, totalSteps: 5) == .cosine(peak: 1, warmupSteps: 1, totalSteps: 5, finalRatio: 0.1))
+        #expect(try LearningRateSchedule(named: "constant", peak: 1, warmupSteps: 0, totalSteps: 0) == .constant(peak: 1, warmupSteps: 0))
+        #expect(throws: TrainingError.invalidOption(name: "schedule", reason: "unknown schedule 'step'; choose one of wsd, wsd-linear, cosine, constant")) {
+            _ = try LearningRateSchedule(named: "step", peak: 1, warmupSteps: 0, totalSteps: 10)
+        }
+        #expect(throws: TrainingError.self) { _ = try LearningRateSchedule(named: "wsd", peak: 1, warmupSteps: 95, totalSteps: 100) }
+    }
 }

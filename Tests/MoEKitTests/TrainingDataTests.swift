@@ -107,6 +107,7 @@ private func expectInvalidData(path: String, mentions: String, _ body: () throws
         try TokenDataset.writeBinary([1, 2, 3, 4], dataType: .uint16, to: path)
         let (labelsPath, namesPath) = DomainLabels.sidecarPaths(forDataAt: path)
         #expect(labelsPath == directory.file("data.domains.bin") && namesPath == directory.file("data.domains.json"))
+        #expect(DomainLabels.sidecarPaths(forDataAt: "runs/c.v2.bin") == ("runs/c.v2.domains.bin", "runs/c.v2.domains.json"))
 
         try DomainLabels(names: ["x"], labels: [0, 0, 0], tokenDataType: .uint16).write(forDataAt: path)
         expectInvalidData(path: labelsPath, mentions: "holds 3 domain labels for 4 tokens") { _ = try TokenDataset(path: path, vocabularySize: 10) }

@@ -34,10 +34,7 @@ public struct DomainLabels: Sendable, Equatable {
 
     /// The two sidecar paths of a data file: `NAME.domains.bin` and `NAME.domains.json` beside it.
     public static func sidecarPaths(forDataAt path: String) -> (labels: String, names: String) {
-        let url = URL(fileURLWithPath: path)
-        let stem = url.deletingPathExtension().lastPathComponent
-        let directory = url.deletingLastPathComponent().path
-        let base = (directory.isEmpty ? "" : directory + "/") + stem + ".domains"
+        let base = (path as NSString).deletingPathExtension + ".domains"
         return (base + ".bin", base + ".json")
     }
 

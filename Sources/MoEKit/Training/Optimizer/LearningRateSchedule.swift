@@ -41,6 +41,31 @@ public enum LearningRateSchedule: Sendable, Equatable {
         case warmup, stable, decay
     }
 
+    /// The names `init(named:…)` takes: `wsd` (exponential decay), `wsd-linear`, `cosine`, `constant`.
+    public static let names = ["wsd", "wsd-linear", "cosine", "constant"]
+
+    /// The schedule a CLI names (`--schedule wsd|wsd-linear|cosine|constant`), validated. Fields a
+    /// schedule does not use are ignored (`decayFraction` outside WSD, `totalSteps` and
+    /// `finalRatio` for constant).
+    public init(named name: String, peak: Float, warmupSteps: Int, totalSteps: Int, decayFraction: Double = 0.1,
+                finalRatio: Float = 0.1) throws(TrainingError) {
+        switch name {
+        case "wsd", "wsd-exponential":
+            self = .warmupStableDecay(peak: peak, warmupSteps: warmupSteps, totalSteps: totalSteps, decayFraction: decayFraction,
+                                      decay: .exponential, finalRatio: finalRatio)
+        case "wsd-linear":
+            self = .warmupStableDecay(peak: peak, warmupSteps: warmupSteps, totalSteps: totalSteps, decayFraction: decayFraction,
+                                      decay: .linear, finalRatio: finalRatio)
+        case "cosine":
+            self = .cosine(peak: peak, warmupSteps: warmupSteps, totalSteps: totalSteps, finalRatio: finalRatio)
+        case "constant":
+            self = .constant(peak: peak, warmupSteps: warmupSteps)
+        default:
+            throw .invalidOption(name: "schedule", reason: "unknown schedule '\(name)'; choose one of \(Self.names.joined(separator: ", "))")
+        }
+        try validate()
+    }
+
     /// MiniCPM's recipe: WSD with exponential decay over the last 10 % of the steps to 0.1·η.
     public static func minicpm(peak: Float, warmupSteps: Int, totalSteps: Int) -> LearningRateSchedule {
         .warmupStableDecay(peak: peak, warmupSteps: warmupSteps, totalSteps: totalSteps, decayFraction: 0.1, decay: .exponential, finalRatio: 0.1)
@@ -134,6 +159,20 @@ public enum LearningRateSchedule: Sendable, Equatable {
         case .constant: return .stable
         case let .warmupStableDecay(_, _, total, _, _, _): return decaySteps > 0 && step >= total - decaySteps ? .decay : .stable
         case .cosine: return .decay
+        }
+    }
+}
+
+extension LearningRateSchedule: CustomStringConvertible {
+    /// One line for logs, e.g. `wsd η=0.01: warmup 10, stable to step 90, exponential decay over 10 steps to 0.1η`.
+    public var description: String {
+        switch self {
+        case let .constant(peak, warmup):
+            return "constant η=\(peak)" + (warmup > 0 ? ": warmup \(warmup)" : "")
+        case let .warmupStableDecay(peak, warmup, total, _, decay, ratio):
+            return "wsd η=\(peak): warmup \(warmup), stable to step \(total - decaySteps), \(decay.rawValue) decay over \(decaySteps) steps to \(ratio)η"
+        case let .cosine(peak, warmup, total, ratio):
+            return "cosine η=\(peak): warmup \(warmup), cosine to \(ratio)η at step \(total - 1)"
         }
     }
 }
