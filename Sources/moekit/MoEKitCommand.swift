@@ -12,7 +12,8 @@ struct MoEKitCommand: ParsableCommand {
         OpenBLAS uses every core by default; set OPENBLAS_NUM_THREADS=N to use fewer.
         """,
         version: "0.1.0",
-        subcommands: [DemoCommand.self, InitCommand.self, ShowCommand.self, UpcycleCommand.self, TrainCommand.self, ForwardCommand.self, TraceCommand.self, InspectCommand.self, BenchCommand.self]
+        subcommands: [DemoCommand.self, InitCommand.self, ShowCommand.self, UpcycleCommand.self, TrainCommand.self, CorpusCommand.self,
+                      ForwardCommand.self, TraceCommand.self, InspectCommand.self, BenchCommand.self]
     )
 }
 

@@ -1,0 +1,42 @@
+/// Gradient clipping by the global L2 norm, as `torch.nn.utils.clip_grad_norm_` does it.
+///
+/// The norm is taken over every gradient of the set together, ‖g‖ = √(Σ_tensors Σ_i g_i²)
+/// (accumulated in f64). When ‖g‖ > `maxNorm` every gradient is multiplied by
+/// `maxNorm / (‖g‖ + 1e-6)`; otherwise nothing changes. The 1e-6 is PyTorch's, so a clipped
+/// norm comes out a hair under `maxNorm`.
+public enum GradientClipping {
+    /// The global L2 norm of all gradients, in `gradients.names` order (f64 accumulation).
+    public static func globalNorm(_ gradients: ParameterSet) -> Float {
+        var sumOfSquares = 0.0
+        for name in gradients.names {
+            gradients[name].values.withUnsafeBufferPointer { values in
+                var partial = 0.0
+                for value in values { partial += Double(value) * Double(value) }
+                sumOfSquares += partial
+            }
+        }
+        return Float(sumOfSquares.squareRoot())
+    }
+
+    /// The factor the gradients are multiplied by: `min(1, maxNorm / (norm + 1e-6))`, and 1 for a
+    /// non-finite norm (nothing sensible can be scaled; the caller skips such a step).
+    public static func coefficient(norm: Float, maxNorm: Float?) -> Float {
+        guard let maxNorm, norm.isFinite else { return 1 }
+        return min(1, maxNorm / (norm + 1e-6))
+    }
+
+    /// Scales `gradients` in place to a global norm of at most `maxNorm`; returns the norm before
+    /// clipping (the figure to log).
+    @discardableResult
+    public static func clip(_ gradients: inout ParameterSet, maxNorm: Float) -> Float {
+        let norm = globalNorm(gradients)
+        let scale = coefficient(norm: norm, maxNorm: maxNorm)
+        guard scale < 1 else { return norm }
+        for name in gradients.names {
+            gradients.tensors[name]!.values.withUnsafeMutableBufferPointer { values in
+                for i in values.indices { values[i] *= scale }
+            }
+        }
+        return norm
+    }
+}
