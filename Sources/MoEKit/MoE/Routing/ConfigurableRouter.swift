@@ -191,11 +191,6 @@ public final class ConfigurableRouter: ExpertRouter {
 
     // MARK: Auxiliary-loss-free balancing
 
-    /// One bias update per training step (DeepSeek-V3): for each layer, b_i += u · sign(mean load −
-    /// load_i), where load_i = `expertCounts[layer][i]` is the number of assignments expert i
-    /// received over the step and the mean is over experts. Overloaded experts go down, underloaded
-    /// up; an expert exactly at the mean is unchanged. Does nothing unless the configuration turns
-    /// auxiliary-loss-free balancing on.
     /// Restarts the noise generator at a stream determined by `step` alone (and the configured
     /// seed), so a training step's noise does not depend on how many `route` calls came before it:
     /// a resumed run draws the same noise at step s as an uninterrupted one.
@@ -203,6 +198,11 @@ public final class ConfigurableRouter: ExpertRouter {
         random = SeededRandom(seed: configuration.noiseSeed, stream: "router-noise-step-\(step)")
     }
 
+    /// One bias update per training step (DeepSeek-V3): for each layer, b_i += u · sign(mean load −
+    /// load_i), where load_i = `expertCounts[layer][i]` is the number of assignments expert i
+    /// received over the step and the mean is over experts. Overloaded experts go down, underloaded
+    /// up; an expert exactly at the mean is unchanged. Does nothing unless the configuration turns
+    /// auxiliary-loss-free balancing on.
     public func updateBalancingBias(expertCounts: [[Int]]) {
         guard configuration.auxiliaryLossFreeBalancing else { return }
         precondition(expertCounts.count == layers && expertCounts.allSatisfy { $0.count == experts },
