@@ -12,7 +12,7 @@ struct MoEKitCommand: ParsableCommand {
         OpenBLAS uses every core by default; set OPENBLAS_NUM_THREADS=N to use fewer.
         """,
         version: "0.1.0",
-        subcommands: [InitCommand.self, ShowCommand.self, UpcycleCommand.self, ForwardCommand.self, TraceCommand.self, InspectCommand.self, BenchCommand.self]
+        subcommands: [InitCommand.self, ShowCommand.self, UpcycleCommand.self, ForwardCommand.self, TraceCommand.self, TokenizeCommand.self, InspectCommand.self, BenchCommand.self]
     )
 }
 
