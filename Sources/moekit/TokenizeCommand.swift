@@ -43,13 +43,30 @@ struct TokenizeCommand: ParsableCommand {
                 for ids in try tokenizer.encode(documents, specialTokens: input) {
                     for (index, id) in ids.enumerated() {
                         if index > 0 { output.append(UInt8(ascii: " ")) }
-                        output.append(contentsOf: String(id).utf8)
+                        Self.appendDecimal(id, to: &output)
                     }
                     output.append(UInt8(ascii: "\n"))
                     Self.flush(&output, atLeast: 1 << 16)
                 }
             }
             Self.flush(&output, atLeast: 0)
+        }
+    }
+
+    /// `String(id).utf8` without the String (ids are printed by the million).
+    private static func appendDecimal(_ value: Int, to output: inout [UInt8]) {
+        if value < 0 { output.append(UInt8(ascii: "-")) }
+        var magnitude = value.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+                magnitude /= 10
+                count += 1
+            } while magnitude > 0
+            for index in stride(from: count - 1, through: 0, by: -1) { output.append(buffer[index]) }
         }
     }
 

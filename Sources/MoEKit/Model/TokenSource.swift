@@ -34,17 +34,28 @@ public enum TokenSource: Equatable, Sendable {
             throw .unreadableText(path: path, reason: "no such file or not readable")
         }
         var documents: [String] = []
-        var lineNumber = 0
-        for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
-            lineNumber += 1
-            var line = line
-            if line.last == UInt8(ascii: "\r") { line = line.dropLast() }
-            guard !line.isEmpty else { continue }
-            guard let document = String(validating: line, as: UTF8.self) else {
-                throw .unreadableText(path: path, reason: "line \(lineNumber) is not valid UTF-8")
+        var invalidLine: Int? = nil
+        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            var lineStart = 0
+            var lineNumber = 0
+            while lineStart < bytes.count && invalidLine == nil {
+                var lineEnd = lineStart
+                while lineEnd < bytes.count && bytes[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
+                lineNumber += 1
+                var contentEnd = lineEnd
+                if contentEnd > lineStart && bytes[contentEnd - 1] == UInt8(ascii: "\r") { contentEnd -= 1 }
+                if contentEnd > lineStart {
+                    if let document = String(validating: UnsafeBufferPointer(rebasing: bytes[lineStart ..< contentEnd]), as: UTF8.self) {
+                        documents.append(document)
+                    } else {
+                        invalidLine = lineNumber
+                    }
+                }
+                lineStart = lineEnd + 1
             }
-            documents.append(document)
         }
+        if let invalidLine { throw .unreadableText(path: path, reason: "line \(invalidLine) is not valid UTF-8") }
         guard !documents.isEmpty else { throw .unreadableText(path: path, reason: "no text (every line is empty)") }
         return documents
     }

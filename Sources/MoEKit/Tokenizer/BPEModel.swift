@@ -16,9 +16,10 @@ struct BPEModel: Sendable {
     let tokenToId: [String: Int32]
     let idToToken: [Int32: String]
     let merges: MergeTable
-    /// ids of one-character tokens: ASCII by table, the rest by dictionary.
-    private let asciiIds: [Int32]
-    private let scalarIds: [UInt32: Int32]
+    /// ids of one-character tokens (-1 when absent): the Basic Multilingual Plane by table, the
+    /// rest by dictionary.
+    private let basicPlaneIds: [Int32]
+    private let astralIds: [UInt32: Int32]
     /// ids of `<0x00>`…`<0xFF>` (-1 when absent); all -1 without byte fallback.
     private let byteIds: [Int32]
     let unknownToken: String?
@@ -37,8 +38,8 @@ struct BPEModel: Sendable {
         var idToToken: [Int32: String] = [:]
         tokenToId.reserveCapacity(definition.vocabulary.count)
         idToToken.reserveCapacity(definition.vocabulary.count)
-        var asciiIds = [Int32](repeating: -1, count: 128)
-        var scalarIds: [UInt32: Int32] = [:]
+        var basicPlaneIds = [Int32](repeating: -1, count: 0x10000)
+        var astralIds: [UInt32: Int32] = [:]
         for (token, id) in definition.vocabulary {
             let id32 = Int32(id)
             if let other = idToToken[id32] {
@@ -49,7 +50,7 @@ struct BPEModel: Sendable {
             idToToken[id32] = token
             let scalars = token.unicodeScalars
             if scalars.count == 1, let scalar = scalars.first {
-                if scalar.isASCII { asciiIds[Int(scalar.value)] = id32 } else { scalarIds[scalar.value] = id32 }
+                if scalar.value < 0x10000 { basicPlaneIds[Int(scalar.value)] = id32 } else { astralIds[scalar.value] = id32 }
             }
         }
         var merges = MergeTable(minimumCapacity: definition.merges.count)
@@ -69,8 +70,8 @@ struct BPEModel: Sendable {
         self.tokenToId = tokenToId
         self.idToToken = idToToken
         self.merges = merges
-        self.asciiIds = asciiIds
-        self.scalarIds = scalarIds
+        self.basicPlaneIds = basicPlaneIds
+        self.astralIds = astralIds
         self.byteIds = byteIds
         unknownToken = definition.unknownToken
         unknownId = definition.unknownToken.flatMap { tokenToId[$0] }
@@ -122,11 +123,11 @@ struct BPEModel: Sendable {
             let end = min(index + length, count)
             var id: Int32 = -1
             if lead < 0x80 {
-                id = asciiIds[Int(lead)]
+                id = basicPlaneIds[Int(lead)]
             } else {
                 var scalar = UInt32(lead) & (length == 2 ? 0x1F : length == 3 ? 0x0F : 0x07)
                 for position in index + 1 ..< end { scalar = scalar << 6 | UInt32(word[position] & 0x3F) }
-                id = scalarIds[scalar] ?? -1
+                id = scalar < 0x10000 ? basicPlaneIds[Int(scalar)] : astralIds[scalar] ?? -1
             }
             if id >= 0 {
                 if let unknown = pendingUnknown {
