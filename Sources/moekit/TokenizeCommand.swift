@@ -41,11 +41,7 @@ struct TokenizeCommand: ParsableCommand {
                 }
             } else {
                 for ids in try tokenizer.encode(documents, specialTokens: input) {
-                    for (index, id) in ids.enumerated() {
-                        if index > 0 { output.append(UInt8(ascii: " ")) }
-                        Self.appendDecimal(id, to: &output)
-                    }
-                    output.append(UInt8(ascii: "\n"))
+                    Self.appendLine(ids, to: &output)
                     Self.flush(&output, atLeast: 1 << 16)
                 }
             }
@@ -53,21 +49,34 @@ struct TokenizeCommand: ParsableCommand {
         }
     }
 
-    /// `String(id).utf8` without the String (ids are printed by the million).
-    private static func appendDecimal(_ value: Int, to output: inout [UInt8]) {
-        if value < 0 { output.append(UInt8(ascii: "-")) }
-        var magnitude = value.magnitude
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { buffer in
-            repeat {
-                buffer[count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
-                magnitude /= 10
-                count += 1
-            } while magnitude > 0
-            for index in stride(from: count - 1, through: 0, by: -1) { output.append(buffer[index]) }
+    /// The ids in decimal, separated by spaces, and a newline — written in place (ids are printed
+    /// by the million; `String(id)` per id costs more than tokenising).
+    private static func appendLine(_ ids: [Int], to output: inout [UInt8]) {
+        let start = output.count
+        output.append(contentsOf: repeatElement(0, count: ids.count * 21 + 1))  // 20 characters hold any Int
+        let end = output.withUnsafeMutableBufferPointer { buffer -> Int in
+            var cursor = start
+            var digits = (UInt64(0), UInt64(0), UInt64(0))
+            for (index, id) in ids.enumerated() {
+                if index > 0 { buffer[cursor] = UInt8(ascii: " "); cursor += 1 }
+                if id < 0 { buffer[cursor] = UInt8(ascii: "-"); cursor += 1 }
+                var magnitude = id.magnitude
+                let count = withUnsafeMutableBytes(of: &digits) { scratch -> Int in
+                    var count = 0
+                    repeat {
+                        scratch[count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+                        magnitude /= 10
+                        count += 1
+                    } while magnitude > 0
+                    for offset in 0 ..< count { buffer[cursor + offset] = scratch[count - 1 - offset] }
+                    return count
+                }
+                cursor += count
+            }
+            buffer[cursor] = UInt8(ascii: "\n")
+            return cursor + 1
         }
+        output.removeSubrange(end...)
     }
 
     private static func flush(_ output: inout [UInt8], atLeast size: Int) {
