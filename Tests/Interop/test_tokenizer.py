@@ -24,7 +24,7 @@ EDGE_CASES = [
     " ", "  ", "\t", "a<s>b", "<s>", " <s> ", "</s></s>x", "x</s>y", "\u2581x", "emoji 🤖 ok", "ℌ𝔢𝔩𝔩𝔬 unusual",
     "混合专家模型的路由器", "mixed 中文 and English, 数字 2404.06395!", "tabs\tand  double  spaces ", "café naïve résumé",
     "say hello there, hello", "MoE MoEs aMoE MoE.", "x <sep> y<sep>z", "[X]   after [X]", "<|im_start|>user hi<|im_end|>",
-    "\u00a0nbsp\u3000ideographic space", "\x01control\x7f", "e\u0301 combining",
+    "\u00a0nbsp\u3000ideographic space", "\x01control\x7f", "e\u0301 combining", "ｆｕｌｌｗｉｄｔｈ ①② ﬁ ㎏ Å",
 ]
 
 
@@ -67,6 +67,9 @@ def variants(base):
         v["model"]["fuse_unk"] = fuse
         result[f"unk-fuse-{str(fuse).lower()}"] = v
     v = copy.deepcopy(base)
+    v["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFKC"}] + base["normalizer"]["normalizers"]}
+    result["nfkc"] = v
+    v = copy.deepcopy(base)
     v["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in v["model"]["merges"]]
     result["string-merges"] = v  # the fixture writes [left, right]; the older form is "left right"
     return result
@@ -98,7 +101,7 @@ def write_model_dir(tmp_path, name, document):
 
 
 @pytest.mark.parametrize("name", ["fixture", "metaspace-first", "metaspace-always", "metaspace-nosplit", "added-tokens",
-                                  "unk-fuse-true", "unk-fuse-false", "string-merges"])
+                                  "unk-fuse-true", "unk-fuse-false", "string-merges", "nfkc"])
 def test_tokenize_matches_huggingface(name, tmp_path, fixtures_dir, documents, run_moekit):
     document = variants(fixture_json(fixtures_dir))[name]
     directory = write_model_dir(tmp_path, name, document)

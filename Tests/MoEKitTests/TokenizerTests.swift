@@ -303,3 +303,28 @@ enum TokenizerFixture {
         #expect(throws: TokenizerError.unreadableText(path: text, reason: "no text (every line is empty)")) { try TokenSource.documents(inTextFile: text) }
     }
 }
+
+/// Decoding against Hugging Face `tokenizers` on 200 random id sequences (many byte tokens, so many
+/// invalid UTF-8 runs; special and unknown tokens), with the fixture's decoder and a Metaspace
+/// decoder: decode-cases.json, written by make-decode-cases.py beside it.
+@Suite struct TokenizerDecodeCaseTests {
+    @Test func decodingMatchesHuggingFaceOnRandomIds() throws {
+        let directory = TokenizerFixture.directory
+        let cases = try #require(JSONValue.parse(try Data(contentsOf: URL(fileURLWithPath: directory + "/decode-cases.json")))?.objectValue)
+        let fixture = try #require(JSONValue.parse(try Data(contentsOf: URL(fileURLWithPath: directory + "/tokenizer.json")))?.objectValue)
+        #expect(Set(cases.keys) == ["fixture", "metaspace-first", "metaspace-never"])
+        for (name, entry) in cases {
+            var document = fixture
+            document["decoder"] = entry.objectValue?["decoder"]
+            let tokenizer = try HandTokenizer.tokenizer(.object(document))
+            let list = try #require(entry.objectValue?["cases"]?.arrayValue)
+            #expect(list.count == 200)
+            for item in list {
+                let object = try #require(item.objectValue)
+                let ids = try #require(object["ids"]?.arrayValue).compactMap { $0.integerValue.map(Int.init) }
+                #expect(tokenizer.decode(ids) == object["skip_special"]?.stringValue, "\(name) \(ids)")
+                #expect(tokenizer.decode(ids, skipSpecialTokens: false) == object["keep_special"]?.stringValue, "\(name) \(ids)")
+            }
+        }
+    }
+}
