@@ -8,8 +8,8 @@ struct TokenInputOptions: ParsableArguments {
 
         static func help(for value: Self) -> ArgumentHelp? {
             switch value {
-            case .addBos: return "With --text: put only the post-processor's BOS (<s>) before each document."
-            case .noBos: return "With --text: add no special tokens."
+            case .addBos: return "Text documents get only the BOS the post-processor puts first (<s>)."
+            case .noBos: return "Text documents get no special tokens."
             }
         }
     }
