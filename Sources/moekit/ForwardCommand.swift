@@ -5,10 +5,11 @@ import MoEKit
 struct ForwardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "forward",
-        abstract: "Run a MiniCPM or MiniCPM-MoE model on token ids and write the logits.",
+        abstract: "Run a MiniCPM or MiniCPM-MoE model on token ids or text and write the logits.",
         discussion: """
         Token files: whitespace- or comma-separated integers, one sequence per line, or a .npy of \
-        int32/int64 (one sequence). The output is a safetensors file with one F32 tensor `logits` \
+        int32/int64 (one sequence). Or --text: one document per line, tokenised with the model \
+        directory's tokenizer.json. The output is a safetensors file with one F32 tensor `logits` \
         [total tokens, vocab], sequences stacked in input order.
         """
     )
@@ -16,8 +17,7 @@ struct ForwardCommand: ParsableCommand {
     @Argument(help: "Model directory (config.json + safetensors).")
     var modelDirectory: String
 
-    @Option(help: "Token ids: text (one sequence per line) or .npy.")
-    var tokensFile: String
+    @OptionGroup var input: TokenInputOptions
 
     @Option(help: "Where to write the logits.")
     var output: String = "logits.safetensors"
@@ -30,7 +30,7 @@ struct ForwardCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             compute.apply()
-            let sequences = try TokenFile.read(tokensFile)
+            let sequences = try input.source.read(modelDirectory: modelDirectory)
             let start = Date()
             let model = try MiniCPMModel(directory: modelDirectory)
             if let router {
@@ -38,7 +38,7 @@ struct ForwardCommand: ParsableCommand {
                 try model.useRouter(RouterConfiguration(text: router))
             }
             let loaded = Date()
-            let logits = try model.forward(sequences, source: tokensFile).logits
+            let logits = try model.forward(sequences, source: input.source.path).logits
             let finished = Date()
             try SafetensorsWriter.write([("logits", logits, .float32)], to: output)
             let config = model.config

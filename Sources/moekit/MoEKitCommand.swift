@@ -13,7 +13,7 @@ struct MoEKitCommand: ParsableCommand {
         """,
         version: "0.1.0",
         subcommands: [DemoCommand.self, InitCommand.self, ShowCommand.self, UpcycleCommand.self, TrainCommand.self, CorpusCommand.self,
-                      ForwardCommand.self, TraceCommand.self, InspectCommand.self, BenchCommand.self]
+                      ForwardCommand.self, TraceCommand.self, TokenizeCommand.self, InspectCommand.self, BenchCommand.self]
     )
 }
 

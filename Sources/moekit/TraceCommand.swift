@@ -5,7 +5,7 @@ import MoEKit
 struct TraceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "trace",
-        abstract: "Run a MiniCPM-MoE model over token data and log its routing to HDF5, one step per batch.",
+        abstract: "Run a MiniCPM-MoE model over token ids or text and log its routing to HDF5, one step per batch.",
         discussion: """
         The log (schema 1, docs/routing-log.md) is written with HDF5's SWMR mode and flushed after \
         every step: h5py (swmr=True), notebooks and `moekit inspect` can read it while it grows, and \
@@ -16,8 +16,7 @@ struct TraceCommand: ParsableCommand {
     @Argument(help: "MiniCPM-MoE model directory.")
     var modelDirectory: String
 
-    @Option(help: "Token ids: text (one sequence per line) or .npy.")
-    var tokensFile: String
+    @OptionGroup var input: TokenInputOptions
 
     @Option(help: "The routing log to write.")
     var log: String?
@@ -55,7 +54,7 @@ struct TraceCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             compute.apply()
-            let sequences = try TokenFile.read(tokensFile)
+            let sequences = try input.source.read(modelDirectory: modelDirectory)
             let model = try MiniCPMModel(directory: modelDirectory)
             if let router { try model.useRouter(RouterConfiguration(text: router)) }
             var options = RoutingTracer.Options()
@@ -66,7 +65,7 @@ struct TraceCommand: ParsableCommand {
             let tracer = try RoutingTracer(model: model, options: options)
             let terminal = isatty(STDERR_FILENO) == 1
             var lastLine = Date.distantPast
-            let summary = try tracer.run(sequences, source: tokensFile) { progress in
+            let summary = try tracer.run(sequences, source: input.source.path) { progress in
                 guard !quiet else { return }
                 let now = Date()
                 let final = progress.step == progress.steps
