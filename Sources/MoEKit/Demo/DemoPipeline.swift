@@ -53,7 +53,7 @@ public struct DemoPipeline {
     public init(options: Options = Options()) { self.options = options }
 
     /// Runs the demo; `say` receives each progress line as it happens.
-    public func run(say: (String) -> Void, trainingProgress: (Trainer.Progress) -> Void = { _ in }) throws -> Report {
+    public func run(say: (String) -> Void, trainingProgress: (Trainer.Progress) throws -> Void = { _ in }) throws -> Report {
         let out = options.outputDirectory
         let manager = FileManager.default
         guard manager.fileExists(atPath: options.denseModel + "/config.json") else {

@@ -188,9 +188,10 @@ public final class Trainer {
     }
 
     /// Runs the steps from `startStep` to `options.steps`, saving OUT_DIR at the save interval and
-    /// after the last step. `progress` is called after every step.
+    /// after the last step. `progress` is called after every step; an error it throws stops the
+    /// run there (what was saved stays saved, the log keeps every completed step).
     @discardableResult
-    public func run(progress: (Progress) -> Void = { _ in }) throws -> Summary {
+    public func run(progress: (Progress) throws -> Void = { _ in }) throws -> Summary {
         let start = Date()
         var trainingSeconds = 0.0
         var tokensThisRun = 0
@@ -204,6 +205,8 @@ public final class Trainer {
             guard result.loss.isFinite, let gradients = result.gradients else { throw TrainingError.nonFiniteLoss(step: step, loss: result.loss) }
             let learningRate = schedule.learningRate(at: step)
             let gradientNorm = optimizer.step(&model.parameters, gradients: gradients, learningRate: learningRate)
+            // AdamW leaves everything unchanged on a non-finite gradient; a run must not go on as if it had stepped.
+            guard gradientNorm.isFinite else { throw TrainingError.nonFiniteGradient(step: step) }
             if let router = model.router, router.configuration.auxiliaryLossFreeBalancing {
                 router.updateBalancingBias(expertCounts: result.routing.map { Self.expertCounts($0.decision) })
             }
@@ -226,7 +229,7 @@ public final class Trainer {
             }
             let done = step + 1 - startStep
             let perStep = Date().timeIntervalSince(start) / Double(done)
-            progress(Progress(step: step, totalSteps: options.steps, loss: result.loss, languageModelLoss: result.languageModelLoss,
+            try progress(Progress(step: step, totalSteps: options.steps, loss: result.loss, languageModelLoss: result.languageModelLoss,
                               learningRate: learningRate, gradientNorm: gradientNorm, validationLoss: validationLoss,
                               tokensPerSecond: trainingSeconds > 0 ? Double(tokensThisRun) / trainingSeconds : 0,
                               elapsed: Date().timeIntervalSince(start), remaining: perStep * Double(options.steps - step - 1), saved: save))

@@ -12,6 +12,8 @@ public enum TrainingError: Error, Equatable, LocalizedError {
     case invalidState(path: String, reason: String)
     /// The loss became NaN or infinite (the step, the value) — lower the learning rate.
     case nonFiniteLoss(step: Int, loss: Float)
+    /// The gradient's norm was NaN or infinite at this step (nothing was updated).
+    case nonFiniteGradient(step: Int)
 
     public var errorDescription: String? {
         switch self {
@@ -20,6 +22,7 @@ public enum TrainingError: Error, Equatable, LocalizedError {
         case let .invalidOption(name, reason): return "--\(name): \(reason)"
         case let .invalidState(path, reason): return "\(path): \(reason)"
         case let .nonFiniteLoss(step, loss): return "step \(step): the loss is \(loss); training diverged (try a lower --lr or a longer --warmup)"
+        case let .nonFiniteGradient(step): return "step \(step): the gradient is not finite; training diverged (try a lower --lr or a longer --warmup)"
         }
     }
 }
