@@ -13,7 +13,7 @@ struct ForwardCommand: ParsableCommand {
         """
     )
 
-    @Argument(help: "Model directory (config.json + safetensors).")
+    @Argument(help: "Model directory (config.json + safetensors or PyTorch .bin weights).")
     var modelDirectory: String
 
     @Option(help: "Token ids: text (one sequence per line) or .npy.")

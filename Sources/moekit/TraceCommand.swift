@@ -13,7 +13,7 @@ struct TraceCommand: ParsableCommand {
         """
     )
 
-    @Argument(help: "MiniCPM-MoE model directory.")
+    @Argument(help: "MiniCPM-MoE model directory (safetensors or PyTorch .bin weights).")
     var modelDirectory: String
 
     @Option(help: "Token ids: text (one sequence per line) or .npy.")
