@@ -510,17 +510,9 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
     }
 }
 
-/// Model directories: pickle checkpoints are refused unread; the torch-written fixture loads.
+/// Model directories: what is looked for, and the torch-written fixture. (PyTorch `.bin`
+/// directories, including the malicious one: PyTorchCheckpointTests.)
 @Suite struct ModelDirectoryTests {
-    /// A directory holding only `pytorch_model.bin` is `pickleCheckpoint` and the pickle (which
-    /// would `touch /tmp/moekit-pwned`) is never run.
-    @Test func pickleOnlyDirectoryIsRefusedUnread() throws {
-        let directory = Fixtures.path("refuse-me")
-        #expect(throws: CheckpointError.pickleCheckpoint(path: directory + "/pytorch_model.bin")) { try ModelCheckpoint(directory: directory) }
-        #expect(throws: CheckpointError.pickleCheckpoint(path: directory + "/pytorch_model.bin")) { try CheckpointInspection(path: directory) }
-        #expect(!FileManager.default.fileExists(atPath: "/tmp/moekit-pwned"))
-    }
-
     /// Missing directory, a file passed as a directory, and a directory with no weights are distinct errors.
     @Test func directoriesWithoutWeightsAreDistinctErrors() throws {
         let directory = TemporaryDirectory()
