@@ -21,6 +21,8 @@ public enum PyTorchCheckpointError: Error, LocalizedError, Equatable, Sendable {
     case unsupportedOpcode(file: String, offset: Int, opcode: String)
     /// A global outside the allow-list: the pickle wants to run code. Nothing was executed.
     case forbiddenGlobal(file: String, offset: Int, name: String)
+    /// An allowed global that is a value, not a function (a storage type, a dtype), called by `REDUCE`.
+    case forbiddenCall(file: String, offset: Int, name: String)
     /// The pickle's object is not a mapping from tensor names to tensors.
     case notAStateDict(file: String, reason: String)
     case unsupportedStorage(file: String, tensor: String, storageType: String)
@@ -55,7 +57,9 @@ public enum PyTorchCheckpointError: Error, LocalizedError, Equatable, Sendable {
         case let .unsupportedOpcode(file, offset, opcode):
             return "\(file): data.pkl at byte \(offset): pickle opcode \(opcode) is not supported by the restricted reader"
         case let .forbiddenGlobal(file, offset, name):
-            return "\(file): data.pkl at byte \(offset): refusing global '\(name)': only state-dict globals (collections.OrderedDict, torch._utils._rebuild_tensor_v2, torch.*Storage) are allowed; nothing was executed"
+            return "\(file): data.pkl at byte \(offset): refusing global '\(name)': only state-dict globals (collections.OrderedDict, torch._utils._rebuild_tensor_v2/_rebuild_parameter, torch.*Storage) are allowed; nothing was executed"
+        case let .forbiddenCall(file, offset, name):
+            return "\(file): data.pkl at byte \(offset): refusing to call '\(name)' (not a state-dict constructor); nothing was executed"
         case let .notAStateDict(file, reason):
             return "\(file): not a state dict of tensors: \(reason)"
         case let .unsupportedStorage(file, tensor, storageType):

@@ -398,7 +398,7 @@ struct RestrictedUnpickler {
             guard let data = args.first, case .tensor = data else { throw invalid("_rebuild_parameter without a tensor", at: offset) }
             return data
         case .storageType, .dtype:
-            throw .forbiddenGlobal(file: file, offset: offset, name: global.name + " (called)")
+            throw .forbiddenCall(file: file, offset: offset, name: global.name)
         }
     }
 
