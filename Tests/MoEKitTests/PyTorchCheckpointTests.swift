@@ -351,7 +351,7 @@ private func expectPyTorchError(_ path: String, sourceLocation: SourceLocation =
         var refused = 0, read = 0
         func attempt(_ candidate: [UInt8]) {
             candidate.withUnsafeBytes { raw in
-                do { _ = try RestrictedUnpickler.load(raw, file: "mutated"); read += 1 } catch { refused += 1 }
+                do { _ = try RestrictedUnpickler.loadStateDict(raw, file: "mutated"); read += 1 } catch { refused += 1 }
             }
         }
         for position in pickle.indices {
@@ -415,6 +415,34 @@ private func expectPyTorchError(_ path: String, sourceLocation: SourceLocation =
         #expect([UInt8]().withUnsafeBytes { CRC32.checksum($0) } == 0)
     }
 
+    /// Containers nested 100 000 deep through the memo (a few bytes per level) are refused
+    /// without overflowing the stack when the graph is released.
+    @Test func deeplyNestedPicklesDoNotOverflowTheStack() {
+        var pickle: [UInt8] = [0x80, 0x02, UInt8(ascii: "]"), UInt8(ascii: "q"), 0]
+        // new list, fetch the previous one, append it, memoize the new one, pop it
+        let level: [UInt8] = [UInt8(ascii: "]"), UInt8(ascii: "h"), 0, UInt8(ascii: "a"), UInt8(ascii: "q"), 0, UInt8(ascii: "0")]
+        for _ in 0 ..< 100_000 { pickle += level }
+        pickle += [UInt8(ascii: "0"), UInt8(ascii: "h"), 0, UInt8(ascii: ".")]
+        #expect(throws: PyTorchCheckpointError.notAStateDict(file: "deep", reason: "data.pkl holds a list, not a dict")) {
+            try pickle.withUnsafeBytes { try RestrictedUnpickler.loadStateDict($0, file: "deep") }
+        }
+        #expect(throws: PyTorchCheckpointError.self) {
+            try Array(pickle.dropLast(4) + [UInt8(ascii: ".")]).withUnsafeBytes { try RestrictedUnpickler.loadStateDict($0, file: "deep") }
+        }
+    }
+
+    /// A tuple DAG whose paths double at every level (t₁ = (t₀, t₀), t₂ = (t₁, t₁), … 64 levels,
+    /// 2⁶⁴ paths) is dismantled in time linear in the pickle, not in the paths.
+    @Test func sharedTuplesAreDismantledOnce() {
+        var pickle: [UInt8] = [0x80, 0x02, UInt8(ascii: ")"), UInt8(ascii: "q"), 0]
+        let level: [UInt8] = [UInt8(ascii: "h"), 0, UInt8(ascii: "h"), 0, 0x86, UInt8(ascii: "q"), 0, UInt8(ascii: "0")]
+        for _ in 0 ..< 64 { pickle += level }
+        pickle += [UInt8(ascii: "0"), UInt8(ascii: "h"), 0, UInt8(ascii: ".")]
+        #expect(throws: PyTorchCheckpointError.notAStateDict(file: "dag", reason: "data.pkl holds a tuple, not a dict")) {
+            try pickle.withUnsafeBytes { try RestrictedUnpickler.loadStateDict($0, file: "dag") }
+        }
+    }
+
     /// LONG1 integers (sizes beyond 2³¹), BINFLOAT, short strings, memo and DICT/LIST opcodes.
     @Test func unpicklerReadsPlainValues() throws {
         // {'a': ((2**40, -2, 1.5, [True, None]),), 'b': b'xy'} with a memo round trip, protocol 2/4 opcodes.
@@ -429,7 +457,7 @@ private func expectPyTorchError(_ path: String, sourceLocation: SourceLocation =
         let value = try pickle.withUnsafeBytes { try RestrictedUnpickler.load($0, file: "plain") }
         guard case .dict(let dict) = value else { Issue.record("not a dict: \(value.kind)"); return }
         #expect(dict.items.count == 2)
-        guard case .string("a") = dict.items[0].key, case .tuple(let outer) = dict.items[0].value, case .tuple(let items) = outer.first else {
+        guard case .string("a") = dict.items[0].key, case .tuple(let outer, _) = dict.items[0].value, case .tuple(let items, _) = outer.first else {
             Issue.record("unexpected structure"); return
         }
         guard items.count == 4, case .int(1 << 40) = items[0], case .int(-2) = items[1], case .float(1.5) = items[2],
@@ -437,5 +465,6 @@ private func expectPyTorchError(_ path: String, sourceLocation: SourceLocation =
             Issue.record("unexpected items"); return
         }
         guard case .bytes([UInt8(ascii: "x"), UInt8(ascii: "y")]) = dict.items[1].value else { Issue.record("bytes"); return }
+        RestrictedUnpickler.dismantle([value])
     }
 }

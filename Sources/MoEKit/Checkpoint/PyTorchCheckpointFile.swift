@@ -76,14 +76,11 @@ public final class PyTorchCheckpointFile: @unchecked Sendable {
             formatVersion = nil
         }
 
-        let root = try RestrictedUnpickler.load(try archive.checkedData(prefix + "/data.pkl"), file: path)
-        guard case .dict(let dict) = root else { throw .notAStateDict(file: path, reason: "data.pkl holds \(root.kind), not a dict") }
+        let stateDict = try RestrictedUnpickler.loadStateDict(try archive.checkedData(prefix + "/data.pkl"), file: path)
         var tensors: [PyTorchTensorInfo] = []
         var index: [String: Int] = [:]
         var storageRanges: [String: Range<Int>] = [:]
-        for (key, value) in dict.items {
-            guard case .string(let name) = key else { throw .notAStateDict(file: path, reason: "a key is \(key.kind), not a tensor name") }
-            guard case .tensor(let tensor) = value else { throw .notAStateDict(file: path, reason: "'\(name)' is \(value.kind), not a tensor") }
+        for (name, tensor) in stateDict {
             let record = prefix + "/data/" + tensor.storage.key
             let range: Range<Int>
             if let known = storageRanges[record] { range = known } else {
@@ -136,7 +133,7 @@ public final class PyTorchCheckpointFile: @unchecked Sendable {
         var contiguous = true
         for (size, stride) in zip(tensor.shape, tensor.strides).reversed() {
             if size > 1 && stride != expectedStride { contiguous = false }
-            expectedStride *= size
+            expectedStride = expectedStride.multipliedReportingOverflow(by: size).partialValue  // exact while elements exist
         }
         return PyTorchTensorInfo(name: name, dtype: dtype, shape: tensor.shape, strides: tensor.strides, storageOffset: tensor.storageOffset,
                                  storageRecord: record, isContiguous: contiguous || elementCount == 0, storageRange: storageRange)

@@ -10,7 +10,8 @@ indirect enum PickleValue {
     case float(Double)
     case string(String)
     case bytes([UInt8])
-    case tuple([PickleValue])
+    /// A tuple and its serial number in the stream (so `dismantle` visits each tuple once).
+    case tuple([PickleValue], id: Int)
     case list(PickleList)
     case dict(PickleDict)
     case global(PickleGlobal)
@@ -45,6 +46,11 @@ final class PickleList {
 final class PickleDict {
     private(set) var items: [(key: PickleValue, value: PickleValue)] = []
     private var stringKeys: [String: Int] = [:]
+
+    func removeAll() {
+        items = []
+        stringKeys = [:]
+    }
 
     func set(_ key: PickleValue, _ value: PickleValue) {
         if case .string(let text) = key {
@@ -148,11 +154,59 @@ struct RestrictedUnpickler {
     private var stack: [PickleValue] = []
     private var marks: [Int] = []
     private var memo: [Int: PickleValue] = [:]
+    /// Every value ever pushed, kept alive until `dismantle` releases them level by level (a
+    /// value dropped mid-run — popped, overwritten in the memo, a discarded argument — could
+    /// otherwise free a deep graph recursively).
+    private var retained: [PickleValue] = []
+    private var tupleCount = 0
 
-    /// Reads the pickle `bytes` (the contents of `data.pkl` in `file`) and returns its object.
+    /// Reads the pickle `bytes` (the contents of `data.pkl` in `file`) as a state dict: a dict
+    /// (or `OrderedDict`) from tensor names to tensors, in its order.
+    ///
+    /// Every value built is kept alive until the end and the graph is then dismantled level by
+    /// level (returning or throwing), so a pickle nesting containers a million deep cannot
+    /// overflow the stack through recursive deallocation.
+    static func loadStateDict(_ bytes: UnsafeRawBufferPointer, file: String) throws(PyTorchCheckpointError) -> [(name: String, tensor: PickleTensor)] {
+        var reader = RestrictedUnpickler(bytes: bytes, file: file)
+        defer { dismantle(reader.retained) }
+        let root = try reader.run()
+        guard case .dict(let dict) = root else { throw .notAStateDict(file: file, reason: "data.pkl holds \(root.kind), not a dict") }
+        var result: [(name: String, tensor: PickleTensor)] = []
+        for (key, value) in dict.items {
+            guard case .string(let name) = key else { throw .notAStateDict(file: file, reason: "a key is \(key.kind), not a tensor name") }
+            guard case .tensor(let tensor) = value else { throw .notAStateDict(file: file, reason: "'\(name)' is \(value.kind), not a tensor") }
+            result.append((name, tensor))
+        }
+        return result
+    }
+
+    /// Reads the pickle and returns its object graph (for tests of plain values; the caller
+    /// releases the graph, see `dismantle`).
     static func load(_ bytes: UnsafeRawBufferPointer, file: String) throws(PyTorchCheckpointError) -> PickleValue {
         var reader = RestrictedUnpickler(bytes: bytes, file: file)
         return try reader.run()
+    }
+
+    /// Releases values one nesting level at a time: each container's children are moved to a
+    /// work list (which keeps them alive) before the container goes, so no release recurses.
+    /// Emptying lists and dicts also breaks the reference cycles a memo can build.
+    static func dismantle(_ values: [PickleValue]) {
+        var pending = values
+        var visitedTuples: Set<Int> = []
+        while let value = pending.popLast() {
+            switch value {
+            case .tuple(let items, let id):
+                if visitedTuples.insert(id).inserted { pending.append(contentsOf: items) }
+            case .list(let list):
+                pending.append(contentsOf: list.items)
+                list.items = []
+            case .dict(let dict):
+                for (key, item) in dict.items { pending.append(key); pending.append(item) }
+                dict.removeAll()
+            default:
+                break
+            }
+        }
     }
 
     private init(bytes: UnsafeRawBufferPointer, file: String) {
@@ -213,6 +267,16 @@ struct RestrictedUnpickler {
 
     // MARK: The stack
 
+    private mutating func tuple(_ items: [PickleValue]) -> PickleValue {
+        defer { tupleCount += 1 }
+        return .tuple(items, id: tupleCount)
+    }
+
+    private mutating func push(_ value: PickleValue) {
+        stack.append(value)
+        retained.append(value)
+    }
+
     private mutating func pop() throws(PyTorchCheckpointError) -> PickleValue {
         guard let value = stack.popLast(), stack.count >= (marks.last ?? 0) else { throw invalid("stack underflow") }
         return value
@@ -263,45 +327,45 @@ struct RestrictedUnpickler {
             case UInt8(ascii: "("): marks.append(stack.count)  // MARK
             case UInt8(ascii: "0"): _ = try pop()  // POP
             case UInt8(ascii: "1"): _ = try popMark()  // POP_MARK
-            case UInt8(ascii: "2"): stack.append(try top())  // DUP
+            case UInt8(ascii: "2"): push(try top())  // DUP
 
-            case UInt8(ascii: "N"): stack.append(.none)
-            case 0x88: stack.append(.bool(true))  // NEWTRUE
-            case 0x89: stack.append(.bool(false))  // NEWFALSE
-            case UInt8(ascii: "J"): stack.append(.int(Int(Int32(bitPattern: try readUInt(UInt32.self)))))  // BININT
-            case UInt8(ascii: "K"): stack.append(.int(Int(try readUInt(UInt8.self))))  // BININT1
-            case UInt8(ascii: "M"): stack.append(.int(Int(try readUInt(UInt16.self))))  // BININT2
-            case 0x8A: stack.append(.int(try readLong(count: Int(try readUInt(UInt8.self)))))  // LONG1
-            case 0x8B: stack.append(.int(try readLong(count: try readLength(UInt32.self))))  // LONG4
+            case UInt8(ascii: "N"): push(.none)
+            case 0x88: push(.bool(true))  // NEWTRUE
+            case 0x89: push(.bool(false))  // NEWFALSE
+            case UInt8(ascii: "J"): push(.int(Int(Int32(bitPattern: try readUInt(UInt32.self)))))  // BININT
+            case UInt8(ascii: "K"): push(.int(Int(try readUInt(UInt8.self))))  // BININT1
+            case UInt8(ascii: "M"): push(.int(Int(try readUInt(UInt16.self))))  // BININT2
+            case 0x8A: push(.int(try readLong(count: Int(try readUInt(UInt8.self)))))  // LONG1
+            case 0x8B: push(.int(try readLong(count: try readLength(UInt32.self))))  // LONG4
             case UInt8(ascii: "G"):  // BINFLOAT: big-endian IEEE double
                 let bits = UInt64(bigEndian: try read(8).loadUnaligned(as: UInt64.self))
-                stack.append(.float(Double(bitPattern: bits)))
+                push(.float(Double(bitPattern: bits)))
 
-            case UInt8(ascii: "X"): stack.append(.string(try readString(length: try readLength(UInt32.self))))  // BINUNICODE
-            case 0x8C: stack.append(.string(try readString(length: Int(try readUInt(UInt8.self)))))  // SHORT_BINUNICODE
-            case 0x8D: stack.append(.string(try readString(length: try readLength(UInt64.self))))  // BINUNICODE8
+            case UInt8(ascii: "X"): push(.string(try readString(length: try readLength(UInt32.self))))  // BINUNICODE
+            case 0x8C: push(.string(try readString(length: Int(try readUInt(UInt8.self)))))  // SHORT_BINUNICODE
+            case 0x8D: push(.string(try readString(length: try readLength(UInt64.self))))  // BINUNICODE8
             case UInt8(ascii: "T"), UInt8(ascii: "U"):  // BINSTRING, SHORT_BINSTRING (Python 2 str, as Latin-1)
                 let length = opcode == UInt8(ascii: "T") ? try readLength(UInt32.self) : Int(try readUInt(UInt8.self))
-                stack.append(.string(String(try read(length).map { Character(Unicode.Scalar($0)) })))
-            case UInt8(ascii: "B"): stack.append(.bytes(Array(try read(try readLength(UInt32.self)))))  // BINBYTES
-            case UInt8(ascii: "C"): stack.append(.bytes(Array(try read(Int(try readUInt(UInt8.self))))))  // SHORT_BINBYTES
-            case 0x8E: stack.append(.bytes(Array(try read(try readLength(UInt64.self)))))  // BINBYTES8
+                push(.string(String(try read(length).map { Character(Unicode.Scalar($0)) })))
+            case UInt8(ascii: "B"): push(.bytes(Array(try read(try readLength(UInt32.self)))))  // BINBYTES
+            case UInt8(ascii: "C"): push(.bytes(Array(try read(Int(try readUInt(UInt8.self))))))  // SHORT_BINBYTES
+            case 0x8E: push(.bytes(Array(try read(try readLength(UInt64.self)))))  // BINBYTES8
 
-            case UInt8(ascii: ")"): stack.append(.tuple([]))  // EMPTY_TUPLE
-            case UInt8(ascii: "t"): stack.append(.tuple(try popMark()))  // TUPLE
-            case 0x85: stack.append(.tuple([try pop()]))  // TUPLE1
+            case UInt8(ascii: ")"): push(tuple([]))  // EMPTY_TUPLE
+            case UInt8(ascii: "t"): push(tuple(try popMark()))  // TUPLE
+            case 0x85: push(tuple([try pop()]))  // TUPLE1
             case 0x86:  // TUPLE2
                 let second = try pop(), first = try pop()
-                stack.append(.tuple([first, second]))
+                push(tuple([first, second]))
             case 0x87:  // TUPLE3
                 let third = try pop(), second = try pop(), first = try pop()
-                stack.append(.tuple([first, second, third]))
+                push(tuple([first, second, third]))
 
-            case UInt8(ascii: "]"): stack.append(.list(PickleList()))  // EMPTY_LIST
+            case UInt8(ascii: "]"): push(.list(PickleList()))  // EMPTY_LIST
             case UInt8(ascii: "l"):  // LIST
                 let list = PickleList()
                 list.items = try popMark()
-                stack.append(.list(list))
+                push(.list(list))
             case UInt8(ascii: "a"):  // APPEND
                 let item = try pop()
                 guard case .list(let list) = try top() else { throw invalid("APPEND to \(stack.last?.kind ?? "nothing")", at: offset) }
@@ -311,13 +375,13 @@ struct RestrictedUnpickler {
                 guard case .list(let list) = try top() else { throw invalid("APPENDS to \(stack.last?.kind ?? "nothing")", at: offset) }
                 list.items += items
 
-            case UInt8(ascii: "}"): stack.append(.dict(PickleDict()))  // EMPTY_DICT
+            case UInt8(ascii: "}"): push(.dict(PickleDict()))  // EMPTY_DICT
             case UInt8(ascii: "d"):  // DICT
                 let items = try popMark()
                 guard items.count % 2 == 0 else { throw invalid("DICT with an odd number of items", at: offset) }
                 let dict = PickleDict()
                 for pair in stride(from: 0, to: items.count, by: 2) { dict.set(items[pair], items[pair + 1]) }
-                stack.append(.dict(dict))
+                push(.dict(dict))
             case UInt8(ascii: "s"):  // SETITEM
                 let value = try pop(), key = try pop()
                 guard case .dict(let dict) = try top() else { throw invalid("SETITEM on \(stack.last?.kind ?? "nothing")", at: offset) }
@@ -328,27 +392,27 @@ struct RestrictedUnpickler {
                 guard case .dict(let dict) = try top() else { throw invalid("SETITEMS on \(stack.last?.kind ?? "nothing")", at: offset) }
                 for pair in stride(from: 0, to: items.count, by: 2) { dict.set(items[pair], items[pair + 1]) }
 
-            case UInt8(ascii: "h"): stack.append(try memoized(Int(try readUInt(UInt8.self))))  // BINGET
-            case UInt8(ascii: "j"): stack.append(try memoized(Int(try readUInt(UInt32.self))))  // LONG_BINGET
+            case UInt8(ascii: "h"): push(try memoized(Int(try readUInt(UInt8.self))))  // BINGET
+            case UInt8(ascii: "j"): push(try memoized(Int(try readUInt(UInt32.self))))  // LONG_BINGET
             case UInt8(ascii: "q"): memo[Int(try readUInt(UInt8.self))] = try top()  // BINPUT
             case UInt8(ascii: "r"): memo[Int(try readUInt(UInt32.self))] = try top()  // LONG_BINPUT
             case 0x94: memo[memo.count] = try top()  // MEMOIZE
 
             case UInt8(ascii: "c"):  // GLOBAL module\nname\n
                 let module = try readLine(), name = try readLine()
-                stack.append(try global(module: module, name: name, at: offset))
+                push(try global(module: module, name: name, at: offset))
             case 0x93:  // STACK_GLOBAL
                 let name = try pop(), module = try pop()
                 guard case .string(let moduleName) = module, case .string(let globalName) = name else {
                     throw invalid("STACK_GLOBAL operands are not strings", at: offset)
                 }
-                stack.append(try global(module: moduleName, name: globalName, at: offset))
+                push(try global(module: moduleName, name: globalName, at: offset))
             case UInt8(ascii: "i"):  // INST module\nname\n: instantiates a class
                 let module = try readLine(), name = try readLine()
                 throw .forbiddenGlobal(file: file, offset: offset, name: "\(module).\(name)")
             case UInt8(ascii: "R"):  // REDUCE
                 let arguments = try pop(), callable = try pop()
-                stack.append(try reduce(callable, arguments, at: offset))
+                push(try reduce(callable, arguments, at: offset))
             case UInt8(ascii: "b"):  // BUILD
                 let state = try pop()
                 guard case .dict = try top() else {
@@ -356,7 +420,7 @@ struct RestrictedUnpickler {
                 }
                 _ = state  // an OrderedDict's attributes (`_metadata`): not needed, dropped
             case UInt8(ascii: "Q"):  // BINPERSID
-                stack.append(try persistentLoad(try pop(), at: offset))
+                push(try persistentLoad(try pop(), at: offset))
 
             default:
                 throw .unsupportedOpcode(file: file, offset: offset, opcode: Self.opcodeName(opcode))
@@ -368,7 +432,7 @@ struct RestrictedUnpickler {
     /// `REDUCE` on an allowed global, interpreted without calling anything.
     private func reduce(_ callable: PickleValue, _ arguments: PickleValue, at offset: Int) throws(PyTorchCheckpointError) -> PickleValue {
         guard case .global(let global) = callable else { throw invalid("REDUCE on \(callable.kind), not a global", at: offset) }
-        guard case .tuple(let args) = arguments else { throw invalid("REDUCE arguments are \(arguments.kind), not a tuple", at: offset) }
+        guard case .tuple(let args, _) = arguments else { throw invalid("REDUCE arguments are \(arguments.kind), not a tuple", at: offset) }
         switch global {
         case .orderedDict:
             let dict = PickleDict()
@@ -377,11 +441,11 @@ struct RestrictedUnpickler {
                 let pairs: [PickleValue]
                 switch first {
                 case .list(let list): pairs = list.items
-                case .tuple(let items): pairs = items
+                case .tuple(let items, _): pairs = items
                 default: throw invalid("OrderedDict(\(first.kind))", at: offset)
                 }
                 for pair in pairs {
-                    guard case .tuple(let kv) = pair, kv.count == 2 else { throw invalid("OrderedDict item is not a pair", at: offset) }
+                    guard case .tuple(let kv, _) = pair, kv.count == 2 else { throw invalid("OrderedDict item is not a pair", at: offset) }
                     dict.set(kv[0], kv[1])
                 }
             }
@@ -403,7 +467,7 @@ struct RestrictedUnpickler {
     }
 
     private static func integers(_ value: PickleValue) -> [Int]? {
-        guard case .tuple(let items) = value else { return nil }
+        guard case .tuple(let items, _) = value else { return nil }
         var result: [Int] = []
         for item in items {
             guard case .int(let number) = item else { return nil }
@@ -414,7 +478,7 @@ struct RestrictedUnpickler {
 
     /// `('storage', torch.<Type>Storage, key, location, numel)`, as `torch.save` writes storages.
     private func persistentLoad(_ id: PickleValue, at offset: Int) throws(PyTorchCheckpointError) -> PickleValue {
-        guard case .tuple(let fields) = id, fields.count == 5, case .string("storage") = fields[0],
+        guard case .tuple(let fields, _) = id, fields.count == 5, case .string("storage") = fields[0],
               case .global(.storageType(let typeName, let dtype)) = fields[1], case .string(let key) = fields[2],
               case .string = fields[3], case .int(let elementCount) = fields[4] else {
             throw invalid("persistent id is \(id.kind), not ('storage', torch.<Type>Storage, key, location, numel)", at: offset)
