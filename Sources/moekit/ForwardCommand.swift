@@ -14,7 +14,7 @@ struct ForwardCommand: ParsableCommand {
         """
     )
 
-    @Argument(help: "Model directory (config.json + safetensors).")
+    @Argument(help: "Model directory (config.json + safetensors or PyTorch .bin weights).")
     var modelDirectory: String
 
     @OptionGroup var input: TokenInputOptions

@@ -8,12 +8,13 @@ struct MoEKitCommand: ParsableCommand {
         commandName: "moekit",
         abstract: "Mixture-of-experts research on MiniCPM: upcycle, route, log, benchmark.",
         discussion: """
-        MoEKit reads and writes Hugging Face model directories (config.json + safetensors).
+        MoEKit reads Hugging Face model directories (config.json + safetensors or PyTorch .bin, whose pickle is
+        never run) and writes them as safetensors.
         OpenBLAS uses every core by default; set OPENBLAS_NUM_THREADS=N to use fewer.
         """,
         version: "0.1.0",
-        subcommands: [DemoCommand.self, InitCommand.self, ShowCommand.self, UpcycleCommand.self, TrainCommand.self, CorpusCommand.self,
-                      ForwardCommand.self, TraceCommand.self, TokenizeCommand.self, InspectCommand.self, BenchCommand.self]
+        subcommands: [DemoCommand.self, InitCommand.self, ShowCommand.self, ConvertCommand.self, UpcycleCommand.self, TrainCommand.self,
+                      CorpusCommand.self, ForwardCommand.self, TraceCommand.self, TokenizeCommand.self, InspectCommand.self, BenchCommand.self]
     )
 }
 

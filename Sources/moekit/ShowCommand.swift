@@ -5,11 +5,11 @@ import MoEKit
 struct ShowCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "show",
-        abstract: "Describe a model directory or a .safetensors file: config, tensors, parameter counts.",
+        abstract: "Describe a model directory or a weight file (.safetensors or PyTorch .bin): config, tensors, parameter counts.",
         discussion: "A model directory is checked against its config.json: missing tensors and wrong shapes are errors, unexpected tensors are listed."
     )
 
-    @Argument(help: "A model directory or a .safetensors file.")
+    @Argument(help: "A model directory (safetensors or PyTorch .bin weights) or one weight file.")
     var path: String
 
     @Flag(help: "Print JSON instead of a table.")
@@ -28,11 +28,11 @@ struct ShowCommand: ParsableCommand {
             }
             if let config = inspection.config {
                 let kind = config.isMoE ? "MiniCPM-MoE, \(config.numExperts!) experts, top-\(config.numExpertsPerToken ?? 2)" : "MiniCPM (dense)"
-                print("\(path): \(kind)")
+                print("\(path): \(kind), \(inspection.format == .pytorch ? "PyTorch .bin" : "safetensors") weights")
                 print("  hidden \(config.hiddenSize), intermediate \(config.intermediateSize), \(config.numHiddenLayers) layers, \(config.numAttentionHeads) heads (\(config.numKeyValueHeads) kv), vocab \(config.vocabSize)")
                 print("  scale_emb \(config.scaleEmb), dim_model_base \(config.dimModelBase), scale_depth \(config.scaleDepth), rope_theta \(config.ropeTheta), tied \(config.tieWordEmbeddings)")
             } else {
-                print("\(path): safetensors file\(inspection.metadata.map { ", metadata \($0)" } ?? "")")
+                print("\(path): \(inspection.format == .pytorch ? "PyTorch checkpoint" : "safetensors file")\(inspection.metadata.map { ", metadata \($0)" } ?? "")")
             }
             if let counts = inspection.parameters {
                 print("  parameters: \(counts.total.formatted()) total, \(counts.nonEmbedding.formatted()) non-embedding, \(counts.activePerToken.formatted()) active per token")

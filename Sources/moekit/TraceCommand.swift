@@ -13,7 +13,7 @@ struct TraceCommand: ParsableCommand {
         """
     )
 
-    @Argument(help: "MiniCPM-MoE model directory.")
+    @Argument(help: "MiniCPM-MoE model directory (safetensors or PyTorch .bin weights).")
     var modelDirectory: String
 
     @OptionGroup var input: TokenInputOptions

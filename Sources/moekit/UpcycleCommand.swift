@@ -17,7 +17,7 @@ struct UpcycleCommand: ParsableCommand {
         """
     )
 
-    @Argument(help: "Dense MiniCPM model directory (config.json + safetensors).")
+    @Argument(help: "Dense MiniCPM model directory (config.json + safetensors or PyTorch .bin weights).")
     var denseDirectory: String
 
     @Argument(help: "Output directory (must not exist unless --force).")

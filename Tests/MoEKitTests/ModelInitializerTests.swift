@@ -33,8 +33,8 @@ import Testing
         #expect(a == b)
         #expect(a["config.json"] == c["config.json"])
         #expect(a["model.safetensors"] != c["model.safetensors"])
-        let first = try SafetensorsCheckpoint(directory: directory.file("a")).floatTensor(MiniCPMTensorNames.queryProjection(0))
-        let other = try SafetensorsCheckpoint(directory: directory.file("c")).floatTensor(MiniCPMTensorNames.queryProjection(0))
+        let first = try ModelCheckpoint(directory: directory.file("a")).floatTensor(MiniCPMTensorNames.queryProjection(0))
+        let other = try ModelCheckpoint(directory: directory.file("c")).floatTensor(MiniCPMTensorNames.queryProjection(0))
         #expect(zip(first.values, other.values).filter { $0 == $1 }.count < first.count / 100)
     }
 
@@ -45,7 +45,7 @@ import Testing
         let path = directory.file("model")
         let summary = try ModelInitializer.write(config: Self.smallConfig, to: path, dtype: .float32, seed: 0, progress: .quiet)
         #expect(ModelInitializer.standardDeviation(for: Self.smallConfig) == 0.05)
-        let checkpoint = try SafetensorsCheckpoint(directory: path)
+        let checkpoint = try ModelCheckpoint(directory: path)
         let config = try MiniCPMConfig(path: path + "/config.json")
         #expect(config.torchDtype == "float32")
         #expect(try MiniCPMLayout(config: config).check(checkpoint) == [])

@@ -362,7 +362,7 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
 }
 
 /// Sharded checkpoints: shards named `model-0000i-of-0000n.safetensors`, split at the size
-/// limit, an index with `total_size` and `weight_map`, read back through `SafetensorsCheckpoint`.
+/// limit, an index with `total_size` and `weight_map`, read back through `ModelCheckpoint`.
 @Suite struct ShardedCheckpointTests {
     /// Writes `tensors` (name, f32 tensor) through the sharded writer in its write order.
     static func writeSharded(_ tensors: [String: Tensor], dtype: SafetensorsDType, to directory: String, limit: Int, alwaysIndex: Bool = true) throws -> ShardedSafetensorsWriter {
@@ -404,14 +404,15 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         #expect(json.objectValue?["metadata"]?.objectValue?["total_size"] == .integer(392))
         #expect(json.objectValue?["weight_map"]?.objectValue?["c"] == .string(names[1]))
 
-        let checkpoint = try SafetensorsCheckpoint(directory: directory.path)
-        #expect(checkpoint.files.map { URL(fileURLWithPath: $0.path).lastPathComponent } == names)
+        let checkpoint = try ModelCheckpoint(directory: directory.path)
+        #expect(checkpoint.files.map { URL(fileURLWithPath: $0).lastPathComponent } == names)
         #expect(checkpoint.names == ["a", "b", "c", "d", "e"])
         for (name, tensor) in tensors {
             #expect(try checkpoint.floatTensor(name) == tensor)
         }
-        for file in checkpoint.files where file.tensors.count > 1 {
-            #expect(file.tensors.reduce(0) { $0 + $1.byteCount } <= 128)
+        for file in checkpoint.files {
+            let held = checkpoint.tensors.filter { $0.file == file }
+            if held.count > 1 { #expect(held.reduce(0) { $0 + $1.byteCount } <= 128) }
         }
     }
 
@@ -433,7 +434,7 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         }
         #expect(asked == ["a", "c"])
         try writer.finish()
-        let checkpoint = try SafetensorsCheckpoint(directory: directory.path)
+        let checkpoint = try ModelCheckpoint(directory: directory.path)
         #expect(checkpoint.names == ["a", "b", "c", "d"])
         #expect(try checkpoint.floatTensor("b").shape == [0, 2])
         #expect(try checkpoint.floatTensor("c") == tensors["c"]!)
@@ -451,7 +452,7 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         let tensors: [String: Tensor] = ["x": randomTensor([3, 3], seed: 8), "y": randomTensor([5], seed: 9)]
         _ = try Self.writeSharded(tensors, dtype: .bfloat16, to: directory.path, limit: ShardedSafetensorsWriter.defaultShardSize, alwaysIndex: false)
         #expect(directoryEntries(directory.path) == ["model.safetensors"])
-        let checkpoint = try SafetensorsCheckpoint(directory: directory.path)
+        let checkpoint = try ModelCheckpoint(directory: directory.path)
         let rounded = tensors["x"]!.values.map { HalfPrecision.float(fromBFloat16: HalfPrecision.bfloat16Bits(from: $0)) }
         #expect(try checkpoint.floatTensor("x").values == rounded)
         #expect(checkpoint.dominantDType == .bfloat16)
@@ -470,7 +471,7 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
     @Test func indexNamingAMissingTensorIsAClearError() throws {
         let directory = TemporaryDirectory()
         try Self.twoShardCheckpoint(in: directory.path) { $0["ghost"] = "model-00001-of-00002.safetensors" }
-        let error = #expect(throws: CheckpointError.self) { try SafetensorsCheckpoint(directory: directory.path) }
+        let error = #expect(throws: CheckpointError.self) { try ModelCheckpoint(directory: directory.path) }
         #expect(error == .shardMissingTensor(path: directory.file("model-00001-of-00002.safetensors"), tensor: "ghost"))
         #expect(error?.errorDescription?.contains("'ghost'") == true)
     }
@@ -479,7 +480,7 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
     @Test func indexNamingAMissingShardIsAClearError() throws {
         let directory = TemporaryDirectory()
         try Self.twoShardCheckpoint(in: directory.path) { $0["b"] = "model-00009-of-00009.safetensors" }
-        let error = #expect(throws: CheckpointError.self) { try SafetensorsCheckpoint(directory: directory.path) }
+        let error = #expect(throws: CheckpointError.self) { try ModelCheckpoint(directory: directory.path) }
         let missing = directory.file("model-00009-of-00009.safetensors")
         #expect(error == .safetensors(.cannotOpen(file: missing, reason: "No such file or directory")))
         #expect(error?.errorDescription?.contains(missing) == true)
@@ -492,7 +493,7 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         let indexPath = directory.file(SafetensorsIndex.fileName)
         let shard = directory.file("model-00001-of-00001.safetensors")
         try Data(#"{"weight_map": {"a": "model-00001-of-00001.safetensors"}}"#.utf8).write(to: URL(fileURLWithPath: indexPath))
-        let error = #expect(throws: CheckpointError.self) { try SafetensorsCheckpoint(directory: directory.path) }
+        let error = #expect(throws: CheckpointError.self) { try ModelCheckpoint(directory: directory.path) }
         #expect(error == .invalidField(path: indexPath, field: "weight_map", reason: "does not list tensor 'b' of \(shard)"))
     }
 
@@ -501,32 +502,24 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         let directory = TemporaryDirectory()
         let indexPath = directory.file(SafetensorsIndex.fileName)
         try Data("[]".utf8).write(to: URL(fileURLWithPath: indexPath))
-        #expect(throws: CheckpointError.invalidJSON(path: indexPath, reason: "not a JSON object")) { try SafetensorsCheckpoint(directory: directory.path) }
+        #expect(throws: CheckpointError.invalidJSON(path: indexPath, reason: "not a JSON object")) { try ModelCheckpoint(directory: directory.path) }
         try Data(#"{"metadata": {}}"#.utf8).write(to: URL(fileURLWithPath: indexPath))
-        #expect(throws: CheckpointError.invalidField(path: indexPath, field: "weight_map", reason: "missing or not an object")) { try SafetensorsCheckpoint(directory: directory.path) }
+        #expect(throws: CheckpointError.invalidField(path: indexPath, field: "weight_map", reason: "missing or not an object")) { try ModelCheckpoint(directory: directory.path) }
         try Data(#"{"weight_map": {"a": "../elsewhere.safetensors"}}"#.utf8).write(to: URL(fileURLWithPath: indexPath))
-        #expect(throws: CheckpointError.invalidField(path: indexPath, field: "weight_map.a", reason: "not a shard file name")) { try SafetensorsCheckpoint(directory: directory.path) }
+        #expect(throws: CheckpointError.invalidField(path: indexPath, field: "weight_map.a", reason: "not a shard file name")) { try ModelCheckpoint(directory: directory.path) }
     }
 }
 
-/// Model directories: pickle checkpoints are refused unread; the torch-written fixture loads.
+/// Model directories: what is looked for, and the torch-written fixture. (PyTorch `.bin`
+/// directories, including the malicious one: PyTorchCheckpointTests.)
 @Suite struct ModelDirectoryTests {
-    /// A directory holding only `pytorch_model.bin` is `pickleCheckpoint` and the pickle (which
-    /// would `touch /tmp/moekit-pwned`) is never run.
-    @Test func pickleOnlyDirectoryIsRefusedUnread() throws {
-        let directory = Fixtures.path("refuse-me")
-        #expect(throws: CheckpointError.pickleCheckpoint(path: directory + "/pytorch_model.bin")) { try SafetensorsCheckpoint(directory: directory) }
-        #expect(throws: CheckpointError.pickleCheckpoint(path: directory + "/pytorch_model.bin")) { try CheckpointInspection(path: directory) }
-        #expect(!FileManager.default.fileExists(atPath: "/tmp/moekit-pwned"))
-    }
-
     /// Missing directory, a file passed as a directory, and a directory with no weights are distinct errors.
     @Test func directoriesWithoutWeightsAreDistinctErrors() throws {
         let directory = TemporaryDirectory()
-        #expect(throws: CheckpointError.missingFile(path: directory.file("nope"))) { try SafetensorsCheckpoint(directory: directory.file("nope")) }
-        #expect(throws: CheckpointError.noWeights(directory: directory.path)) { try SafetensorsCheckpoint(directory: directory.path) }
+        #expect(throws: CheckpointError.missingFile(path: directory.file("nope"))) { try ModelCheckpoint(directory: directory.file("nope")) }
+        #expect(throws: CheckpointError.noWeights(directory: directory.path)) { try ModelCheckpoint(directory: directory.path) }
         writeBytes([1], to: directory.file("plain"))
-        #expect(throws: CheckpointError.notADirectory(path: directory.file("plain"))) { try SafetensorsCheckpoint(directory: directory.file("plain")) }
+        #expect(throws: CheckpointError.notADirectory(path: directory.file("plain"))) { try ModelCheckpoint(directory: directory.file("plain")) }
     }
 
     /// The checkpoint saved by PyTorch's `safetensors` loads and matches its config.json exactly.
@@ -534,7 +527,7 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         let directory = Fixtures.path("minicpm-tiny-torch")
         let file = try SafetensorsFile(path: directory + "/model.safetensors")
         #expect(file.metadata == ["format": "pt"])
-        let checkpoint = try SafetensorsCheckpoint(directory: directory)
+        let checkpoint = try ModelCheckpoint(directory: directory)
         let config = try MiniCPMConfig(path: directory + "/config.json")
         let layout = MiniCPMLayout(config: config)
         #expect(try layout.check(checkpoint) == [])
@@ -551,7 +544,7 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
     /// A wrong shape or a missing tensor in a model directory is an error naming the tensor.
     @Test func layoutCheckNamesTheWrongTensor() throws {
         let directory = Fixtures.path("minicpm-tiny-torch")
-        let checkpoint = try SafetensorsCheckpoint(directory: directory)
+        let checkpoint = try ModelCheckpoint(directory: directory)
         var config = try MiniCPMConfig(path: directory + "/config.json")
         config.intermediateSize = 128
         #expect(throws: CheckpointError.shapeMismatch(directory: directory, tensor: MiniCPMTensorNames.gateProjection(0), expected: [128, 64], actual: [160, 64])) {

@@ -31,7 +31,7 @@ private func upcycle(_ dense: String, _ output: String, _ options: UpcycleOption
     try Upcycler.run(try UpcyclePlan(denseDirectory: dense, options: options), outputDirectory: output, verifier: verifier)
 }
 
-private func bytes(_ checkpoint: SafetensorsCheckpoint, _ name: String) throws -> [UInt8] { Array(try checkpoint.bytes(name)) }
+private func bytes(_ checkpoint: ModelCheckpoint, _ name: String) throws -> [UInt8] { try checkpoint.withBytes(name) { Array($0) } }
 
 /// Names in `parent` that look like AtomicDirectory temporaries (`.NAME.tmp-…`).
 private func leftoverTemporaries(in parent: String) -> [String] {
@@ -68,8 +68,8 @@ struct UpcyclingExpertTests {
         let dense = try denseModel(in: temp)
         let output = temp.file("moe")
         try upcycle(dense, output, options(experts: 4, topK: 2))
-        let source = try SafetensorsCheckpoint(directory: dense)
-        let result = try SafetensorsCheckpoint(directory: output)
+        let source = try ModelCheckpoint(directory: dense)
+        let result = try ModelCheckpoint(directory: output)
         for layer in 0 ..< 2 {
             for expert in 0 ..< 4 {
                 for projection in ExpertProjection.allCases {
@@ -90,8 +90,8 @@ struct UpcyclingExpertTests {
         let temp = TemporaryDirectory()
         let dense = try denseModel(in: temp)
         try upcycle(dense, temp.file("moe"), options(experts: 2, topK: 1, dtype: .float32))
-        let source = try SafetensorsCheckpoint(directory: dense)
-        let result = try SafetensorsCheckpoint(directory: temp.file("moe"))
+        let source = try ModelCheckpoint(directory: dense)
+        let result = try ModelCheckpoint(directory: temp.file("moe"))
         #expect(try result.info(MiniCPMTensorNames.embedTokens).dtype == .float32)
         #expect(try result.floatTensor(MiniCPMTensorNames.embedTokens) == source.floatTensor(MiniCPMTensorNames.embedTokens))
         #expect(try result.floatTensor(MiniCPMTensorNames.expertDown(1, 1)) == source.floatTensor(MiniCPMTensorNames.downProjection(1)))
@@ -104,14 +104,14 @@ struct UpcyclingExpertTests {
     @Test func noiseDifferenceGrowsWithStandardDeviation() throws {
         let temp = TemporaryDirectory()
         let dense = try denseModel(in: temp, dtype: .float32)
-        let source = try SafetensorsCheckpoint(directory: dense)
+        let source = try ModelCheckpoint(directory: dense)
         let gate = try source.floatTensor(MiniCPMTensorNames.gateProjection(0))
         let reference = ExpertNoise.standardDeviation(gate.values)
         var previous = 0.0
         for (index, std) in [0.01, 0.1, 0.5].enumerated() {
             let output = temp.file("noise\(index)")
             try upcycle(dense, output, options(experts: 2, topK: 1, method: .noise) { $0.noiseStandardDeviation = std })
-            let result = try SafetensorsCheckpoint(directory: output)
+            let result = try ModelCheckpoint(directory: output)
             let expert0 = try result.floatTensor(MiniCPMTensorNames.expertGate(0, 0))
             let expert1 = try result.floatTensor(MiniCPMTensorNames.expertGate(0, 1))
             let difference = zip(expert0.values, gate.values).map { $0 - $1 }
@@ -122,8 +122,8 @@ struct UpcyclingExpertTests {
             previous = measured
         }
         try upcycle(dense, temp.file("again"), options(experts: 2, topK: 1, method: .noise) { $0.noiseStandardDeviation = 0.5 })
-        #expect(try SafetensorsCheckpoint(directory: temp.file("again")).floatTensor(MiniCPMTensorNames.expertUp(1, 1))
-            == SafetensorsCheckpoint(directory: temp.file("noise2")).floatTensor(MiniCPMTensorNames.expertUp(1, 1)))
+        #expect(try ModelCheckpoint(directory: temp.file("again")).floatTensor(MiniCPMTensorNames.expertUp(1, 1))
+            == ModelCheckpoint(directory: temp.file("noise2")).floatTensor(MiniCPMTensorNames.expertUp(1, 1)))
     }
 
     /// `partition`, hand-checked: I = 4, H = 1, groups {0, 2} and {1, 3}: w1/w3 keep the group's
@@ -148,8 +148,8 @@ struct UpcyclingExpertTests {
         let dense = try denseModel(in: temp, dtype: .float32)
         let experts = 4
         try upcycle(dense, temp.file("moe"), options(experts: experts, topK: 2, method: .partition) { $0.partitionBy = grouping; $0.seed = 3 })
-        let source = try SafetensorsCheckpoint(directory: dense)
-        let result = try SafetensorsCheckpoint(directory: temp.file("moe"))
+        let source = try ModelCheckpoint(directory: dense)
+        let result = try ModelCheckpoint(directory: temp.file("moe"))
         #expect(try MiniCPMConfig(path: temp.file("moe/config.json")).intermediateSize == 12)
         let gate = try source.floatTensor(MiniCPMTensorNames.gateProjection(1))
         let up = try source.floatTensor(MiniCPMTensorNames.upProjection(1))
@@ -206,8 +206,8 @@ struct UpcyclingExpertTests {
         let temp = TemporaryDirectory()
         let dense = try denseModel(in: temp, dtype: .float32)
         try upcycle(dense, temp.file("moe"), options(experts: 6, topK: 2, method: .granular) { $0.granularity = 3 })
-        let source = try SafetensorsCheckpoint(directory: dense)
-        let result = try SafetensorsCheckpoint(directory: temp.file("moe"))
+        let source = try ModelCheckpoint(directory: dense)
+        let result = try ModelCheckpoint(directory: temp.file("moe"))
         #expect(try MiniCPMConfig(path: temp.file("moe/config.json")).intermediateSize == 16)
         let s = Float(pow(3.0, 1.0 / 3.0))
         let up = try source.floatTensor(MiniCPMTensorNames.upProjection(0))
@@ -273,7 +273,7 @@ struct UpcyclingOutputTests {
         #expect(config.scaleDepth == 1.4 && config.scaleEmb == 12 && config.dimModelBase == 8)
         let text = String(decoding: FileManager.default.contents(atPath: output + "/config.json") ?? Data(), as: UTF8.self)
         #expect(text.contains("\"rope_theta\"") && text.contains("\"tie_word_embeddings\""))
-        let checkpoint = try SafetensorsCheckpoint(directory: output)
+        let checkpoint = try ModelCheckpoint(directory: output)
         #expect(Set(index.weightMap.keys) == Set(checkpoint.names))
         #expect(try MiniCPMLayout(config: config).check(checkpoint).isEmpty)
         #expect(leftoverTemporaries(in: temp.path).isEmpty)
@@ -341,7 +341,7 @@ struct UpcyclingOutputTests {
         try upcycle(dense, temp.file("first"), options(experts: 2, topK: 1))
         refused(options(experts: 2, topK: 1), from: temp.file("first")) { if case .alreadyMoE = $0 { true } else { false } }
         // Missing tensor: a copy of the dense model without one MLP matrix.
-        let source = try SafetensorsCheckpoint(directory: dense)
+        let source = try ModelCheckpoint(directory: dense)
         let broken = temp.file("broken")
         try FileManager.default.createDirectory(atPath: broken, withIntermediateDirectories: false)
         try FileManager.default.copyItem(atPath: dense + "/config.json", toPath: broken + "/config.json")
@@ -382,8 +382,8 @@ struct UpcyclingOutputTests {
         #expect(parameters?["total"] == .integer(Int64(counts.total)))
         #expect(parameters?["active_per_token"] == .integer(Int64(counts.activePerToken)))
         #expect(parameters?["non_embedding"] == .integer(Int64(counts.nonEmbedding)))
-        let checkpoint = try SafetensorsCheckpoint(directory: output)
-        let tensorBytes = checkpoint.files.flatMap(\.tensors).reduce(0) { $0 + $1.byteCount }
+        let checkpoint = try ModelCheckpoint(directory: output)
+        let tensorBytes = checkpoint.tensors.reduce(0) { $0 + $1.byteCount }
         #expect(report["bytes_written"] == .integer(Int64(tensorBytes)))
     }
 

@@ -5,7 +5,6 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
     case missingFile(path: String)
     case notADirectory(path: String)
     case noWeights(directory: String)
-    case pickleCheckpoint(path: String)
     case invalidJSON(path: String, reason: String)
     case missingField(path: String, field: String)
     case invalidField(path: String, field: String, reason: String)
@@ -14,6 +13,7 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
     case shapeMismatch(directory: String, tensor: String, expected: [Int], actual: [Int])
     case shardMissingTensor(path: String, tensor: String)
     case safetensors(SafetensorsError)
+    case pytorch(PyTorchCheckpointError)
     case alreadyExists(path: String)
     case invalidArgument(String)
 
@@ -21,9 +21,8 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
         switch self {
         case let .missingFile(path): return "\(path): no such file"
         case let .notADirectory(path): return "\(path): not a model directory"
-        case let .noWeights(directory): return "\(directory): no model.safetensors or model.safetensors.index.json"
-        case let .pickleCheckpoint(path):
-            return "\(path): PyTorch pickle checkpoints are not loaded (unpickling can run arbitrary code); convert it to safetensors with the `safetensors` package first"
+        case let .noWeights(directory):
+            return "\(directory): no weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)"
         case let .invalidJSON(path, reason): return "\(path): invalid JSON: \(reason)"
         case let .missingField(path, field): return "\(path): missing field '\(field)'"
         case let .invalidField(path, field, reason): return "\(path): field '\(field)' \(reason)"
@@ -35,6 +34,7 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
             return "\(directory): tensor '\(tensor)' has shape \(actual), config.json implies \(expected)"
         case let .shardMissingTensor(path, tensor): return "\(path): index names tensor '\(tensor)' but the shard does not hold it"
         case let .safetensors(error): return error.errorDescription
+        case let .pytorch(error): return error.errorDescription
         case let .alreadyExists(path): return "\(path): already exists (use --force to replace it)"
         case let .invalidArgument(message): return message
         }

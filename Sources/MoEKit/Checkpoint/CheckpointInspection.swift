@@ -16,41 +16,39 @@ public struct CheckpointInspection: Sendable {
     public var parameters: MiniCPMLayout.ParameterCounts?
     public var tensors: [TensorEntry]
     public var metadata: [String: String]?
+    /// The weights' file format.
+    public var format: ModelCheckpoint.Format
     /// Tensors the config does not explain.
     public var unexpected: [String]
 
-    /// Inspects a model directory (config.json is checked against the tensors) or a single
-    /// `.safetensors` file. With `includeValues`, every tensor's values are decoded to f32.
+    /// Inspects a model directory (config.json is checked against the tensors) or a single weight
+    /// file (`.safetensors` or a PyTorch `.bin`). With `includeValues`, every tensor's values are
+    /// decoded to f32.
     public init(path: String, includeValues: Bool = false) throws(CheckpointError) {
         self.path = path
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw .missingFile(path: path) }
-        var files: [SafetensorsFile]
+        let checkpoint: ModelCheckpoint
         if isDirectory.boolValue {
-            let checkpoint = try SafetensorsCheckpoint(directory: path)
+            checkpoint = try ModelCheckpoint(directory: path)
             let config = try MiniCPMConfig(path: path + "/config.json")
             let layout = MiniCPMLayout(config: config)
             unexpected = try layout.check(checkpoint)
             self.config = config
             parameters = layout.parameterCounts
-            files = checkpoint.files
         } else {
-            do { files = [try SafetensorsFile(path: path)] } catch { throw .safetensors(error) }
+            checkpoint = try ModelCheckpoint(file: path)
             unexpected = []
         }
-        metadata = files.first?.metadata
+        format = checkpoint.format
+        metadata = checkpoint.metadata
         var entries: [TensorEntry] = []
-        for file in files {
-            let fileName = URL(fileURLWithPath: file.path).lastPathComponent
-            for info in file.tensors {
-                var values: [Float]?
-                if includeValues {
-                    do { values = try file.floatTensor(info.name).values } catch { throw .safetensors(error) }
-                }
-                entries.append(TensorEntry(name: info.name, dtype: info.dtype.rawValue, shape: info.shape, file: fileName, values: values))
-            }
+        for info in checkpoint.tensors {
+            let values = includeValues ? try checkpoint.floatTensor(info.name).values : nil
+            entries.append(TensorEntry(name: info.name, dtype: info.dtype.rawValue, shape: info.shape,
+                                       file: URL(fileURLWithPath: info.file).lastPathComponent, values: values))
         }
-        tensors = entries.sorted { $0.name < $1.name }
+        tensors = entries
     }
 
     /// Total bytes per storage dtype.
@@ -65,7 +63,7 @@ public struct CheckpointInspection: Sendable {
 
     /// A JSON object describing the checkpoint (values included when they were read).
     public func json() -> JSONValue {
-        var object: [String: JSONValue] = ["path": .string(path)]
+        var object: [String: JSONValue] = ["path": .string(path), "format": .string(format.rawValue)]
         if let config { object["config"] = .object(config.jsonObject()) }
         if let parameters {
             object["parameters"] = .object([

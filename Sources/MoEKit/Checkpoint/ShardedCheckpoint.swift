@@ -1,6 +1,7 @@
 import Foundation
 
-/// `model.safetensors.index.json`: which shard holds each tensor, as Hugging Face writes it.
+/// `model.safetensors.index.json`: which shard holds each tensor, as Hugging Face writes it (its
+/// `pytorch_model.bin.index.json` has the same layout and is read by the same parser).
 public struct SafetensorsIndex: Sendable, Equatable {
     public static let fileName = "model.safetensors.index.json"
 
@@ -148,5 +149,45 @@ public final class ShardedSafetensorsWriter {
         }
         let index = SafetensorsIndex(totalSize: tensorsInWriteOrder.reduce(0) { $0 + $1.byteCount }, weightMap: weightMap)
         try AtomicFileWriter.write(index.serialized(), to: directory + "/" + SafetensorsIndex.fileName)
+    }
+}
+
+extension ShardedSafetensorsWriter {
+    /// Appends the checkpoint tensor `name` as `nextTensor`, stored as `dtype`: its raw bytes when
+    /// the dtype is kept (bit-exact), otherwise decoded to f32 and re-encoded in 1 M-element
+    /// chunks. The source pages are released afterwards.
+    public func appendTensor(_ name: String, from checkpoint: ModelCheckpoint, as dtype: SafetensorsDType,
+                             reporter: ProgressReporter? = nil) throws {
+        let info = try checkpoint.info(name)
+        defer { checkpoint.release(name) }
+        if info.dtype != dtype && !info.dtype.isConvertibleToFloat { throw checkpoint.unsupportedDType(name) }
+        try checkpoint.withBytes(name) { raw in
+            if info.dtype == dtype {
+                let chunkBytes = 64 << 20
+                var start = 0
+                while start < raw.count {
+                    let end = min(raw.count, start + chunkBytes)
+                    try append(UnsafeRawBufferPointer(rebasing: raw[start ..< end]))
+                    reporter?.update(bytesDone: tensorBytesWritten)
+                    start = end
+                }
+                return
+            }
+            let chunk = 1 << 20
+            let count = info.elementCount
+            var buffer = [Float](repeating: 0, count: min(chunk, max(count, 1)))
+            var start = 0
+            while start < count {
+                let n = min(chunk, count - start)
+                try buffer.withUnsafeMutableBufferPointer { (values) in
+                    let slice = UnsafeMutableBufferPointer(rebasing: values[..<n])
+                    SafetensorsFile.decode(UnsafeRawBufferPointer(rebasing: raw[start * info.dtype.size ..< (start + n) * info.dtype.size]),
+                                           dtype: info.dtype, into: slice)
+                    try append(floats: UnsafeBufferPointer(slice))
+                }
+                start += n
+                reporter?.update(bytesDone: tensorBytesWritten)
+            }
+        }
     }
 }

@@ -56,7 +56,7 @@ public final class MiniCPMModel {
     /// the memory map, whose pages are released after each, so peak memory is about the f32 model.
     public convenience init(directory: String) throws {
         let config = try MiniCPMConfig(path: directory + "/config.json")
-        let checkpoint = try SafetensorsCheckpoint(directory: directory)
+        let checkpoint = try ModelCheckpoint(directory: directory)
         let unexpected = try MiniCPMLayout(config: config).check(checkpoint)
         try self.init(config: config, source: directory, unexpectedTensors: unexpected) { name in
             defer { checkpoint.release(name) }

@@ -96,7 +96,7 @@ public struct MiniCPMLayout: Sendable {
     /// `moekit_bias` tensors and an `lm_head.weight` of the right shape beside tied embeddings,
     /// which the model then uses, are explained).
     @discardableResult
-    public func check(_ checkpoint: SafetensorsCheckpoint) throws(CheckpointError) -> [String] {
+    public func check(_ checkpoint: ModelCheckpoint) throws(CheckpointError) -> [String] {
         var expected = entries
         if config.tieWordEmbeddings && checkpoint.contains(MiniCPMTensorNames.lmHead) {
             expected.append(Entry(name: MiniCPMTensorNames.lmHead, shape: [config.vocabSize, config.hiddenSize]))
@@ -112,7 +112,7 @@ public struct MiniCPMLayout: Sendable {
                 throw .shapeMismatch(directory: checkpoint.directory, tensor: entry.name, expected: entry.shape, actual: info.shape)
             }
             guard info.dtype.isConvertibleToFloat else {
-                throw .safetensors(.unsupportedDType(file: try checkpoint.file(for: entry.name).path, tensor: entry.name, dtype: info.dtype.rawValue))
+                throw checkpoint.unsupportedDType(entry.name)
             }
         }
         let expectedNames = Set(expected.map(\.name))

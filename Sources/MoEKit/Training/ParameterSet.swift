@@ -12,10 +12,10 @@ public struct ParameterSet: Sendable, Equatable {
     public let names: [String]
     public var tensors: [String: Tensor]
 
-    /// Loads every layout tensor of a model directory in f32.
+    /// Loads every layout tensor of a model directory (safetensors or PyTorch `.bin`) in f32.
     public init(directory: String) throws {
         let config = try MiniCPMConfig(path: directory + "/config.json")
-        let checkpoint = try SafetensorsCheckpoint(directory: directory)
+        let checkpoint = try ModelCheckpoint(directory: directory)
         _ = try MiniCPMLayout(config: config).check(checkpoint)
         try self.init(config: config) { name in
             defer { checkpoint.release(name) }

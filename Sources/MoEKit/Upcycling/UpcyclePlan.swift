@@ -28,9 +28,7 @@ public struct UpcyclePlan: @unchecked Sendable {
     public static let reportFileName = "upcycle-report.json"
     /// Files of the dense directory that are not copied: its config (rewritten) and its weights.
     public static func isDenseWeightOrConfig(_ name: String) -> Bool {
-        name == "config.json" || name.hasSuffix(".safetensors") || name == SafetensorsIndex.fileName
-            || (name.hasPrefix("pytorch_model") && (name.hasSuffix(".bin") || name.hasSuffix(".bin.index.json")))
-            || name == reportFileName
+        name == "config.json" || ModelCheckpoint.isWeightFile(name) || name == reportFileName
     }
 
     public let denseDirectory: String
@@ -44,7 +42,7 @@ public struct UpcyclePlan: @unchecked Sendable {
     /// Output tensors in name order (the order they are written).
     public let tensors: [PlannedTensor]
     /// The dense checkpoint (`nil` for a config-only dry run).
-    public let checkpoint: SafetensorsCheckpoint?
+    public let checkpoint: ModelCheckpoint?
     /// Dense tensors the config does not explain, copied through unchanged.
     public let passthroughTensors: [String]
     /// Other files of the dense directory, copied unchanged (names relative to it).
@@ -91,13 +89,12 @@ public struct UpcyclePlan: @unchecked Sendable {
         }
 
         // The dense weights, checked against the config.
-        var checkpoint: SafetensorsCheckpoint?
+        var checkpoint: ModelCheckpoint?
         var passthrough: [String] = []
-        let hasWeights = manager.fileExists(atPath: denseDirectory + "/model.safetensors")
-            || manager.fileExists(atPath: denseDirectory + "/" + SafetensorsIndex.fileName)
+        let hasWeights = ModelCheckpoint.weightLayout(directory: denseDirectory) != nil
         if requireWeights || hasWeights {
-            let opened: SafetensorsCheckpoint
-            do { opened = try SafetensorsCheckpoint(directory: denseDirectory) } catch { throw .checkpoint(error) }
+            let opened: ModelCheckpoint
+            do { opened = try ModelCheckpoint(directory: denseDirectory) } catch { throw .checkpoint(error) }
             if let moeTensor = opened.names.first(where: { $0.contains(".mlp.experts.") || $0.hasSuffix(".mlp.gate.weight") }) {
                 throw .alreadyMoE(directory: denseDirectory, evidence: "it holds tensor '\(moeTensor)'")
             }

@@ -95,7 +95,7 @@ public enum Upcycler {
     // MARK: Streaming the weights
 
     /// Writes every planned tensor in name order into shards plus the index; returns the shard names.
-    static func writeWeights(_ plan: UpcyclePlan, checkpoint: SafetensorsCheckpoint, into path: String) throws -> [String] {
+    static func writeWeights(_ plan: UpcyclePlan, checkpoint: ModelCheckpoint, into path: String) throws -> [String] {
         let specs = plan.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
         let byName = Dictionary(plan.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let writer = try ShardedSafetensorsWriter(directory: path, tensors: specs, maximumShardBytes: plan.options.maximumShardBytes, alwaysIndex: true)
@@ -105,7 +105,7 @@ public enum Upcycler {
             guard let tensor = byName[spec.name] else { throw UpcycleError.write(directory: path, reason: "unplanned tensor '\(spec.name)'") }
             switch tensor.source {
             case .dense(let name):
-                try copyDense(name, as: tensor.dtype, from: checkpoint, to: writer, reporter: reporter)
+                try writer.appendTensor(name, from: checkpoint, as: tensor.dtype, reporter: reporter)
             case .router:
                 let router = RouterInitializer.weights(
                     experts: plan.options.experts, hidden: plan.denseConfig.hiddenSize, initialization: plan.options.routerInitialization,
@@ -116,7 +116,7 @@ public enum Upcycler {
             case let .expert(layer, expert, projection):
                 let denseName = projection.denseTensorName(layer: layer)
                 if plan.options.method == .copy && tensor.dtype == tensor.sourceDType {
-                    try copyDense(denseName, as: tensor.dtype, from: checkpoint, to: writer, reporter: reporter)
+                    try writer.appendTensor(denseName, from: checkpoint, as: tensor.dtype, reporter: reporter)
                 } else {
                     let weight = try layers.expertWeight(layer: layer, expert: expert, projection: projection, name: tensor.name)
                     try weight.values.withUnsafeBufferPointer { (values) in try writer.append(floats: values) }
@@ -128,54 +128,19 @@ public enum Upcycler {
         reporter.finish(bytesDone: writer.tensorBytesWritten)
         return writer.shardFiles
     }
-
-    /// Copies one dense tensor: raw bytes when the dtype is kept (bit-exact), otherwise decoded
-    /// and re-encoded in chunks. The source pages are released afterwards.
-    static func copyDense(_ name: String, as dtype: SafetensorsDType, from checkpoint: SafetensorsCheckpoint,
-                          to writer: ShardedSafetensorsWriter, reporter: ProgressReporter) throws {
-        let info = try checkpoint.info(name)
-        let raw = try checkpoint.bytes(name)
-        defer { checkpoint.release(name) }
-        if info.dtype == dtype {
-            let chunkBytes = 64 << 20
-            var start = 0
-            while start < raw.count {
-                let end = min(raw.count, start + chunkBytes)
-                try writer.append(UnsafeRawBufferPointer(rebasing: raw[start ..< end]))
-                reporter.update(bytesDone: writer.tensorBytesWritten)
-                start = end
-            }
-            return
-        }
-        let chunk = 1 << 20
-        let count = info.elementCount
-        var buffer = [Float](repeating: 0, count: min(chunk, max(count, 1)))
-        var start = 0
-        while start < count {
-            let n = min(chunk, count - start)
-            try buffer.withUnsafeMutableBufferPointer { (values) in
-                let slice = UnsafeMutableBufferPointer(rebasing: values[..<n])
-                SafetensorsFile.decode(UnsafeRawBufferPointer(rebasing: raw[start * info.dtype.size ..< (start + n) * info.dtype.size]),
-                                       dtype: info.dtype, into: slice)
-                try writer.append(floats: UnsafeBufferPointer(slice))
-            }
-            start += n
-            reporter.update(bytesDone: writer.tensorBytesWritten)
-        }
-    }
 }
 
 /// The dense MLP of the layer being written, decoded to f32 on first use and dropped when the
 /// writer moves to the next layer (output names sort layer by layer), plus that layer's slicing.
 final class LayerSource {
     private let plan: UpcyclePlan
-    private let checkpoint: SafetensorsCheckpoint
+    private let checkpoint: ModelCheckpoint
     private var layer = -1
     private var dense: [ExpertProjection: Tensor] = [:]
     private var standardDeviations: [ExpertProjection: Double] = [:]
     private var slicing: ExpertSlicing?
 
-    init(plan: UpcyclePlan, checkpoint: SafetensorsCheckpoint) {
+    init(plan: UpcyclePlan, checkpoint: ModelCheckpoint) {
         self.plan = plan
         self.checkpoint = checkpoint
     }
