@@ -10,7 +10,7 @@ MOEKIT := .build/release/moekit
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := demo-out
 
-.PHONY: all deps venv build test swift-test interop-test demo example-log clean bench-baseline bench-check
+.PHONY: all deps venv build test swift-test interop-test demo demo-model trace-demo example-log clean bench-baseline bench-check
 
 all: build
 
@@ -44,21 +44,33 @@ swift-test:
 interop-test:
 	MOEKIT=$(abspath $(MOEKIT)) $(VENV_PY) -m pytest -q Tests/Interop
 
-# The main job on the embedded default: a tiny dense MiniCPM, sparse-upcycled to 8 experts (top-2,
-# MiniCPM-MoE's recipe, verified against the dense logits), run and traced over
-# Notebooks-data/demo-tokens.txt, its routing inspected (terminal heatmap + SVG).
+# The main job on the embedded default: `moekit demo` upcycles Notebooks-data/demo-dense (a tiny
+# dense MiniCPM trained by MoEKit) to 8 experts top-2, trains it further with the load-balancing loss
+# on a fresh synthetic multi-domain corpus while logging, trains the dense model the same steps as a
+# baseline, and prints loss, expert load with domain specialisation, throughput and the files.
 demo: build
-	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	$(MOEKIT) init $(DEMO_DIR)/dense --preset tiny --seed 0
-	$(MOEKIT) upcycle $(DEMO_DIR)/dense $(DEMO_DIR)/moe --experts 8 --top-k 2 --seed 0
-	$(MOEKIT) show $(DEMO_DIR)/moe
-	$(MOEKIT) forward $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --output $(DEMO_DIR)/logits.safetensors
-	$(MOEKIT) trace $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --log $(DEMO_DIR)/routing.h5 --per-token --batch-tokens 256
+	$(MOEKIT) demo --out $(DEMO_DIR)
+
+# Regenerates the shipped demo model (Notebooks-data/demo-dense and its training log); ~5 min.
+demo-model: build
+	@mkdir -p build
+	$(MOEKIT) init build/demo-init --preset tiny --seed 0 --force
+	$(MOEKIT) corpus build/demo-corpus.bin --tokens 2000000 --seed 1 --force
+	$(MOEKIT) train build/demo-init --data build/demo-corpus.bin --steps 600 --batch 8 --seq 128 --lr 0.01 \
+		--validation-fraction 0.02 --eval-every 100 --out Notebooks-data/demo-dense --log Notebooks-data/demo-dense-train.h5 --force
+	rm -rf Notebooks-data/demo-dense/training_state
+
+# The routing pipeline of earlier versions: trace the upcycled demo model over demo-tokens.txt and
+# inspect it (terminal heatmap + SVG).
+trace-demo: build
+	@rm -rf $(DEMO_DIR)/trace && mkdir -p $(DEMO_DIR)/trace
+	$(MOEKIT) init $(DEMO_DIR)/trace/dense --preset tiny --seed 0
+	$(MOEKIT) upcycle $(DEMO_DIR)/trace/dense $(DEMO_DIR)/moe --experts 8 --top-k 2 --seed 0 --force
+	$(MOEKIT) trace $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --log $(DEMO_DIR)/routing.h5 --per-token --batch-tokens 256 --force
 	$(MOEKIT) inspect $(DEMO_DIR)/routing.h5 --svg $(DEMO_DIR)/heatmap.svg
-	@echo "Open Notebooks-data/routing-analysis.ipynb with MOEKIT_ROUTING_LOG=$(DEMO_DIR)/routing.h5 to plot it."
 
 # Regenerates the committed example log from the demo's pipeline.
-example-log: demo
+example-log: trace-demo
 	$(MOEKIT) trace $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --log Notebooks-data/example-routing.h5 --per-token --batch-tokens 256 --force --quiet
 
 # package-benchmark suites (Benchmarks/, its own package): save a baseline, then check a later run
@@ -73,4 +85,4 @@ bench-check: deps
 	cd Benchmarks && $(SWIFT) package benchmark baseline check $(BENCH_BASELINE) --no-progress $(BENCH_ARGS)
 
 clean:
-	rm -rf .build $(VENV) $(DEMO_DIR)
+	rm -rf .build $(VENV) $(DEMO_DIR) build

@@ -32,7 +32,7 @@ import Testing
     }
 
     static func tensors(_ directory: String) throws -> [String: [Float]] {
-        let checkpoint = try SafetensorsCheckpoint(directory: directory)
+        let checkpoint = try ModelCheckpoint(directory: directory)
         var result: [String: [Float]] = [:]
         for name in checkpoint.names { result[name] = try checkpoint.floatTensor(name).values }
         return result

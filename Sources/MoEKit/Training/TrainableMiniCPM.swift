@@ -47,7 +47,7 @@ public final class TrainableMiniCPM {
     public convenience init(directory: String) throws {
         let parameters = try ParameterSet(directory: directory)
         let router = try ConfigurableRouter.described(by: parameters.config, source: directory)
-        if let router { try router.loadBalancingBiases(from: SafetensorsCheckpoint(directory: directory)) }
+        if let router { try router.loadBalancingBiases(from: ModelCheckpoint(directory: directory)) }
         self.init(parameters: parameters, router: router)
     }
 

@@ -242,7 +242,7 @@ extension ConfigurableRouter {
     }
 
     /// Loads every saved auxiliary-loss-free bias (`model.layers.N.mlp.gate.moekit_bias`) the checkpoint holds.
-    public func loadBalancingBiases(from checkpoint: SafetensorsCheckpoint) throws {
+    public func loadBalancingBiases(from checkpoint: ModelCheckpoint) throws {
         for layer in 0 ..< layers where checkpoint.contains(MiniCPMTensorNames.routerBias(layer)) {
             try setBalancingBias(checkpoint.floatTensor(MiniCPMTensorNames.routerBias(layer)).values, layer: layer)
         }
