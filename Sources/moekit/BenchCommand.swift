@@ -30,8 +30,12 @@ struct BenchCommand: ParsableCommand {
     var decode: Int = 32
     @Option(help: "Routing modes, comma-separated: learned, uniform, collapsed.")
     var routing: String = "learned,uniform,collapsed"
-    @Option(help: "Which levels: layer, model or all.")
+    @Option(help: "Which levels: layer, model, all (both), or training (one training step, dense vs MoE, with --batch × --seq tokens).")
     var level: String = "all"
+    @Option(help: "Training level: sequences per batch.")
+    var batch: Int = 8
+    @Option(help: "Training level: tokens per sequence.")
+    var seq: Int = 128
     @OptionGroup var compute: ComputeOptions
     @Option(help: "Timed runs per case.")
     var repeats: Int = 5
@@ -60,6 +64,11 @@ struct BenchCommand: ParsableCommand {
             options.modelLevel = level == "all" || level == "model"
             guard layers >= 1, experts >= 2, topK >= 1, topK <= experts else { throw ValidationError("need layers ≥ 1, experts ≥ 2, 1 ≤ top-k ≤ experts") }
             compute.apply()
+            if level == "training" {
+                try runTraining(config: config)
+                return
+            }
+            guard level == "all" || level == "layer" || level == "model" else { throw ValidationError("--level must be layer, model, all or training") }
             let machine = ThroughputBenchmark.Machine.current
             print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
             print("shapes: \(preset) hidden \(config.hiddenSize), intermediate \(config.intermediateSize); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
@@ -71,6 +80,40 @@ struct BenchCommand: ParsableCommand {
                 try AtomicFileWriter.write(document.serialized(), to: json)
                 print("wrote \(json)")
             }
+        }
+    }
+}
+
+extension BenchCommand {
+    func runTraining(config: MiniCPMConfig) throws {
+        guard batch >= 1, seq >= 1, seq <= config.maxPositionEmbeddings else { throw ValidationError("--batch and --seq must be ≥ 1, --seq ≤ max_position_embeddings") }
+        var options = TrainingBenchmark.Options(config: config)
+        options.experts = experts
+        options.topK = topK
+        options.batchSize = batch
+        options.sequenceLength = seq
+        options.repeats = max(1, repeats)
+        let machine = ThroughputBenchmark.Machine.current
+        print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
+        print("training step (forward + backward + AdamW): \(preset) shapes, \(layers) layers, batch \(batch) × \(seq) tokens; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+        print(BenchTable.header)
+        let results = try TrainingBenchmark(options: options).run()
+        for result in results { print(BenchTable.row(result)) }
+        if let dense = results.first(where: { $0.kind == "dense" }), let moe = results.first(where: { $0.kind == "moe" }),
+           let sgemm = results.first(where: { $0.kind == "sgemm" })?.gflops?.median {
+            print("ratios (medians):")
+            print(String(format: "  dense training GFLOP/s / sgemm = %.2f", (dense.gflops?.median ?? 0) / sgemm))
+            print(String(format: "  MoE training GFLOP/s / sgemm = %.2f", (moe.gflops?.median ?? 0) / sgemm))
+            print(String(format: "  MoE / dense training tokens/s = %.2f", moe.tokensPerSecond.median / dense.tokensPerSecond.median))
+        }
+        if let json {
+            var document = ThroughputBenchmark.json(machine: machine, results: results, options: ThroughputBenchmark.Options(config: config))
+            if case .object(var object) = document {
+                object["training"] = .object(["batch": .integer(Int64(batch)), "seq": .integer(Int64(seq))])
+                document = .object(object)
+            }
+            try AtomicFileWriter.write(document.serialized(), to: json)
+            print("wrote \(json)")
         }
     }
 }
