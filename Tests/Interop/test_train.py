@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -202,11 +201,12 @@ def test_resumed_run_matches_uninterrupted_run_bitwise(workspace, run_moekit, mo
 
     c_out, c_log = workspace / "resume-c", workspace / "resume-c.h5"
     # Progress lines go to stderr; "step 2/4 … saved" is printed right after the step-2 save (an
-    # evaluation step, so it is always printed). The child runs at the lowest priority so that
-    # this process reads the line and kills it long before it reaches its next save.
+    # evaluation step, so it is always printed). This process wakes on that line and kills the run
+    # while it is still in step 3: two training steps, an evaluation and a save of CPU work away
+    # from its next save, against a pipe read here.
     child = subprocess.Popen([moekit, "train", str(workspace / "moe"), *options, "--save-every", "2",
                               "--out", str(c_out), "--log", str(c_log)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(19))
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in child.stderr:
         seen.append(line)
