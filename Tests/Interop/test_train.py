@@ -227,15 +227,16 @@ def test_resumed_run_matches_uninterrupted_run_bitwise(workspace, run_moekit, mo
     for name in ("lm_loss", "lr", "grad_norm", "expert_counts"):
         assert np.array_equal(killed[name], a_data[name][:done]), name
 
-    # The killed log stays marked open for SWMR writing (docs/routing-log.md), so the resumed run logs
-    # to a new file: it holds the steps after the save.
+    # The killed writer left the log marked open; --resume clears the mark (as `h5clear -s` does)
+    # and continues it: rows the log already holds are not written twice, the rest follow, and the
+    # whole log equals the uninterrupted run's.
     resumed = run_moekit("train", workspace / "moe", *options, "--save-every", "2", "--out", c_out,
-                         "--log", workspace / "resume-c2.h5", "--resume", "--quiet")
+                         "--log", c_log, "--resume", "--quiet")
     assert "resuming after step 2 of 4" in resumed.stdout
-    _, c_data, _ = read_log(workspace / "resume-c2.h5")
-    assert c_data["step"].tolist() == [2, 3]
+    _, c_data, _ = read_log(c_log)
+    assert c_data["step"].tolist() == [0, 1, 2, 3]
     for name in ("loss", "lm_loss", "lr", "grad_norm", "val_loss", "expert_counts", "domain_counts"):
-        assert np.array_equal(c_data[name], a_data[name][2:], equal_nan=name == "val_loss"), name
+        assert np.array_equal(c_data[name], a_data[name], equal_nan=name == "val_loss"), name
 
     for relative in ("model.safetensors", "training_state/optimizer.safetensors"):
         a, c = load_file(a_out / relative), load_file(c_out / relative)

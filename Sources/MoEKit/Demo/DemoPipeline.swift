@@ -157,7 +157,7 @@ extension DemoPipeline.Report {
             lines.append(String(format: "validation %7.4f %9.4f   (held-out 5%% of the corpus, after the last step)", dense, mixture))
         }
         lines.append("")
-        lines.append("Expert load of the MoE run (last \(inspection.steps.count) steps)")
+        lines.append("Expert load of the MoE run (last \(inspection.steps.count) step\(inspection.steps.count == 1 ? "" : "s"))")
         lines.append(inspection.textReport(colour: colour))
         lines.append("")
         lines.append("Throughput, tiny model, this machine")

@@ -114,14 +114,24 @@ final class HDF5File {
 
     /// Opens an existing file for writing in the latest format (append; SWMR writing starts after
     /// the caller has checked and repaired the datasets, which SWMR mode would not allow).
+    ///
+    /// A writer that was killed leaves the superblock marked "open for writing", which makes a
+    /// plain open fail. Then the open is retried the way `h5clear -s` does it (the file-access
+    /// property `clear_status_flags`), so `--append` / `--resume` continue a killed run's log. The
+    /// retry still takes HDF5's file lock, so a writer that is really alive keeps the file.
     static func openForReadWrite(path: String) throws -> HDF5File {
         let access = try latestFormatAccess(path: path)
         let id = H5Fopen(path, moekit_H5F_ACC_RDWR(), access.id)
-        guard id >= 0 else {
-            throw RoutingLogError.cannotOpen(file: path, reason: HDF5.lastErrorMessage()
-                + " (a writer that was killed leaves the file marked open; `h5clear -s \(path)` clears the mark)")
+        if id >= 0 { return HDF5File(id: id, path: path) }
+        let firstError = HDF5.lastErrorMessage()
+        _ = H5Eclear2(moekit_H5E_DEFAULT())
+        var clear = true
+        if H5Pset(access.id, "clear_status_flags", &clear) >= 0 {
+            let cleared = H5Fopen(path, moekit_H5F_ACC_RDWR(), access.id)
+            if cleared >= 0 { return HDF5File(id: cleared, path: path) }
         }
-        return HDF5File(id: id, path: path)
+        _ = H5Eclear2(moekit_H5E_DEFAULT())
+        throw RoutingLogError.cannotOpen(file: path, reason: firstError)
     }
 
     /// Opens read-only, with SWMR read when the file allows it (`isSWMR` tells which).
