@@ -45,7 +45,9 @@ struct DemoCommand: ParsableCommand {
             options.topK = topK
             let started = Date()
             let printer = TrainingProgressPrinter(quiet: quiet)
-            let report = try DemoPipeline(options: options).run(say: { print($0) }, trainingProgress: printer.report)
+            // Unbuffered, so the stage lines and the per-step progress on stderr stay in order when piped.
+            let report = try DemoPipeline(options: options).run(say: { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) },
+                                                                trainingProgress: printer.report)
             print(report.text(colour: isatty(STDOUT_FILENO) == 1))
             print(String(format: "demo finished in %.0f s", Date().timeIntervalSince(started)))
         }
