@@ -37,4 +37,22 @@ public struct ExpertDispatchPlan: Sendable, Equatable {
 
     public var assignmentCount: Int { offsets[experts] }
     public func range(of expert: Int) -> Range<Int> { offsets[expert] ..< offsets[expert + 1] }
+
+    /// Dispatch: row a of `blocks` `[assignments, width]` = row `tokens[a]` of `rows` `[tokens, width]`.
+    public func gather(_ rows: UnsafePointer<Float>, width: Int, into blocks: UnsafeMutablePointer<Float>) {
+        for a in 0 ..< assignmentCount {
+            (blocks + a * width).update(from: rows + Int(tokens[a]) * width, count: width)
+        }
+    }
+
+    /// Combine: row `tokens[a]` of `rows` += w_a · row a of `blocks`, with w_a the assignment's
+    /// combine weight (`weighted`) or 1 (summing a token's k input gradients in the backward pass).
+    public func scatterAdd(_ blocks: UnsafePointer<Float>, width: Int, into rows: UnsafeMutablePointer<Float>, weighted: Bool) {
+        for a in 0 ..< assignmentCount {
+            let weight: Float = weighted ? weights[a] : 1
+            let source = blocks + a * width
+            let destination = rows + Int(tokens[a]) * width
+            for j in 0 ..< width { destination[j] += weight * source[j] }
+        }
+    }
 }

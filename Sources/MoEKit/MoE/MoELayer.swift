@@ -42,11 +42,7 @@ public struct MoELayer: Sendable {
         x.values.withUnsafeBufferPointer { input in
             gathered.withUnsafeMutableBufferPointer { g in
                 expertOutputs.withUnsafeMutableBufferPointer { y in
-                    timer.measure(.dispatch) {
-                        for a in 0 ..< assignments {
-                            (g.baseAddress! + a * hidden).update(from: input.baseAddress! + Int(plan.tokens[a]) * hidden, count: hidden)
-                        }
-                    }
+                    timer.measure(.dispatch) { plan.gather(input.baseAddress!, width: hidden, into: g.baseAddress!) }
                     timer.measure(.expertGEMM) {
                         for (e, expert) in experts.enumerated() {
                             let block = plan.range(of: e)
@@ -57,12 +53,7 @@ public struct MoELayer: Sendable {
                     }
                     timer.measure(.combine) {
                         output.values.withUnsafeMutableBufferPointer { out in
-                            for a in 0 ..< assignments {
-                                let weight = plan.weights[a]
-                                let source = y.baseAddress! + a * hidden
-                                let destination = out.baseAddress! + Int(plan.tokens[a]) * hidden
-                                for j in 0 ..< hidden { destination[j] += weight * source[j] }
-                            }
+                            plan.scatterAdd(y.baseAddress!, width: hidden, into: out.baseAddress!, weighted: true)
                         }
                     }
                 }

@@ -103,16 +103,9 @@ public final class ConfigurableRouter: ExpertRouter {
         let bias = configuration.auxiliaryLossFreeBalancing ? balancingBias[layer] : nil
         // Top-k on the logits for `softmaxOverSelected`, on the scores otherwise.
         let ranked = weighting == .softmaxOverSelected ? logits : scores
-        var selected = [Int32](repeating: -1, count: tokens * k)
+        var selected = RoutingFunctions.topKRows(ranked, tokens: tokens, experts: experts, k: k, bias: bias)
         var weights = [Float](repeating: 0, count: tokens * k)
-        var row = [Float](repeating: 0, count: experts)
         for t in 0 ..< tokens {
-            for e in 0 ..< experts { row[e] = ranked[t * experts + e] + (bias?[e] ?? 0) }
-            row.withUnsafeBufferPointer { r in
-                selected.withUnsafeMutableBufferPointer { s in
-                    RoutingFunctions.topK(r.baseAddress!, count: experts, k: k, into: s.baseAddress! + t * k)
-                }
-            }
             let chosen = (0 ..< k).map { Int(selected[t * k + $0]) }
             switch weighting {
             case .renormalized:

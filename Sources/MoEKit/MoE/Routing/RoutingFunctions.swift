@@ -33,6 +33,22 @@ public enum RoutingFunctions {
         return indices
     }
 
+    /// Per row of `ranked` `[tokens, experts]`, the indices of the `k` largest of (row + `bias`)
+    /// (`bias` `[experts]`, the auxiliary-loss-free bias, or none), as `topK` chooses them:
+    /// `[tokens, k]`, largest first.
+    public static func topKRows(_ ranked: [Float], tokens: Int, experts: Int, k: Int, bias: [Float]?) -> [Int32] {
+        precondition(ranked.count == tokens * experts, "topKRows: \(ranked.count) scores for \(tokens)×\(experts)")
+        var selected = [Int32](repeating: -1, count: tokens * k)
+        var row = [Float](repeating: 0, count: experts)
+        selected.withUnsafeMutableBufferPointer { s in
+            for t in 0 ..< tokens {
+                for e in 0 ..< experts { row[e] = ranked[t * experts + e] + (bias?[e] ?? 0) }
+                row.withUnsafeBufferPointer { r in topK(r.baseAddress!, count: experts, k: k, into: s.baseAddress! + t * k) }
+            }
+        }
+        return selected
+    }
+
     // MARK: Scoring
 
     /// σ(z) = 1 / (1 + e^(−z)), element-wise, in place.

@@ -194,11 +194,7 @@ public enum MoEFeedForwardLayer {
         var output = Tensor(shape: [x.rows, hidden])
         if assignments > 0 {
             x.values.withUnsafeBufferPointer { input in
-                gathered.withUnsafeMutableBufferPointer { g in
-                    for a in 0 ..< assignments {
-                        (g.baseAddress! + a * hidden).update(from: input.baseAddress! + Int(plan.tokens[a]) * hidden, count: hidden)
-                    }
-                }
+                gathered.withUnsafeMutableBufferPointer { g in plan.gather(input.baseAddress!, width: hidden, into: g.baseAddress!) }
             }
             gathered.withUnsafeBufferPointer { g in
                 gateUp.withUnsafeMutableBufferPointer { f in
@@ -219,12 +215,7 @@ public enum MoEFeedForwardLayer {
                                 }
                             }
                             output.values.withUnsafeMutableBufferPointer { out in
-                                for a in 0 ..< assignments {
-                                    let weight = plan.weights[a]
-                                    let source = y.baseAddress! + a * hidden
-                                    let destination = out.baseAddress! + Int(plan.tokens[a]) * hidden
-                                    for j in 0 ..< hidden { destination[j] += weight * source[j] }
-                                }
+                                plan.scatterAdd(y.baseAddress!, width: hidden, into: out.baseAddress!, weighted: true)
                             }
                         }
                     }
@@ -338,11 +329,7 @@ public enum MoEFeedForwardLayer {
         // Scatter the blocks' input gradients back to their tokens (a token's k experts add up).
         groupedInputGradient.withUnsafeBufferPointer { source in
             inputGradient.values.withUnsafeMutableBufferPointer { destination in
-                for a in 0 ..< assignments {
-                    let from = source.baseAddress! + a * hidden
-                    let to = destination.baseAddress! + Int(plan.tokens[a]) * hidden
-                    for j in 0 ..< hidden { to[j] += from[j] }
-                }
+                plan.scatterAdd(source.baseAddress!, width: hidden, into: destination.baseAddress!, weighted: false)
             }
         }
         return (inputGradient, expertGradients, combineWeightGradient)
@@ -467,15 +454,8 @@ public enum MoEFeedForwardLayer {
         let decision = routed.decision
         guard decision.droppedAssignments > 0 else { return decision.selectedExperts }
         let tokens = decision.tokens, experts = decision.experts, k = decision.slotsPerToken
-        var chosen = [Int32](repeating: -1, count: tokens * k)
-        var row = [Float](repeating: 0, count: experts)
+        let chosen = RoutingFunctions.topKRows(ranked, tokens: tokens, experts: experts, k: k, bias: balancingBias)
         for t in 0 ..< tokens {
-            for e in 0 ..< experts { row[e] = ranked[t * experts + e] + (balancingBias?[e] ?? 0) }
-            row.withUnsafeBufferPointer { r in
-                chosen.withUnsafeMutableBufferPointer { c in
-                    RoutingFunctions.topK(r.baseAddress!, count: experts, k: k, into: c.baseAddress! + t * k)
-                }
-            }
             for slot in 0 ..< k {
                 let kept = decision.selectedExperts[t * k + slot]
                 precondition(kept < 0 || kept == chosen[t * k + slot], "MoE backward: the routing does not match the router's top-k")
