@@ -9,24 +9,32 @@ public enum Kernels {
     /// `x` is `[rows, d]`, `weight` is `[d]`; the mean of squares is accumulated in f32, as the
     /// published modeling code does after `.to(torch.float32)`.
     public static func rmsNorm(_ x: Tensor, weight: [Float], epsilon: Float) -> Tensor {
-        let d = x.columns
+        rmsNormKeepingScales(x, weight: weight, epsilon: epsilon).output
+    }
+
+    /// `rmsNorm`, also returning each row's r = 1 / sqrt(mean(x²) + eps) `[rows]` (what the
+    /// training backward pass needs).
+    public static func rmsNormKeepingScales(_ x: Tensor, weight: [Float], epsilon: Float) -> (output: Tensor, inverseRMS: [Float]) {
+        let d = x.columns, rows = x.rows
         precondition(weight.count == d, "RMSNorm weight has \(weight.count) values for rows of \(d)")
-        var y = Tensor(shape: x.shape)
+        var y = Tensor(uninitializedShape: x.shape)
+        var scales = [Float].uninitialized(count: rows)
         x.values.withUnsafeBufferPointer { px in
             weight.withUnsafeBufferPointer { pw in
                 y.values.withUnsafeMutableBufferPointer { py in
-                    for r in 0 ..< x.rows {
+                    for r in 0 ..< rows {
                         let row = px.baseAddress! + r * d
                         let out = py.baseAddress! + r * d
                         var sumSquares: Float = 0
                         for j in 0 ..< d { sumSquares += row[j] * row[j] }
                         let inverseRMS = 1 / (sumSquares / Float(d) + epsilon).squareRoot()
+                        scales[r] = inverseRMS
                         for j in 0 ..< d { out[j] = row[j] * inverseRMS * pw[j] }
                     }
                 }
             }
         }
-        return y
+        return (y, scales)
     }
 
     /// SiLU, `x · σ(x) = x / (1 + e^(−x))`, in place.

@@ -13,27 +13,9 @@ public enum RMSNormLayer {
         public var inverseRMS: [Float]
     }
 
-    /// x `[rows, d]`, weight `[d]` → y `[rows, d]`. The same arithmetic as `Kernels.rmsNorm` (f32 sum of squares).
+    /// x `[rows, d]`, weight `[d]` → y `[rows, d]`: the inference kernel `Kernels.rmsNorm`, keeping r.
     public static func forward(_ x: Tensor, weight: Tensor, epsilon: Float) -> (output: Tensor, cache: Cache) {
-        let d = x.columns, rows = x.rows
-        precondition(weight.count == d, "RMSNorm weight has \(weight.count) values for rows of \(d)")
-        var y = Tensor(uninitializedShape: x.shape)
-        var inverseRMS = [Float].uninitialized(count: rows)
-        x.values.withUnsafeBufferPointer { px in
-            weight.values.withUnsafeBufferPointer { pw in
-                y.values.withUnsafeMutableBufferPointer { py in
-                    for r in 0 ..< rows {
-                        let row = px.baseAddress! + r * d
-                        let out = py.baseAddress! + r * d
-                        var sumSquares: Float = 0
-                        for j in 0 ..< d { sumSquares += row[j] * row[j] }
-                        let inverse = 1 / (sumSquares / Float(d) + epsilon).squareRoot()
-                        inverseRMS[r] = inverse
-                        for j in 0 ..< d { out[j] = row[j] * inverse * pw[j] }
-                    }
-                }
-            }
-        }
+        let (y, inverseRMS) = Kernels.rmsNormKeepingScales(x, weight: weight.values, epsilon: epsilon)
         return (y, Cache(input: x, inverseRMS: inverseRMS))
     }
 
