@@ -140,8 +140,8 @@ struct TrainCommand: ParsableCommand {
             compute.apply()
             let trainer = try Trainer(modelDirectory: modelDirectory, dataPath: data, outputDirectory: out, logPath: log,
                                       options: try makeOptions(), resume: resume, replaceExisting: force)
-            let kind = trainer.model.router.map { "MoE, \($0.experts) experts, top-\($0.topK)" } ?? "dense"
-            print("train: \(trainer.source) (\(kind), \(trainer.model.parameters.elementCount) parameters) on \(data): "
+            let kind = trainer.model.configurableRouter.map { "MoE, \($0.experts) experts, top-\($0.topK)" } ?? "dense"
+            print("train: \(trainer.source) (\(kind), \(trainer.model.weights.elementCount) parameters) on \(data): "
                 + "\(trainer.sampler.trainingRange.count) training tokens, \(trainer.sampler.validationRange.count) held out"
                 + (trainer.domainNames.isEmpty ? "" : ", domains \(trainer.domainNames.joined(separator: ", "))"))
             if trainer.startStep > 0 { print("  resuming after step \(trainer.startStep) of \(steps)") }

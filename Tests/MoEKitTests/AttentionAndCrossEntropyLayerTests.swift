@@ -21,14 +21,28 @@ import Testing
         let fast = CausalAttentionLayer.forward(x, weights: w, geometry: Self.geometry, sequenceLengths: Self.sequenceLengths).output
         #expect(isClose(fast, CausalAttentionLayer.referenceForward(x, weights: w, geometry: Self.geometry, sequenceLengths: Self.sequenceLengths),
                         relativeTolerance: 1e-5))
-        // The inference layer, each sequence a chunk with its own empty cache.
+        // Inference: the same layer without backward caches, each sequence with its own empty KV cache.
         var config = MiniCPMConfig(hiddenSize: 16, intermediateSize: 8, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2, vocabSize: 4)
         config.maxPositionEmbeddings = 16
-        let inference = CausalSelfAttention(queryWeight: w.query, keyWeight: w.key, valueWeight: w.value, outputWeight: w.output,
-                                            heads: 4, keyValueHeads: 2, rotary: Self.geometry.rotary)
-        let chunks = [CausalSelfAttention.Chunk(rows: 0 ..< 5, cache: KVCache(config: config)),
-                      CausalSelfAttention.Chunk(rows: 5 ..< 8, cache: KVCache(config: config))]
-        #expect(isClose(fast, inference.forward(x, layer: 0, chunks: chunks), relativeTolerance: 1e-6))
+        let spans = [CausalAttentionLayer.Span(length: 5, cache: KVCache(config: config)), CausalAttentionLayer.Span(length: 3, cache: KVCache(config: config))]
+        let inference = CausalAttentionLayer.forward(x, weights: w, geometry: Self.geometry, spans: spans, layer: 0, keepCache: false)
+        #expect(inference.cache == nil && isClose(fast, inference.output, relativeTolerance: 1e-6))
+    }
+
+    /// With a KV cache, a sequence run as 3 tokens then 2 more gives the rows the whole 5 give.
+    @Test func attentionContinuesFromItsKVCache() {
+        let x = randomTensor([5, 16], seed: 28), w = Self.weights(seed: 29)
+        let whole = CausalAttentionLayer.forward(x, weights: w, geometry: Self.geometry, sequenceLengths: [5]).output
+        var config = MiniCPMConfig(hiddenSize: 16, intermediateSize: 8, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2, vocabSize: 4)
+        config.maxPositionEmbeddings = 16
+        let cache = KVCache(config: config)
+        let first = CausalAttentionLayer.forward(x.rows(0 ..< 3), weights: w, geometry: Self.geometry, spans: [.init(length: 3, cache: cache)],
+                                                 layer: 0, keepCache: false).output
+        cache.advance(by: 3)
+        let second = CausalAttentionLayer.forward(x.rows(3 ..< 5), weights: w, geometry: Self.geometry, spans: [.init(length: 2, cache: cache)],
+                                                  layer: 0, keepCache: false).output
+        #expect(isClose(first, whole.rows(0 ..< 3), relativeTolerance: 1e-6))
+        #expect(isClose(second, whole.rows(3 ..< 5), relativeTolerance: 1e-5))
     }
 
     @Test func attentionBackwardMatchesReference() {
@@ -37,10 +51,10 @@ import Testing
         let fast = CausalAttentionLayer.backward(dy, cache: cache, weights: w, geometry: Self.geometry)
         let reference = CausalAttentionLayer.referenceBackward(dy, input: x, weights: w, geometry: Self.geometry, sequenceLengths: Self.sequenceLengths)
         #expect(isClose(fast.input, reference.input, relativeTolerance: 1e-5))
-        #expect(isClose(fast.weights.query, reference.weights.query, relativeTolerance: 1e-5))
-        #expect(isClose(fast.weights.key, reference.weights.key, relativeTolerance: 1e-5))
-        #expect(isClose(fast.weights.value, reference.weights.value, relativeTolerance: 1e-5))
-        #expect(isClose(fast.weights.output, reference.weights.output, relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.query.floatTensor(), reference.weights.query.floatTensor(), relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.key.floatTensor(), reference.weights.key.floatTensor(), relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.value.floatTensor(), reference.weights.value.floatTensor(), relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.output.floatTensor(), reference.weights.output.floatTensor(), relativeTolerance: 1e-5))
     }
 
     @Test func attentionBackwardMatchesFiniteDifferences() {
@@ -52,11 +66,11 @@ import Testing
         let cache = CausalAttentionLayer.forward(x, weights: w, geometry: geometry, sequenceLengths: lengths).cache
         let gradients = CausalAttentionLayer.backward(r, cache: cache, weights: w, geometry: geometry)
         #expect(matchesFiniteDifferences(gradients.input.values, at: x.values) { loss(Tensor(shape: x.shape, values: $0), w) })
-        let parts: [(WritableKeyPath<CausalAttentionLayer.Weights, Tensor>, String)] = [(\.query, "q"), (\.key, "k"), (\.value, "v"), (\.output, "o")]
+        let parts: [(WritableKeyPath<CausalAttentionLayer.Weights, Weight>, String)] = [(\.query, "q"), (\.key, "k"), (\.value, "v"), (\.output, "o")]
         for (part, name) in parts {
-            let ok = matchesFiniteDifferences(gradients.weights[keyPath: part].values, at: w[keyPath: part].values) { values in
+            let ok = matchesFiniteDifferences(gradients.weights[keyPath: part].floatTensor().values, at: w[keyPath: part].floatTensor().values) { values in
                 var shifted = w
-                shifted[keyPath: part] = Tensor(shape: w[keyPath: part].shape, values: values)
+                shifted[keyPath: part] = Weight(Tensor(shape: w[keyPath: part].shape, values: values))
                 return loss(x, shifted)
             }
             #expect(ok, "W\(name)")
@@ -76,7 +90,7 @@ import Testing
     /// A zero head gives uniform logits: every counted token costs exactly ln V.
     @Test func uniformLogitsCostLogVocabulary() {
         let (h, norm, _) = Self.crossEntropyInputs(seed: 30)
-        let output = CrossEntropyLayer.forward(h, normWeight: norm, head: Tensor(shape: [10, 6]), targets: Self.targets, divisor: 2, epsilon: 1e-5)
+        let output = CrossEntropyLayer.forward(h, normWeight: norm, head: Weight(Tensor(shape: [10, 6])), targets: Self.targets, divisor: 2, epsilon: 1e-5)
         #expect(output.countedTokens == 5)
         #expect(abs(output.loss - logf(10)) < 1e-6)
         #expect(output.tokenLosses[1] == 0 && output.tokenLosses[6] == 0)
@@ -88,11 +102,11 @@ import Testing
         let referenceGradients = CrossEntropyLayer.referenceBackward(h, normWeight: norm, head: head, targets: Self.targets, divisor: 2, epsilon: 1e-5)
         // Kept dlogits, and blocks of 3 rows recomputed in backward: the same numbers.
         for (keep, blockRows) in [(true, nil), (false, 3), (true, 2)] as [(Bool, Int?)] {
-            let output = CrossEntropyLayer.forward(h, normWeight: norm, head: head, targets: Self.targets, divisor: 2, epsilon: 1e-5,
+            let output = CrossEntropyLayer.forward(h, normWeight: norm, head: Weight(head), targets: Self.targets, divisor: 2, epsilon: 1e-5,
                                                    keepLogitGradient: keep, blockRows: blockRows)
             #expect(abs(output.loss - reference.loss) <= 1e-5 * reference.loss)
             #expect(isClose(output.tokenLosses, reference.tokenLosses, relativeTolerance: 1e-5))
-            let gradients = CrossEntropyLayer.backward(cache: output.cache, normWeight: norm, head: head)
+            let gradients = CrossEntropyLayer.backward(cache: output.cache, normWeight: norm, head: Weight(head))
             #expect(isClose(gradients.input, referenceGradients.input, relativeTolerance: 1e-5))
             #expect(isClose(gradients.normWeight, referenceGradients.normWeight, relativeTolerance: 1e-5))
             #expect(isClose(gradients.head, referenceGradients.head, relativeTolerance: 1e-5))
@@ -102,11 +116,11 @@ import Testing
     @Test func crossEntropyBackwardMatchesFiniteDifferences() {
         let (h, norm, head) = Self.crossEntropyInputs(seed: 32)
         func loss(_ h: Tensor, _ norm: Tensor, _ head: Tensor) -> Float {
-            CrossEntropyLayer.forward(h, normWeight: norm, head: head, targets: Self.targets, divisor: 2, epsilon: 1e-5, keepLogitGradient: false).loss
+            CrossEntropyLayer.forward(h, normWeight: norm, head: Weight(head), targets: Self.targets, divisor: 2, epsilon: 1e-5, keepLogitGradient: false).loss
         }
-        let gradients = CrossEntropyLayer.backward(cache: CrossEntropyLayer.forward(h, normWeight: norm, head: head, targets: Self.targets,
+        let gradients = CrossEntropyLayer.backward(cache: CrossEntropyLayer.forward(h, normWeight: norm, head: Weight(head), targets: Self.targets,
                                                                                     divisor: 2, epsilon: 1e-5).cache,
-                                                   normWeight: norm, head: head)
+                                                   normWeight: norm, head: Weight(head))
         #expect(matchesFiniteDifferences(gradients.input.values, at: h.values, absoluteTolerance: 1e-3) { loss(Tensor(shape: h.shape, values: $0), norm, head) })
         #expect(matchesFiniteDifferences(gradients.normWeight.values, at: norm.values, absoluteTolerance: 1e-3) { loss(h, Tensor(shape: norm.shape, values: $0), head) })
         #expect(matchesFiniteDifferences(gradients.head.values, at: head.values, absoluteTolerance: 1e-3) { loss(h, norm, Tensor(shape: head.shape, values: $0)) })

@@ -13,7 +13,7 @@ import Testing
         var x = randomTensor([tokens, hidden], seed: 1)
         var gateWeight = randomTensor([MoEFeedForwardLayerTests.experts, hidden], seed: 2, standardDeviation: 0.5)
         var experts = (0 ..< MoEFeedForwardLayerTests.experts).map {
-            SwiGLULayerTests.weights(hidden: hidden, intermediate: intermediate, seed: 10 + 3 * UInt64($0))
+            ExpertTensors(SwiGLULayerTests.weights(hidden: hidden, intermediate: intermediate, seed: 10 + 3 * UInt64($0)))
         }
         var configuration = RouterConfiguration()
         var training = false
@@ -30,10 +30,20 @@ import Testing
             return router
         }
 
+        /// The layer's weights built from the tensors.
+        var weights: MoEWeights { MoEWeights(router: gateWeight, experts: experts.map(\.weights)) }
+
         func forward() throws -> MoEFeedForwardLayer.Output {
-            try MoEFeedForwardLayer.forward(x, gateWeight: gateWeight, experts: experts, router: router(), layer: 0,
-                                            loss: RouterLoss(configuration: configuration), sequenceLengths: sequenceLengths)
+            MoEFeedForwardLayer.forward(x, weights: weights, router: try router(), layer: 0,
+                                        loss: RouterLoss(configuration: configuration), sequenceLengths: sequenceLengths)
         }
+    }
+
+    /// One expert's three projections as plain tensors (finite differences perturb them one by one).
+    struct ExpertTensors: Sendable {
+        var gate: Tensor, up: Tensor, down: Tensor
+        init(_ weights: SwiGLUWeights) { (gate, up, down) = (weights.gate, weights.up, weights.downTensor) }
+        var weights: SwiGLUWeights { SwiGLUWeights(gate: gate, up: up, down: down) }
     }
 
     /// The router configurations the layer is checked on (every scoring × weighting, scale,
@@ -93,16 +103,16 @@ import Testing
 
     // MARK: Forward
 
-    /// The training forward equals `MoELayer.forward` (the inference path) on the same weights and
-    /// an identical router, and its auxiliary loss is `RouterLoss.evaluate` of the same routing.
+    /// The training forward (caches kept, loss evaluated) gives inference's output (no cache, no
+    /// loss) for an identical router, and its auxiliary loss is `RouterLoss.evaluate` of the same routing.
     @Test(arguments: [Case.miniCPMDefault, .capacityByPosition, .expertChoiceSigmoidScaled, .inputJitterAndLogitNoise, .noisyTopKWithLoadLoss])
     func forwardEqualsInferenceLayer(_ testCase: Case) throws {
         let setup = testCase.setup
         let output = try setup.forward()
-        let inference = MoELayer(gateWeight: setup.gateWeight,
-                                 experts: setup.experts.map { FeedForward(gate: $0.gate, up: $0.up, down: $0.down) }, topK: Self.topK)
-        let expected = inference.forward(setup.x, layer: 0, router: try setup.router()).output
-        #expect(isClose(output.output, expected, relativeTolerance: 1e-6))
+        let inference = MoEFeedForwardLayer.forward(setup.x, weights: setup.weights, router: try setup.router(), layer: 0, loss: nil,
+                                                    sequenceLengths: setup.sequenceLengths, keepCache: false)
+        #expect(inference.cache == nil && inference.auxiliaryLoss == nil)
+        #expect(isClose(output.output, inference.output, relativeTolerance: 1e-6))
         let routed = try setup.router().route(inputs: setup.x, gateWeight: setup.gateWeight, layer: 0)
         #expect(output.routed.decision == routed.decision)
         #expect(output.auxiliaryLoss == RouterLoss(configuration: setup.configuration)
@@ -116,7 +126,7 @@ import Testing
         }
         let jittered = try Case.noisyTopKWithJitterAndLoadLoss.setup.forward().routed
         #expect(jittered.inputJitterFactors != nil && jittered.noisyTopKSamples != nil && jittered.noiseStandardDeviations != nil)
-        #expect(try Case.noisyTopKWithLoadLoss.setup.forward().auxiliaryLoss.load != nil)
+        #expect(try Case.noisyTopKWithLoadLoss.setup.forward().auxiliaryLoss?.load != nil)
         #expect(try Case.expertChoiceSoftmax.setup.forward().routed.decision.slotsPerToken == Self.experts)
         let biased = Case.sigmoidUnnormalizedWithBias.setup
         var unbiased = biased
@@ -132,14 +142,14 @@ import Testing
         let setup = testCase.setup
         let output = try setup.forward()
         let dy = randomTensor([Self.tokens, Self.hidden], seed: 77)
-        let fast = MoEFeedForwardLayer.backward(dy, cache: output.cache, gateWeight: setup.gateWeight, experts: setup.experts)
-        let reference = MoEFeedForwardLayer.referenceBackward(dy, cache: output.cache, gateWeight: setup.gateWeight, experts: setup.experts)
+        let fast = MoEFeedForwardLayer.backward(dy, cache: output.cache!, weights: setup.weights)
+        let reference = MoEFeedForwardLayer.referenceBackward(dy, cache: output.cache!, gateWeight: setup.gateWeight, experts: setup.weights.experts)
         #expect(isClose(fast.input, reference.input, relativeTolerance: 1e-5), "\(testCase): input")
         #expect(isClose(fast.gateWeight, reference.gateWeight, relativeTolerance: 1e-5), "\(testCase): gate weight")
         for e in 0 ..< Self.experts {
             #expect(isClose(fast.experts[e].gate, reference.experts[e].gate, relativeTolerance: 1e-5), "\(testCase): expert \(e) gate")
             #expect(isClose(fast.experts[e].up, reference.experts[e].up, relativeTolerance: 1e-5), "\(testCase): expert \(e) up")
-            #expect(isClose(fast.experts[e].down, reference.experts[e].down, relativeTolerance: 1e-5), "\(testCase): expert \(e) down")
+            #expect(isClose(fast.experts[e].downTensor, reference.experts[e].downTensor, relativeTolerance: 1e-5), "\(testCase): expert \(e) down")
         }
         #expect((fast.noiseWeight == nil) == (setup.noiseWeight == nil), "\(testCase): noise weight gradient present")
         if let noise = fast.noiseWeight, let expected = reference.noiseWeight {
@@ -158,13 +168,13 @@ import Testing
         let setup = testCase.setup
         let r = randomTensor([Self.tokens, Self.hidden], seed: 99)
         let base = try setup.forward()
-        let gradients = MoEFeedForwardLayer.backward(r, cache: base.cache, gateWeight: setup.gateWeight, experts: setup.experts)
+        let gradients = MoEFeedForwardLayer.backward(r, cache: base.cache!, weights: setup.weights)
         let selection = base.routed.decision.selectedExperts
         var selectionChanged = false
         func loss(_ s: Setup) -> Float {
             guard let output = try? s.forward() else { return .nan }
             if output.routed.decision.selectedExperts != selection { selectionChanged = true }
-            return Self.dot(output.output, r) + output.auxiliaryLoss.total
+            return Self.dot(output.output, r) + output.auxiliaryLoss!.total
         }
         let step: Float = 1e-2
         func check(_ name: String, _ point: Tensor, _ analytic: Tensor, _ set: (inout Setup, Tensor) -> Void) {
@@ -183,7 +193,7 @@ import Testing
         for e in 0 ..< Self.experts {
             check("expert \(e) gate", setup.experts[e].gate, gradients.experts[e].gate) { $0.experts[e].gate = $1 }
             check("expert \(e) up", setup.experts[e].up, gradients.experts[e].up) { $0.experts[e].up = $1 }
-            check("expert \(e) down", setup.experts[e].down, gradients.experts[e].down) { $0.experts[e].down = $1 }
+            check("expert \(e) down", setup.experts[e].down, gradients.experts[e].downTensor) { $0.experts[e].down = $1 }
         }
         if let noiseWeight = setup.noiseWeight {
             let analytic = try #require(gradients.noiseWeight)
@@ -224,11 +234,10 @@ import Testing
         let setup = Case.sigmoidUnnormalizedWithBias.setup
         let router = try setup.router()
         let before = router.balancingBias
-        let output = try MoEFeedForwardLayer.forward(setup.x, gateWeight: setup.gateWeight, experts: setup.experts, router: router,
-                                                     layer: 0, loss: RouterLoss(configuration: setup.configuration),
-                                                     sequenceLengths: setup.sequenceLengths)
-        _ = MoEFeedForwardLayer.backward(randomTensor([Self.tokens, Self.hidden], seed: 3), cache: output.cache,
-                                         gateWeight: setup.gateWeight, experts: setup.experts)
+        let output = MoEFeedForwardLayer.forward(setup.x, weights: setup.weights, router: router,
+                                                 layer: 0, loss: RouterLoss(configuration: setup.configuration),
+                                                 sequenceLengths: setup.sequenceLengths)
+        _ = MoEFeedForwardLayer.backward(randomTensor([Self.tokens, Self.hidden], seed: 3), cache: output.cache!, weights: setup.weights)
         #expect(router.balancingBias == before)
     }
 
@@ -240,9 +249,8 @@ import Testing
         for h in 0 ..< Self.hidden { setup.gateWeight[3, h] = -5 }
         let output = try setup.forward()
         #expect(output.routed.decision.expertCounts[3] == 0)
-        let gradients = MoEFeedForwardLayer.backward(randomTensor([Self.tokens, Self.hidden], seed: 4), cache: output.cache,
-                                                     gateWeight: setup.gateWeight, experts: setup.experts)
-        #expect(gradients.experts[3] == setup.experts[3].zeros())
+        let gradients = MoEFeedForwardLayer.backward(randomTensor([Self.tokens, Self.hidden], seed: 4), cache: output.cache!, weights: setup.weights)
+        #expect(gradients.experts[3].gateUp.floatTensor().values.allSatisfy { $0 == 0 } && gradients.experts[3].downTensor.values.allSatisfy { $0 == 0 })
     }
 
     // MARK: Load loss partials
@@ -289,17 +297,18 @@ import Testing
             }
             return best
         }
-        let forward = try milliseconds { _ = try MoEFeedForwardLayer.forward(x, gateWeight: gate, experts: weights, router: router, layer: 0, loss: loss, sequenceLengths: [tokens]) }
-        let both = try milliseconds {
-            let output = try MoEFeedForwardLayer.forward(x, gateWeight: gate, experts: weights, router: router, layer: 0, loss: loss, sequenceLengths: [tokens])
-            _ = MoEFeedForwardLayer.backward(dy, cache: output.cache, gateWeight: gate, experts: weights)
+        let moe = MoEWeights(router: gate, experts: weights)
+        let forward = milliseconds { _ = MoEFeedForwardLayer.forward(x, weights: moe, router: router, layer: 0, loss: loss, sequenceLengths: [tokens]) }
+        let both = milliseconds {
+            let output = MoEFeedForwardLayer.forward(x, weights: moe, router: router, layer: 0, loss: loss, sequenceLengths: [tokens])
+            _ = MoEFeedForwardLayer.backward(dy, cache: output.cache!, weights: moe)
         }
-        let inference = MoELayer(gateWeight: gate, experts: weights.map { FeedForward(gate: $0.gate, up: $0.up, down: $0.down) }, topK: 2)
-        let inferenceForward = milliseconds { _ = inference.forward(x, layer: 0, router: router) }
+        let inferenceForward = milliseconds {
+            _ = MoEFeedForwardLayer.forward(x, weights: moe, router: router, layer: 0, loss: nil, sequenceLengths: [tokens], keepCache: false)
+        }
         // The same expert FLOPs as one dense SwiGLU on T·k rows: the GEMM ceiling of this shape.
-        let dense = FeedForward(gate: weights[0].gate, up: weights[0].up, down: weights[0].down)
         let denseInput = randomTensor([2 * tokens, hidden], seed: 4)
-        let denseForward = milliseconds { _ = dense.forward(denseInput) }
+        let denseForward = milliseconds { _ = SwiGLULayer.forward(denseInput, weights: weights[0], keepCache: false) }
         let flops = 6.0 * Double(tokens * 2 * hidden * intermediate)
         print("MoE layer T=\(tokens) H=\(hidden) I=\(intermediate) E=\(experts) k=2, BLAS threads \(BLAS.threadCount): "
               + "dense SwiGLU on T·k rows \(String(format: "%.2f", denseForward)) ms, inference forward \(String(format: "%.2f", inferenceForward)) ms, training forward \(String(format: "%.2f", forward)) ms "

@@ -2,17 +2,27 @@ import Foundation
 import Testing
 @testable import MoEKit
 
+/// A router that hands back a fixed decision (to run the layer on a hand-made routing).
+final class FixedRouter: ExpertRouter {
+    let decision: RoutingDecision
+    var slotsPerToken: Int { decision.slotsPerToken }
+    init(_ decision: RoutingDecision) { self.decision = decision }
+    func route(inputs: Tensor, gateWeight: Tensor, layer: Int) -> RoutedTokens {
+        RoutedTokens(decision: decision, logits: [Float](repeating: 0, count: decision.tokens * decision.experts))
+    }
+}
+
 @Suite struct MoELayerTests {
-    static func layer(experts: Int, hidden: Int = 8, intermediate: Int = 12, seed: UInt64 = 1) -> MoELayer {
-        var blocks: [FeedForward] = []
+    static func layer(experts: Int, hidden: Int = 8, intermediate: Int = 12, seed: UInt64 = 1) -> MoEWeights {
+        var blocks: [SwiGLUWeights] = []
         for e in 0 ..< experts {
             let base: UInt64 = seed &* 100 &+ UInt64(3 * e)
             let gate = randomTensor([intermediate, hidden], seed: base)
             let up = randomTensor([intermediate, hidden], seed: base &+ 1)
             let down = randomTensor([hidden, intermediate], seed: base &+ 2)
-            blocks.append(FeedForward(gate: gate, up: up, down: down))
+            blocks.append(SwiGLUWeights(gate: gate, up: up, down: down))
         }
-        return MoELayer(gateWeight: randomTensor([experts, hidden], seed: seed &+ 77), experts: blocks, topK: 2)
+        return MoEWeights(router: randomTensor([experts, hidden], seed: seed &+ 77), experts: blocks)
     }
 
     /// MiniCPM-MoE's routing: the default `RouterConfiguration`.
@@ -30,8 +40,9 @@ import Testing
             selectedExperts: [0, 2, 2, 0, -1, 2, 0, -1, -1, -1, 2, 0],
             combineWeights: [0.7, 0.3, 0.5, 0.5, 0, 1, 0.25, 0, 0, 0, 0.9, 0.1],
             probabilities: [Float](repeating: 0.25, count: 24))
-        let grouped = moe.run(x, decision: decision)
-        let reference = moe.referenceForward(x, decision: decision)
+        let grouped = MoEFeedForwardLayer.forward(x, weights: moe, router: FixedRouter(decision), layer: 0, loss: nil, sequenceLengths: [6],
+                                                  keepCache: false).output
+        let reference = MoEFeedForwardLayer.referenceForward(x, decision: decision, experts: moe.experts)
         #expect(isClose(grouped, reference, relativeTolerance: 1e-5))
         #expect(grouped.row(4) == [Float](repeating: 0, count: 8))  // a token with only empty slots gets nothing
     }
@@ -41,9 +52,10 @@ import Testing
         let moe = Self.layer(experts: 5, seed: 3)
         let x = randomTensor([17, 8], seed: 9)
         let router = try Self.defaultRouter(experts: 5, hidden: 8, topK: 2)
-        let routed = router.route(inputs: x, gateWeight: moe.gateWeight, layer: 0)
-        let output = moe.forward(x, layer: 0, router: router).output
-        #expect(isClose(output, moe.referenceForward(x, decision: routed.decision), relativeTolerance: 1e-5))
+        let routed = router.route(inputs: x, gateWeight: moe.router, layer: 0)
+        let output = MoEFeedForwardLayer.forward(x, weights: moe, router: try Self.defaultRouter(experts: 5, hidden: 8, topK: 2), layer: 0,
+                                                 loss: nil, sequenceLengths: [17], keepCache: false).output
+        #expect(isClose(output, MoEFeedForwardLayer.referenceForward(x, decision: routed.decision, experts: moe.experts), relativeTolerance: 1e-5))
     }
 
     /// Dispatch is a stable counting sort: per-expert blocks in token order, offsets the prefix sum.

@@ -2,14 +2,52 @@ import Foundation
 import Testing
 @testable import MoEKit
 
-/// A one-layer small model's parameters with random values, and random gradients of the same names.
-private func makeParameters(experts: Int? = nil, seed: UInt64 = 1) throws -> ParameterSet {
-    let config = SmallModels.config(experts: experts, layers: 1)
-    let weights = SmallModels.weights(for: config, seed: seed)
-    return try ParameterSet(config: config) { weights[$0]! }
+/// A model's typed weights seen by checkpoint name, so optimiser tests can state per-tensor facts.
+struct NamedParameters: Equatable {
+    let config: MiniCPMConfig
+    var weights: MiniCPMWeights
+    var names: [String] { MiniCPMLayout(config: config).entries.map(\.name) }
+
+    subscript(name: String) -> Tensor {
+        get { weights.tensor(named: name, config: config)! }
+        set { weights.setTensor(newValue, named: name, config: config) }
+    }
+
+    func zeros() -> NamedParameters { NamedParameters(config: config, weights: weights.zeros()) }
+
+    static func == (a: NamedParameters, b: NamedParameters) -> Bool {
+        a.config == b.config && a.weights.parameterTensors == b.weights.parameterTensors
+    }
 }
 
-private func randomGradients(like parameters: ParameterSet, seed: UInt64, standardDeviation: Float = 0.1) -> ParameterSet {
+extension AdamW {
+    init(parameters: NamedParameters, options: AdamWOptions = AdamWOptions(), learningRateMultipliers: [String: Float] = [:]) throws {
+        try self.init(parameters: parameters.weights, config: parameters.config, options: options, learningRateMultipliers: learningRateMultipliers)
+    }
+
+    init(resumingFrom path: String, parameters: NamedParameters, options: AdamWOptions = AdamWOptions(), learningRateMultipliers: [String: Float] = [:]) throws {
+        try self.init(resumingFrom: path, parameters: parameters.weights, config: parameters.config, options: options,
+                      learningRateMultipliers: learningRateMultipliers)
+    }
+
+    @discardableResult
+    mutating func step(_ parameters: inout NamedParameters, gradients: NamedParameters, learningRate: Float) -> Float {
+        step(&parameters.weights, gradients: gradients.weights, learningRate: learningRate)
+    }
+
+    var decayedParameters: Set<String> { Set(zip(names, decayed).filter(\.1).map(\.0)) }
+    func firstMoment(_ name: String) -> Tensor { moments(of: name)!.first }
+    func secondMoment(_ name: String) -> Tensor { moments(of: name)!.second }
+}
+
+/// A one-layer small model's parameters with random values, and random gradients of the same names.
+private func makeParameters(experts: Int? = nil, seed: UInt64 = 1) throws -> NamedParameters {
+    let config = SmallModels.config(experts: experts, layers: 1)
+    let weights = SmallModels.weights(for: config, seed: seed)
+    return NamedParameters(config: config, weights: try MiniCPMWeights(config: config) { weights[$0]! })
+}
+
+private func randomGradients(like parameters: NamedParameters, seed: UInt64, standardDeviation: Float = 0.1) -> NamedParameters {
     var gradients = parameters.zeros()
     for (index, name) in parameters.names.enumerated() {
         gradients[name] = randomTensor(parameters[name].shape, seed: seed &* 1_000_003 &+ UInt64(index), standardDeviation: standardDeviation)
@@ -48,12 +86,12 @@ private func randomGradients(like parameters: ParameterSet, seed: UInt64, standa
     /// reference formula applied tensor by tensor, over three steps.
     @Test func stepMatchesReferenceFormula() throws {
         var parameters = try makeParameters(experts: 2)
-        let multipliers = TensorProgramRules.learningRateMultipliers(for: parameters)
+        let multipliers = TensorProgramRules.learningRateMultipliers(config: parameters.config)
         var optimizer = try AdamW(parameters: parameters, options: AdamWOptions(beta1: 0.8, beta2: 0.9, weightDecay: 0.05, maxGradientNorm: 0.5),
                                   learningRateMultipliers: multipliers)
         for step in 0 ..< 3 {
             let gradients = randomGradients(like: parameters, seed: UInt64(step))
-            let norm = GradientClipping.globalNorm(gradients)
+            let norm = GradientClipping.globalNorm(gradients.weights.parameterTensors)
             let scale = GradientClipping.coefficient(norm: norm, maxNorm: 0.5)
             #expect(scale < 1)
             let before = parameters, m = optimizer.firstMoments, v = optimizer.secondMoments
@@ -61,13 +99,14 @@ private func randomGradients(like parameters: ParameterSet, seed: UInt64, standa
             #expect(reported == norm)
             #expect(optimizer.stepCount == step + 1)
             for name in parameters.names {
-                let reference = AdamW.referenceUpdate(parameter: before[name].values, firstMoment: m[name]!.values, secondMoment: v[name]!.values,
+                let index = parameters.names.firstIndex(of: name)!
+                let reference = AdamW.referenceUpdate(parameter: before[name].values, firstMoment: m[index].values, secondMoment: v[index].values,
                                                       gradient: gradients[name].values, gradientScale: scale, learningRate: 0.01 * (multipliers[name] ?? 1),
                                                       weightDecay: optimizer.decayedParameters.contains(name) ? 0.05 : 0, beta1: 0.8, beta2: 0.9,
                                                       epsilon: 1e-8, step: step + 1)
                 #expect(isClose(parameters[name].values, reference.parameter.map(Float.init), relativeTolerance: 1e-6), "\(name)")
-                #expect(isClose(optimizer.firstMoments[name]!.values, reference.firstMoment.map(Float.init), relativeTolerance: 1e-6), "\(name)")
-                #expect(isClose(optimizer.secondMoments[name]!.values, reference.secondMoment.map(Float.init), relativeTolerance: 1e-5), "\(name)")
+                #expect(isClose(optimizer.firstMoment(name).values, reference.firstMoment.map(Float.init), relativeTolerance: 1e-6), "\(name)")
+                #expect(isClose(optimizer.secondMoment(name).values, reference.secondMoment.map(Float.init), relativeTolerance: 1e-5), "\(name)")
             }
         }
     }
@@ -78,20 +117,20 @@ private func randomGradients(like parameters: ParameterSet, seed: UInt64, standa
         let parameters = try makeParameters()
         var gradients = parameters.zeros()
         let first = parameters.names[0], last = parameters.names.last!
-        gradients.tensors[first]!.values[0] = 3
-        gradients.tensors[last]!.values[1] = -4
-        #expect(GradientClipping.globalNorm(gradients) == 5)
+        gradients[first] = { var t = gradients[first]; t.values[0] = 3; return t }()
+        gradients[last] = { var t = gradients[last]; t.values[1] = -4; return t }()
+        #expect(GradientClipping.globalNorm(gradients.weights.parameterTensors) == 5)
 
         var unchanged = gradients
-        #expect(GradientClipping.clip(&unchanged, maxNorm: 10) == 5)
+        #expect(GradientClipping.clip(&unchanged.weights, maxNorm: 10) == 5)
         #expect(unchanged == gradients)
 
         var clipped = gradients
-        #expect(GradientClipping.clip(&clipped, maxNorm: 1) == 5)
+        #expect(GradientClipping.clip(&clipped.weights, maxNorm: 1) == 5)
         let scale: Float = 1 / (5 + 1e-6)
         #expect(clipped[first].values[0] == 3 * scale)
         #expect(clipped[last].values[1] == -4 * scale)
-        #expect(abs(GradientClipping.globalNorm(clipped) - 1) < 1e-6)
+        #expect(abs(GradientClipping.globalNorm(clipped.weights.parameterTensors) - 1) < 1e-6)
     }
 
     /// Clipping inside `step` is the same as clipping first and stepping without a threshold.
@@ -102,7 +141,7 @@ private func randomGradients(like parameters: ParameterSet, seed: UInt64, standa
         var plain = try AdamW(parameters: b, options: AdamWOptions(maxGradientNorm: nil))
         let norm = clipping.step(&a, gradients: gradients, learningRate: 1e-3)
         var clipped = gradients
-        #expect(GradientClipping.clip(&clipped, maxNorm: 0.25) == norm)
+        #expect(GradientClipping.clip(&clipped.weights, maxNorm: 0.25) == norm)
         plain.step(&b, gradients: clipped, learningRate: 1e-3)
         #expect(a == b)
     }
@@ -149,7 +188,7 @@ private func randomGradients(like parameters: ParameterSet, seed: UInt64, standa
         let before = parameters
         var optimizer = try AdamW(parameters: parameters)
         var gradients = randomGradients(like: parameters, seed: 2)
-        gradients.tensors[MiniCPMTensorNames.finalNorm]!.values[0] = .nan
+        gradients[MiniCPMTensorNames.finalNorm] = { var t = gradients[MiniCPMTensorNames.finalNorm]; t.values[0] = .nan; return t }()
         #expect(optimizer.step(&parameters, gradients: gradients, learningRate: 0.1).isNaN)
         #expect(parameters == before)
         #expect(optimizer.stepCount == 0)
@@ -204,7 +243,7 @@ private func randomGradients(like parameters: ParameterSet, seed: UInt64, standa
         let directory = TemporaryDirectory()
         let start = try makeParameters(experts: 2)
         let options = AdamWOptions(weightDecay: 0.1, maxGradientNorm: 0.3)
-        let multipliers = TensorProgramRules.learningRateMultipliers(for: start)
+        let multipliers = TensorProgramRules.learningRateMultipliers(config: start.config)
         let rates: [Float] = [0.01, 0.02, 0.015, 0.005]
 
         var straight = start

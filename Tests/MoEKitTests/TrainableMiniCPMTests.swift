@@ -5,13 +5,14 @@ import Testing
 /// Whole-model training pass: the loss equals the inference model's cross-entropy, gradients of
 /// every tensor kind match central finite differences, and a tiny model can memorise a batch.
 @Suite struct TrainableMiniCPMTests {
-    static func trainable(_ config: MiniCPMConfig, weights: [String: Tensor]) throws -> TrainableMiniCPM {
-        let parameters = try ParameterSet(config: config) { name in
+    static func trainable(_ config: MiniCPMConfig, weights: [String: Tensor]) throws -> MiniCPMModel {
+        try MiniCPMModel(config: config, source: "<test>") { name in
             guard let tensor = weights[name] else { throw CheckpointError.missingTensor(directory: "<test>", tensor: name) }
             return tensor
         }
-        return TrainableMiniCPM(parameters: parameters, router: try ConfigurableRouter.described(by: config, source: "<test>"))
     }
+
+    static func names(_ config: MiniCPMConfig) -> [String] { MiniCPMLayout(config: config).entries.map(\.name) }
 
     /// Sequences of `lengths` random tokens; targets are the next token, the last one and position 1 ignored.
     static func batch(lengths: [Int], vocabulary: Int, seed: UInt64) -> TrainingBatch {
@@ -74,7 +75,7 @@ import Testing
         let model = try SmallModels.model(config, weights: weights)
         let expected = try Self.inferenceLoss(model, batch)
         let result = try trainable.lossAndGradients(batch)
-        #expect(trainable.router?.isTraining == false)
+        #expect(trainable.configurableRouter?.isTraining == false)
         #expect(abs(Double(result.languageModelLoss) - expected) <= 1e-5 * expected)
         #expect(result.routerLosses.count == 2 && result.routing.count == 2)
         #expect(result.expertCounts.map { $0.reduce(0, +) } == [24, 24])
@@ -90,21 +91,23 @@ import Testing
 
     /// Central differences of the whole loss on 3 entries of every parameter tensor. For MoE, an
     /// entry whose ±step changes any routing decision is skipped (top-k is not differentiable there).
-    static func checkGradients(_ trainable: TrainableMiniCPM, batch: TrainingBatch, step: Float = 1e-2, seed: UInt64) throws -> (checked: Int, skipped: Int, failures: [String]) {
+    static func checkGradients(_ trainable: MiniCPMModel, batch: TrainingBatch, step: Float = 1e-2, seed: UInt64) throws -> (checked: Int, skipped: Int, failures: [String]) {
+        let config = trainable.config
         let result = try trainable.lossAndGradients(batch)
         let gradients = try #require(result.gradients)
-        let original = trainable.parameters
+        let original = trainable.weights
         var random = SeededRandom(seed: seed)
         var checked = 0, skipped = 0, failures: [String] = []
-        for name in original.names {
-            let count = original[name].count
+        for name in Self.names(config) {
+            let value = try #require(original.tensor(named: name, config: config))
+            let gradient = try #require(gradients.tensor(named: name, config: config))
             for _ in 0 ..< 3 {
-                let index = Int(random.next() % UInt64(count))
-                func shifted(_ delta: Float) throws -> TrainableMiniCPM.StepResult {
-                    var tensor = original[name]
+                let index = Int(random.next() % UInt64(value.count))
+                func shifted(_ delta: Float) throws -> MiniCPMModel.StepResult {
+                    var tensor = value
                     tensor.values[index] += delta
-                    trainable.parameters[name] = tensor
-                    defer { trainable.parameters = original }
+                    trainable.weights.setTensor(tensor, named: name, config: config)
+                    defer { trainable.weights = original }
                     return try trainable.evaluate(batch)
                 }
                 let above = try shifted(step), below = try shifted(-step)
@@ -113,7 +116,7 @@ import Testing
                     continue
                 }
                 let numeric = (above.loss - below.loss) / (2 * step)
-                let analytic = gradients[name].values[index]
+                let analytic = gradient.values[index]
                 checked += 1
                 if abs(numeric - analytic) > 3e-2 * max(abs(numeric), abs(analytic)) + 2e-4 {
                     failures.append("\(name)[\(index)]: analytic \(analytic), numeric \(numeric)")
@@ -129,7 +132,7 @@ import Testing
         let trainable = try Self.trainable(config, weights: SmallModels.weights(for: config, seed: 44))
         let check = try Self.checkGradients(trainable, batch: Self.batch(lengths: [6, 4], vocabulary: config.vocabSize, seed: 45), seed: 46)
         #expect(check.failures.isEmpty, "\(check.failures)")
-        #expect(check.checked == 3 * trainable.parameters.names.count)
+        #expect(check.checked == 3 * Self.names(config).count)
     }
 
     @Test func moeGradientsMatchFiniteDifferences() throws {
@@ -137,12 +140,12 @@ import Testing
         let trainable = try Self.trainable(config, weights: SmallModels.weights(for: config, seed: 47))
         let check = try Self.checkGradients(trainable, batch: Self.batch(lengths: [6, 4], vocabulary: config.vocabSize, seed: 48), seed: 49)
         #expect(check.failures.isEmpty, "\(check.failures)")
-        #expect(check.checked >= 3 * trainable.parameters.names.count * 9 / 10)
+        #expect(check.checked >= 3 * Self.names(config).count * 9 / 10)
     }
 
     /// Plain Adam (β 0.9/0.999, ε 1e-8) on one fixed batch drives a tiny model's loss near zero.
-    static func memorise(_ trainable: TrainableMiniCPM, batch: TrainingBatch, learningRate: Float, steps: Int) throws -> Float {
-        var first = trainable.parameters.zeros(), second = trainable.parameters.zeros()
+    static func memorise(_ trainable: MiniCPMModel, batch: TrainingBatch, learningRate: Float, steps: Int) throws -> Float {
+        var first = trainable.weights.zeros().parameterTensors, second = first
         var loss = Float.infinity
         for step in 1 ... steps {
             let result = try trainable.lossAndGradients(batch)
@@ -150,17 +153,15 @@ import Testing
             if loss < 0.02 { break }
             let gradients = try #require(result.gradients)
             let correction1 = 1 - powf(0.9, Float(step)), correction2 = 1 - powf(0.999, Float(step))
-            for name in trainable.parameters.names {
-                var value = trainable.parameters[name], m = first[name], v = second[name]
-                let g = gradients[name]
+            let g = gradients.parameterTensors
+            var index = 0
+            trainable.weights.updateEachParameter { value in
                 for i in 0 ..< value.count {
-                    m.values[i] = 0.9 * m.values[i] + 0.1 * g.values[i]
-                    v.values[i] = 0.999 * v.values[i] + 0.001 * g.values[i] * g.values[i]
-                    value.values[i] -= learningRate * (m.values[i] / correction1) / ((v.values[i] / correction2).squareRoot() + 1e-8)
+                    first[index].values[i] = 0.9 * first[index].values[i] + 0.1 * g[index].values[i]
+                    second[index].values[i] = 0.999 * second[index].values[i] + 0.001 * g[index].values[i] * g[index].values[i]
+                    value.values[i] -= learningRate * (first[index].values[i] / correction1) / ((second[index].values[i] / correction2).squareRoot() + 1e-8)
                 }
-                trainable.parameters[name] = value
-                first[name] = m
-                second[name] = v
+                index += 1
             }
         }
         return loss
@@ -209,9 +210,10 @@ import Testing
         tensors[MiniCPMTensorNames.routerBias(1)] = Tensor(shape: [4], values: [0.5, -0.5, 0, 0.25])
         try SafetensorsWriter.write(tensors.map { (name: $0.key, tensor: $0.value, dtype: SafetensorsDType.float32) }, to: directory.file("model.safetensors"))
         try config.write(to: directory.file("config.json"))
-        let trainable = try TrainableMiniCPM(directory: directory.path)
-        #expect(trainable.router?.configuration.zLossCoefficient == 0.01)
-        #expect(trainable.router?.balancingBias[1] == [0.5, -0.5, 0, 0.25])
-        #expect(trainable.parameters == (try Self.trainable(config, weights: weights)).parameters)
+        let trainable = try MiniCPMModel(directory: directory.path, ownedFloat32Weights: true)
+        #expect(trainable.configurableRouter?.configuration.zLossCoefficient == 0.01)
+        #expect(trainable.configurableRouter?.balancingBias[1] == [0.5, -0.5, 0, 0.25])
+        #expect(trainable.weights.isOwned)
+        #expect(trainable.weights.parameterTensors == (try Self.trainable(config, weights: weights)).weights.parameterTensors)
     }
 }

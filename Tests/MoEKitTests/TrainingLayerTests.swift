@@ -27,8 +27,8 @@ func matchesFiniteDifferences(_ analytic: [Float], at point: [Float], step: Floa
     /// The check itself has teeth: a gradient 10% off, or one entry wrong, is rejected.
     @Test func finiteDifferenceCheckRejectsWrongGradients() {
         let x = randomTensor([3, 4], seed: 19), w = randomTensor([5, 4], seed: 14), r = randomTensor([3, 5], seed: 15)
-        let loss = { (values: [Float]) in projectedLoss(LinearLayer.forward(Tensor(shape: x.shape, values: values), weight: w), r) }
-        let dx = LinearLayer.inputGradient(r, weight: w).values
+        let loss = { (values: [Float]) in projectedLoss(LinearLayer.forward(Tensor(shape: x.shape, values: values), weight: Weight(w)), r) }
+        let dx = LinearLayer.inputGradient(r, weight: Weight(w)).values
         #expect(matchesFiniteDifferences(dx, at: x.values, loss))
         #expect(!matchesFiniteDifferences(dx.map { $0 * 1.1 }, at: x.values, loss))
         var oneWrong = dx
@@ -41,7 +41,7 @@ func matchesFiniteDifferences(_ analytic: [Float], at point: [Float], step: Floa
     @Test func embeddingForwardMatchesReference() {
         let table = randomTensor([7, 5], seed: 1)
         let tokens = [3, 0, 6, 3]
-        #expect(EmbeddingLayer.forward(tokens: tokens, embedding: table, scale: 12) == EmbeddingLayer.referenceForward(tokens: tokens, embedding: table, scale: 12))
+        #expect(EmbeddingLayer.forward(tokens: tokens, embedding: Weight(table), scale: 12) == EmbeddingLayer.referenceForward(tokens: tokens, embedding: table, scale: 12))
     }
 
     /// Hand case: tokens (1, 3, 1), scale 2 → row 1 gets 2·(dh₀ + dh₂), row 3 gets 2·dh₁, others stay 0.
@@ -84,12 +84,12 @@ func matchesFiniteDifferences(_ analytic: [Float], at point: [Float], step: Floa
 
     @Test func linearBackwardMatchesReferenceProducts() {
         let x = randomTensor([5, 6], seed: 10), w = randomTensor([4, 6], seed: 11), dy = randomTensor([5, 4], seed: 12)
-        #expect(isClose(LinearLayer.forward(x, weight: w), MatrixMultiply.referenceProduct(x, w, transposeB: true), relativeTolerance: 1e-5))
-        let (dx, dw) = LinearLayer.backward(dy, input: x, weight: w)
+        #expect(isClose(LinearLayer.forward(x, weight: Weight(w)), MatrixMultiply.referenceProduct(x, w, transposeB: true), relativeTolerance: 1e-5))
+        let (dx, dw) = LinearLayer.backward(dy, input: x, weight: Weight(w))
         #expect(isClose(dx, MatrixMultiply.referenceProduct(dy, w), relativeTolerance: 1e-5))
         #expect(isClose(dw, MatrixMultiply.referenceProduct(dy, x, transposeA: true), relativeTolerance: 1e-5))
         var accumulated = dx
-        LinearLayer.accumulateInputGradient(dy, weight: w, into: &accumulated)
+        LinearLayer.accumulateInputGradient(dy, weight: Weight(w), into: &accumulated)
         var doubled = dx
         Kernels.scale(&doubled, by: 2)
         #expect(isClose(accumulated, doubled, relativeTolerance: 1e-6))
@@ -97,9 +97,9 @@ func matchesFiniteDifferences(_ analytic: [Float], at point: [Float], step: Floa
 
     @Test func linearBackwardMatchesFiniteDifferences() {
         let x = randomTensor([3, 4], seed: 13), w = randomTensor([5, 4], seed: 14), r = randomTensor([3, 5], seed: 15)
-        let (dx, dw) = LinearLayer.backward(r, input: x, weight: w)
-        #expect(matchesFiniteDifferences(dx.values, at: x.values) { projectedLoss(LinearLayer.forward(Tensor(shape: x.shape, values: $0), weight: w), r) })
-        #expect(matchesFiniteDifferences(dw.values, at: w.values) { projectedLoss(LinearLayer.forward(x, weight: Tensor(shape: w.shape, values: $0)), r) })
+        let (dx, dw) = LinearLayer.backward(r, input: x, weight: Weight(w))
+        #expect(matchesFiniteDifferences(dx.values, at: x.values) { projectedLoss(LinearLayer.forward(Tensor(shape: x.shape, values: $0), weight: Weight(w)), r) })
+        #expect(matchesFiniteDifferences(dw.values, at: w.values) { projectedLoss(LinearLayer.forward(x, weight: Weight(Tensor(shape: w.shape, values: $0))), r) })
     }
 
     // MARK: RoPE

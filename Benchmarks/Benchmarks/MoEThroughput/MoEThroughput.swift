@@ -96,15 +96,15 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(output)
         }
         Benchmark("layer dense T=\(tokens)", configuration: layerConfiguration) { benchmark in
-            measure(benchmark, tokens: tokens, flops: layer.denseFLOPs(tokens: tokens)) { blackHole(layer.dense.forward(x)) }
+            measure(benchmark, tokens: tokens, flops: layer.denseFLOPs(tokens: tokens)) { blackHole(layer.denseForward(x)) }
         }
         Benchmark("layer dense-active T=\(tokens)", configuration: layerConfiguration) { benchmark in
-            measure(benchmark, tokens: tokens, flops: layer.activeFLOPs(tokens: tokens)) { blackHole(layer.denseActive.forward(x)) }
+            measure(benchmark, tokens: tokens, flops: layer.activeFLOPs(tokens: tokens)) { blackHole(layer.denseForward(x, active: true)) }
         }
         for (routing, router) in layerRouters {
             Benchmark("layer moe \(routing.rawValue) T=\(tokens)", configuration: layerConfiguration) { benchmark in
                 measure(benchmark, tokens: tokens, flops: layer.activeFLOPs(tokens: tokens)) {
-                    blackHole(layer.moe.forward(x, layer: 0, router: router))
+                    blackHole(layer.moeForward(x, router: router))
                 }
             }
         }

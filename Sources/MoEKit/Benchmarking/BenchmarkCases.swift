@@ -15,16 +15,18 @@ extension ThroughputBenchmark {
         public let intermediateSize: Int
         public let experts: Int
         public let topK: Int
-        public let dense: FeedForward
-        public let denseActive: FeedForward
-        public let moe: MoELayer
+        public let dense: SwiGLUWeights
+        public let denseActive: SwiGLUWeights
+        public let moe: MoEWeights
+        /// `[2I, H]` the dense FFN's gate and up rows as one f32 matrix (the bare sgemm's operand).
+        let gateUpMatrix: Tensor
         let seed: UInt64
 
         public init(config: MiniCPMConfig, experts: Int, topK: Int, seed: UInt64 = 0) {
             let hidden = config.hiddenSize
             let std = ModelInitializer.standardDeviation(for: config)
-            func ffn(_ name: String, intermediate size: Int) -> FeedForward {
-                FeedForward(gate: ThroughputBenchmark.randomMatrix([size, hidden], seed: seed, stream: name + ".gate", standardDeviation: std),
+            func ffn(_ name: String, intermediate size: Int) -> SwiGLUWeights {
+                SwiGLUWeights(gate: ThroughputBenchmark.randomMatrix([size, hidden], seed: seed, stream: name + ".gate", standardDeviation: std),
                             up: ThroughputBenchmark.randomMatrix([size, hidden], seed: seed, stream: name + ".up", standardDeviation: std),
                             down: ThroughputBenchmark.randomMatrix([hidden, size], seed: seed, stream: name + ".down", standardDeviation: std))
             }
@@ -35,8 +37,20 @@ extension ThroughputBenchmark {
             self.seed = seed
             dense = ffn("dense", intermediate: config.intermediateSize)
             denseActive = ffn("dense-active", intermediate: topK * config.intermediateSize)
-            moe = MoELayer(gateWeight: ThroughputBenchmark.randomMatrix([experts, hidden], seed: seed, stream: "router", standardDeviation: 0.1),
-                           experts: (0 ..< experts).map { ffn("expert\($0)", intermediate: config.intermediateSize) }, topK: topK)
+            moe = MoEWeights(router: ThroughputBenchmark.randomMatrix([experts, hidden], seed: seed, stream: "router", standardDeviation: 0.1),
+                             experts: (0 ..< experts).map { ffn("expert\($0)", intermediate: config.intermediateSize) })
+            gateUpMatrix = dense.gateUp.floatTensor()
+        }
+
+        /// The dense FFN (`dense`, or `denseActive` with `active`) on x, as inference runs it.
+        public func denseForward(_ x: Tensor, active: Bool = false) -> Tensor {
+            SwiGLULayer.forward(x, weights: active ? denseActive : dense, keepCache: false).output
+        }
+
+        /// The MoE layer on x with `router`, as inference runs it.
+        public func moeForward(_ x: Tensor, router: ExpertRouter, timer: StageTimer? = nil) -> Tensor {
+            MoEFeedForwardLayer.forward(x, weights: moe, router: router, layer: 0, loss: nil, sequenceLengths: [x.rows], keepCache: false,
+                                        timer: timer).output
         }
 
         /// Activations `[tokens, H]`, N(0, 1).
@@ -52,7 +66,7 @@ extension ThroughputBenchmark {
             let tokens = x.rows, hidden = hiddenSize, width = 2 * intermediateSize
             precondition(x.columns == hidden && output.shape == [tokens, width], "sgemm operands: \(x.shape) into \(output.shape)")
             x.values.withUnsafeBufferPointer { pa in
-                dense.gateUpWeight.values.withUnsafeBufferPointer { pb in
+                gateUpMatrix.values.withUnsafeBufferPointer { pb in
                     output.values.withUnsafeMutableBufferPointer { pc in
                         guard let a = pa.baseAddress, let b = pb.baseAddress, let c = pc.baseAddress else { return }
                         MatrixMultiply.gemm(m: tokens, n: width, k: hidden, a: a, lda: hidden,

@@ -121,13 +121,13 @@ public struct ThroughputBenchmark {
             let timers = options.routings.map { _ in StageTimer() }
             var bodies: [() throws -> Void] = [
                 { cases.sgemm(x, into: &output) },
-                { _ = cases.dense.forward(x) },
-                { _ = cases.denseActive.forward(x) },
+                { _ = cases.denseForward(x) },
+                { _ = cases.denseForward(x, active: true) },
             ]
             for (router, timer) in zip(routers, timers) {
                 bodies.append {
                     timer.reset()
-                    _ = cases.moe.forward(x, layer: 0, router: router, timer: timer)
+                    _ = cases.moeForward(x, router: router, timer: timer)
                 }
             }
             let seconds = try Self.timeInterleaved(warmups: options.warmups, repeats: options.repeats, bodies)

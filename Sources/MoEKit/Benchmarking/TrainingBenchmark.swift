@@ -35,19 +35,23 @@ public struct TrainingBenchmark {
 
     /// Random parameters: matrices N(0, 0.02²) (embedding N(0, 1) scaled down by scale_emb's
     /// convention is irrelevant to timing), norms 1; for MoE every expert copies the layer's MLP.
-    static func parameters(config: MiniCPMConfig, dense: ParameterSet?, seed: UInt64) throws -> ParameterSet {
-        try ParameterSet(config: config) { name in
-            let shape = MiniCPMLayout(config: config).entries.first { $0.name == name }?.shape ?? []
-            if shape.count == 1 { return Tensor(shape: shape, repeating: 1) }
-            if let dense, name.contains(".mlp.experts.") {
-                let parts = name.split(separator: ".")
-                let layer = Int(parts[2]) ?? 0
+    static func parameters(config: MiniCPMConfig, dense: [String: Tensor]?, seed: UInt64) -> [String: Tensor] {
+        var result: [String: Tensor] = [:]
+        for entry in MiniCPMLayout(config: config).entries {
+            let name = entry.name
+            if entry.shape.count == 1 {
+                result[name] = Tensor(shape: entry.shape, repeating: 1)
+            } else if let dense, name.contains(".mlp.experts.") {
+                let layer = Int(name.split(separator: ".")[2]) ?? 0
                 let source = name.hasSuffix("w1.weight") ? MiniCPMTensorNames.gateProjection(layer)
                     : name.hasSuffix("w3.weight") ? MiniCPMTensorNames.upProjection(layer) : MiniCPMTensorNames.downProjection(layer)
-                return dense[source]
+                result[name] = dense[source]
+            } else {
+                result[name] = ThroughputBenchmark.randomMatrix(entry.shape, seed: seed, stream: name,
+                                                                standardDeviation: name.hasSuffix("mlp.gate.weight") ? 0.1 : 0.02)
             }
-            return ThroughputBenchmark.randomMatrix(shape, seed: seed, stream: name, standardDeviation: name.hasSuffix("mlp.gate.weight") ? 0.1 : 0.02)
         }
+        return result
     }
 
     /// Runs the dense, MoE and sgemm cases; results in that order.
@@ -56,13 +60,13 @@ public struct TrainingBenchmark {
         var moeConfig = config
         moeConfig.numExperts = options.experts
         moeConfig.numExpertsPerToken = options.topK
-        let denseParameters = try Self.parameters(config: config, dense: nil, seed: options.seed)
-        let moeParameters = try Self.parameters(config: moeConfig, dense: denseParameters, seed: options.seed)
+        let denseParameters = Self.parameters(config: config, dense: nil, seed: options.seed)
+        let moeParameters = Self.parameters(config: moeConfig, dense: denseParameters, seed: options.seed)
         let router = try ConfigurableRouter(configuration: RouterConfiguration(), model: moeConfig)
-        let dense = TrainableMiniCPM(parameters: denseParameters, router: nil)
-        let moe = TrainableMiniCPM(parameters: moeParameters, router: router)
-        var denseOptimizer = try AdamW(parameters: denseParameters)
-        var moeOptimizer = try AdamW(parameters: moeParameters)
+        let dense = try MiniCPMModel(config: config, weights: MiniCPMWeights(config: config) { denseParameters[$0]! }, router: nil)
+        let moe = try MiniCPMModel(config: moeConfig, weights: MiniCPMWeights(config: moeConfig) { moeParameters[$0]! }, router: router)
+        var denseOptimizer = try AdamW(parameters: dense.weights, config: config)
+        var moeOptimizer = try AdamW(parameters: moe.weights, config: moeConfig)
 
         var random = SeededRandom(seed: options.seed, stream: "training-benchmark-batch")
         let inputs = (0 ..< options.batchSize).map { _ in (0 ..< options.sequenceLength).map { _ in Int(random.next() % UInt64(config.vocabSize)) } }
@@ -78,11 +82,11 @@ public struct TrainingBenchmark {
         let samples = try ThroughputBenchmark.timeInterleaved(warmups: 1, repeats: options.repeats, [
             {
                 let result = try dense.lossAndGradients(batch)
-                if let gradients = result.gradients { denseOptimizer.step(&dense.parameters, gradients: gradients, learningRate: 1e-4) }
+                if let gradients = result.gradients { denseOptimizer.step(&dense.weights, gradients: gradients, learningRate: 1e-4) }
             },
             {
                 let result = try moe.lossAndGradients(batch)
-                if let gradients = result.gradients { moeOptimizer.step(&moe.parameters, gradients: gradients, learningRate: 1e-4) }
+                if let gradients = result.gradients { moeOptimizer.step(&moe.weights, gradients: gradients, learningRate: 1e-4) }
             },
             { _ = MatrixMultiply.product(a, b, transposeB: true) },
         ])

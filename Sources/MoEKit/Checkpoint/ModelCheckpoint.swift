@@ -144,6 +144,19 @@ public final class ModelCheckpoint: @unchecked Sendable {
         try file(for: name).withBytes(name, body)
     }
 
+    /// The tensor's raw little-endian bytes in its dtype, in place in the read-only memory map and
+    /// valid as long as this checkpoint lives; `nil` when the tensor is a PyTorch view that must be
+    /// gathered (read it with `withBytes` or `floatTensor` instead).
+    public func mappedBytes(_ name: String) throws(CheckpointError) -> UnsafeRawBufferPointer? {
+        let file = try file(for: name)
+        switch file {
+        case .safetensors(let safetensors):
+            do { return try safetensors.bytes(name) } catch { throw .safetensors(error) }
+        case .pytorch(let pytorch):
+            do { return try pytorch.mappedBytes(name) } catch { throw .pytorch(error) }
+        }
+    }
+
     /// Lets the kernel drop a tensor's pages after use (streaming passes).
     public func release(_ name: String) {
         fileForTensor[name]?.release(name)

@@ -162,6 +162,14 @@ public final class PyTorchCheckpointFile: @unchecked Sendable {
         return try gathered.withUnsafeBytes { try body($0) }
     }
 
+    /// The tensor's bytes inside the memory map when it is stored contiguously (valid while this
+    /// file lives); `nil` for views that need gathering.
+    public func mappedBytes(_ name: String) throws(PyTorchCheckpointError) -> UnsafeRawBufferPointer? {
+        let entry = try info(name)
+        guard entry.isContiguous, entry.byteCount > 0 else { return nil }
+        return mapping.bytes(entry.contiguousRange)
+    }
+
     /// The tensor converted to f32 (from any dtype but the 8-bit floats; integers and bools by value).
     public func floatTensor(_ name: String) throws(PyTorchCheckpointError) -> Tensor {
         let entry = try info(name)

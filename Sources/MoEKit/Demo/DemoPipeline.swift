@@ -113,10 +113,9 @@ public struct DemoPipeline {
         let inspection = try RoutingLogInspection(path: moeLog, selection: .last(max(1, options.steps / 4)))
 
         let forwardBatch = moeTrainer.sampler.validationBatches(maximumBatches: 1).first?.inputs ?? [Array(corpus.tokens.prefix(options.sequenceLength).map(Int.init))]
-        let denseForward = try Self.forwardTokensPerSecond(model: denseTrainer.model.parameters.makeModel(source: denseTrained), sequences: forwardBatch)
-        let moeModel = try moeTrainer.model.parameters.makeModel(source: moeTrained)
-        if let router = moeTrainer.model.router { moeModel.router = router; router.isTraining = false }
-        let moeForward = try Self.forwardTokensPerSecond(model: moeModel, sequences: forwardBatch)
+        let denseForward = try Self.forwardTokensPerSecond(model: denseTrainer.model, sequences: forwardBatch)
+        moeTrainer.model.configurableRouter?.isTraining = false
+        let moeForward = try Self.forwardTokensPerSecond(model: moeTrainer.model, sequences: forwardBatch)
 
         let files: [(String, String)] = [
             (corpusPath, "synthetic corpus (uint16 token ids) with corpus.domains.bin / .json domain labels"),

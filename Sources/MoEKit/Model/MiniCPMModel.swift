@@ -1,34 +1,31 @@
 import Foundation
 
-/// A MiniCPM or MiniCPM-MoE decoder in f32 on OpenBLAS, computing what the published modeling
-/// code computes:
+/// A MiniCPM or MiniCPM-MoE decoder, computing what the published modeling code computes:
 ///
 ///     h₀ = embed(tokens) · scale_emb
 ///     for each layer:  h += attention(rmsNorm(h)) · scale_depth/√L
 ///                      h += mlp(rmsNorm(h)) · scale_depth/√L        (mlp: SwiGLU, or the MoE layer)
-///     logits = lm_head(rmsNorm(h) / (hidden_size / dim_model_base))   (lm_head tied to embed unless present)
+///     logits = rmsNorm(h) / (hidden_size / dim_model_base) · headᵀ    (head = lm_head, or embed when tied)
+///     L = mean cross-entropy over targets ≥ 0  +  Σ_MoE layers (the router's weighted auxiliary loss)
 ///
-/// Several sequences of different lengths run in one call: projections and FFNs see all their
-/// tokens stacked, attention stays within each sequence. Incremental decoding appends to a `KVCache`.
+/// One model serves inference and training, through the same layers (`Layers/`: each a
+/// forward/backward pair beside a plain-loop reference):
+/// - inference (`forward`) runs the decoder without backward caches, with an optional KV cache per
+///   sequence; several sequences of different lengths run in one call, one layer at a time over
+///   all their tokens, so each layer's weights are read once per call;
+/// - training (`lossAndGradients`) runs the same decoder keeping what each layer's backward needs,
+///   then walks the layers back.
+///
+/// Weights are typed per layer (`MiniCPMWeights`). Loaded from a directory they stay in their stored
+/// dtype, read in place from the memory map (compute is f32, converted block by block before each
+/// GEMM); `init(directory:ownedFloat32Weights: true)` makes f32 master copies for training.
 public final class MiniCPMModel {
-    public enum FeedForwardBlock: Sendable {
-        case dense(FeedForward)
-        case mixture(MoELayer)
-    }
-
-    public struct DecoderLayer: Sendable {
-        public var inputNorm: [Float]
-        public var attention: CausalSelfAttention
-        public var postAttentionNorm: [Float]
-        public var feedForward: FeedForwardBlock
-    }
-
     /// Which rows of logits a forward call computes.
     public enum LogitRows: Sendable {
         case allTokens
         /// Only each sequence's last token (prefill for generation, benchmarks).
         case lastTokenOfEachSequence
-        /// No logits (timing the decoder stack alone).
+        /// No logits (tracing, timing the decoder stack alone).
         case none
     }
 
@@ -41,103 +38,77 @@ public final class MiniCPMModel {
 
     public let config: MiniCPMConfig
     public let source: String
-    public let embedding: Tensor
-    public let lmHead: Tensor?
-    public let finalNorm: [Float]
-    public let layers: [DecoderLayer]
+    /// The weights (an optimiser updates them in place between training steps).
+    public var weights: MiniCPMWeights
     /// The router every MoE layer uses: the `moekit_router` configuration of config.json when
-    /// present, else MiniCPM-MoE's softmax → top-k → renormalise. Replace it to route differently.
+    /// present, else MiniCPM-MoE's softmax → top-k → renormalise. Replace it to route differently
+    /// (training needs a `ConfigurableRouter`).
     public var router: ExpertRouter?
     /// Tensors in the checkpoint that the config does not explain (reported, not used).
     public let unexpectedTensors: [String]
+    let geometry: CausalAttentionLayer.Geometry
 
     /// Loads a Hugging Face model directory (dense or MoE, detected from config.json), checking every
-    /// tensor's presence and shape first. bf16/f16 weights are converted to f32 tensor by tensor from
-    /// the memory map, whose pages are released after each, so peak memory is about the f32 model.
-    public convenience init(directory: String) throws {
+    /// tensor's presence and shape first. Matrices stay in their stored dtype in the read-only
+    /// memory map; with `ownedFloat32Weights` (training) every weight is copied to f32.
+    public convenience init(directory: String, ownedFloat32Weights: Bool = false) throws {
         let config = try MiniCPMConfig(path: directory + "/config.json")
+        try config.validate()
         let checkpoint = try ModelCheckpoint(directory: directory)
         let unexpected = try MiniCPMLayout(config: config).check(checkpoint)
-        try self.init(config: config, source: directory, unexpectedTensors: unexpected) { name in
-            defer { checkpoint.release(name) }
-            return try checkpoint.floatTensor(name)
-        }
-        if let router = router as? ConfigurableRouter { try router.loadBalancingBiases(from: checkpoint) }
+        var weights = try MiniCPMWeights(config: config, checkpoint: checkpoint)
+        if ownedFloat32Weights { weights = weights.owned() }
+        let router = try ConfigurableRouter.described(by: config, source: directory)
+        try router?.loadBalancingBiases(from: checkpoint)
+        try self.init(config: config, weights: weights, router: router, source: directory, unexpectedTensors: unexpected)
     }
+
+    /// Builds a model from a config and a tensor source (`load(name)` returns the f32 tensor for a
+    /// checkpoint name; shapes are checked), routed as config.json describes.
+    public convenience init(config: MiniCPMConfig, source: String = "<memory>", unexpectedTensors: [String] = [],
+                            load: (String) throws -> Tensor) throws {
+        try config.validate()
+        let weights = try MiniCPMWeights(config: config, source: source, load: load)
+        try self.init(config: config, weights: weights, router: try ConfigurableRouter.described(by: config, source: source),
+                      source: source, unexpectedTensors: unexpectedTensors)
+    }
+
+    /// A model over `weights`; a MoE model needs a router for its layers and experts.
+    public init(config: MiniCPMConfig, weights: MiniCPMWeights, router: ExpertRouter?, source: String = "<memory>",
+                unexpectedTensors: [String] = []) throws {
+        try config.validate()
+        if config.isMoE {
+            guard router != nil else { throw ModelError.missingRouter(source: source) }
+            if let router = router as? ConfigurableRouter {
+                precondition(router.layers == config.numHiddenLayers && router.experts == config.numExperts && router.hiddenSize == config.hiddenSize,
+                             "router for \(router.layers) layers × \(router.experts) experts of \(router.hiddenSize), model has \(config.numHiddenLayers) × \(config.numExperts ?? 0) of \(config.hiddenSize)")
+            }
+        }
+        self.config = config
+        self.weights = weights
+        self.router = config.isMoE ? router : nil
+        self.source = source
+        self.unexpectedTensors = unexpectedTensors
+        geometry = CausalAttentionLayer.Geometry(config: config)
+    }
+
+    /// The router as a `ConfigurableRouter` (what training and `useRouter` work with).
+    public var configurableRouter: ConfigurableRouter? { router as? ConfigurableRouter }
 
     /// Routes every MoE layer with `configuration` (e.g. from `--router`), keeping any
     /// auxiliary-loss-free bias the current router holds.
     public func useRouter(_ configuration: RouterConfiguration) throws {
         let replacement = try ConfigurableRouter(configuration: configuration, model: config)
-        if let current = router as? ConfigurableRouter {
+        if let current = configurableRouter {
             for layer in 0 ..< config.numHiddenLayers { try replacement.setBalancingBias(current.balancingBias[layer], layer: layer) }
         }
         router = replacement
     }
 
-    /// Builds a model from a config and a tensor source (`load(name)` returns the f32 tensor for a
-    /// checkpoint name; shapes are checked here too).
-    public init(config: MiniCPMConfig, source: String = "<memory>", unexpectedTensors: [String] = [],
-                load: (String) throws -> Tensor) throws {
-        try config.validate()
-        self.config = config
-        self.source = source
-        self.unexpectedTensors = unexpectedTensors
-        let expectedShapes = Dictionary(MiniCPMLayout(config: config).entries.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
-        func tensor(_ name: String) throws -> Tensor {
-            let value = try load(name)
-            if let shape = expectedShapes[name], shape != value.shape {
-                throw CheckpointError.shapeMismatch(directory: source, tensor: name, expected: shape, actual: value.shape)
-            }
-            return value
-        }
-        embedding = try tensor(MiniCPMTensorNames.embedTokens)
-        let rotary = RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta),
-                                     precomputedPositions: config.maxPositionEmbeddings)
-        var layers: [DecoderLayer] = []
-        for index in 0 ..< config.numHiddenLayers {
-            let attention = CausalSelfAttention(
-                queryWeight: try tensor(MiniCPMTensorNames.queryProjection(index)),
-                keyWeight: try tensor(MiniCPMTensorNames.keyProjection(index)),
-                valueWeight: try tensor(MiniCPMTensorNames.valueProjection(index)),
-                outputWeight: try tensor(MiniCPMTensorNames.outputProjection(index)),
-                heads: config.numAttentionHeads, keyValueHeads: config.numKeyValueHeads, rotary: rotary)
-            let feedForward: FeedForwardBlock
-            if let experts = config.numExperts {
-                var expertBlocks: [FeedForward] = []
-                for expert in 0 ..< experts {
-                    expertBlocks.append(FeedForward(gate: try tensor(MiniCPMTensorNames.expertGate(index, expert)),
-                                                    up: try tensor(MiniCPMTensorNames.expertUp(index, expert)),
-                                                    down: try tensor(MiniCPMTensorNames.expertDown(index, expert))))
-                }
-                feedForward = .mixture(MoELayer(gateWeight: try tensor(MiniCPMTensorNames.router(index)), experts: expertBlocks,
-                                                topK: config.numExpertsPerToken ?? 2))
-            } else {
-                feedForward = .dense(FeedForward(gate: try tensor(MiniCPMTensorNames.gateProjection(index)),
-                                                 up: try tensor(MiniCPMTensorNames.upProjection(index)),
-                                                 down: try tensor(MiniCPMTensorNames.downProjection(index))))
-            }
-            layers.append(DecoderLayer(inputNorm: try tensor(MiniCPMTensorNames.inputLayerNorm(index)).values,
-                                       attention: attention,
-                                       postAttentionNorm: try tensor(MiniCPMTensorNames.postAttentionLayerNorm(index)).values,
-                                       feedForward: feedForward))
-        }
-        self.layers = layers
-        finalNorm = try tensor(MiniCPMTensorNames.finalNorm).values
-        if !config.tieWordEmbeddings {
-            lmHead = try tensor(MiniCPMTensorNames.lmHead)
-        } else {
-            lmHead = try? load(MiniCPMTensorNames.lmHead)
-        }
-        if let lmHead, lmHead.shape != [config.vocabSize, config.hiddenSize] {
-            throw CheckpointError.shapeMismatch(directory: source, tensor: MiniCPMTensorNames.lmHead,
-                                                expected: [config.vocabSize, config.hiddenSize], actual: lmHead.shape)
-        }
-        router = try ConfigurableRouter.described(by: config, source: source)
-    }
-
     /// A fresh cache for incremental decoding of one sequence.
     public func makeCache() -> KVCache { KVCache(config: config) }
+
+    // MARK: Inference
 
     /// Logits `[total tokens, vocab]` of whole sequences, stacked in input order.
     public func logits(for sequences: [[Int]]) throws -> Tensor {
@@ -156,68 +127,240 @@ public final class MiniCPMModel {
     /// forward's last row.
     public func forward(_ chunks: [(tokens: [Int], cache: KVCache)], detail: RoutingRecord.Detail = .none,
                         logitRows: LogitRows = .allTokens, timer: StageTimer? = nil, source: String = "input") throws -> Output {
-        var attentionChunks: [CausalSelfAttention.Chunk] = []
-        var tokenIds: [Int] = []
         for (index, chunk) in chunks.enumerated() {
-            guard !chunk.tokens.isEmpty else { throw ModelError.emptySequence(source: source, sequence: index) }
-            for (position, token) in chunk.tokens.enumerated() where token < 0 || token >= config.vocabSize {
-                throw ModelError.tokenOutOfRange(source: source, sequence: index, position: chunk.cache.length + position,
-                                                 token: token, vocabularySize: config.vocabSize)
-            }
-            let length = chunk.cache.length + chunk.tokens.count
-            guard length <= config.maxPositionEmbeddings else {
-                throw ModelError.sequenceTooLong(source: source, sequence: index, length: length, maximum: config.maxPositionEmbeddings)
-            }
-            attentionChunks.append(.init(rows: tokenIds.count ..< tokenIds.count + chunk.tokens.count, cache: chunk.cache))
-            tokenIds += chunk.tokens
+            try check(chunk.tokens, sequence: index, past: chunk.cache.length, source: source)
         }
-
-        let hidden = config.hiddenSize
-        var h = Tensor(shape: [tokenIds.count, hidden])
-        let scaleEmb = Float(config.scaleEmb)
-        for (row, token) in tokenIds.enumerated() {
-            for j in 0 ..< hidden { h[row, j] = embedding[token, j] * scaleEmb }
-        }
-        let residualScale = config.residualScale
-        var records: [RoutingRecord] = []
-        for (index, layer) in layers.enumerated() {
-            let attended = timer.measure(.attention) { () -> Tensor in
-                let normed = Kernels.rmsNorm(h, weight: layer.inputNorm, epsilon: Float(config.rmsNormEps))
-                return layer.attention.forward(normed, layer: index, chunks: attentionChunks)
-            }
-            Kernels.add(attended, scaledBy: residualScale, to: &h)
-            let normed = timer.measure(.other) { Kernels.rmsNorm(h, weight: layer.postAttentionNorm, epsilon: Float(config.rmsNormEps)) }
-            let mlpOutput: Tensor
-            switch layer.feedForward {
-            case .dense(let ffn):
-                mlpOutput = timer.measure(.denseFFN) { ffn.forward(normed) }
-            case .mixture(let moe):
-                guard let router = self.router else { preconditionFailure("a MoE model without a router") }
-                let result = moe.forward(normed, layer: index, router: router, detail: detail, timer: timer)
-                mlpOutput = result.output
-                if let record = result.record { records.append(record) }
-            }
-            Kernels.add(mlpOutput, scaledBy: residualScale, to: &h)
-        }
+        let spans = chunks.map { CausalAttentionLayer.Span(length: $0.tokens.count, cache: $0.cache) }
+        let pass = decoder(tokens: chunks.flatMap(\.tokens), spans: spans, training: false, detail: detail, timer: timer)
         for chunk in chunks { chunk.cache.advance(by: chunk.tokens.count) }
 
         let logits: Tensor = timer.measure(.other) {
             let rows: Tensor
             switch logitRows {
             case .none: return Tensor(shape: [0, config.vocabSize])
-            case .allTokens: rows = h
+            case .allTokens: rows = pass.hidden
             case .lastTokenOfEachSequence:
-                var last = Tensor(shape: [attentionChunks.count, hidden])
-                for (index, chunk) in attentionChunks.enumerated() {
-                    for j in 0 ..< hidden { last[index, j] = h[chunk.rows.upperBound - 1, j] }
+                var last = Tensor(shape: [chunks.count, config.hiddenSize])
+                var end = 0
+                for (index, chunk) in chunks.enumerated() {
+                    end += chunk.tokens.count
+                    for j in 0 ..< config.hiddenSize { last[index, j] = pass.hidden[end - 1, j] }
                 }
                 rows = last
             }
-            var normed = Kernels.rmsNorm(rows, weight: finalNorm, epsilon: Float(config.rmsNormEps))
-            let divisor = config.logitDivisor
-            normed.values.withUnsafeMutableBufferPointer { p in for i in p.indices { p[i] /= divisor } }
-            return MatrixMultiply.product(normed, lmHead ?? embedding, transposeB: true)
+            return CrossEntropyLayer.logits(rows, normWeight: weights.finalNorm, head: weights.head, divisor: config.logitDivisor,
+                                            epsilon: Float(config.rmsNormEps))
         }
-        return Output(logits: logits, routing: records)
+        return Output(logits: logits, routing: pass.records)
+    }
+
+    // MARK: Training
+
+    /// What one forward (and backward) pass over a batch gives.
+    public struct StepResult: Sendable {
+        /// The training objective: `languageModelLoss + Σ routerLosses[i].total`.
+        public var loss: Float
+        /// Mean next-token cross-entropy over the targets ≥ 0.
+        public var languageModelLoss: Float
+        /// How many targets the language-model loss averages over.
+        public var countedTokens: Int
+        /// Per MoE layer (in layer order): the router's auxiliary losses, weighted total and terms.
+        public var routerLosses: [RouterLoss.Value]
+        /// Per MoE layer (in layer order): the routing of the batch's N tokens (for statistics and
+        /// the auxiliary-loss-free bias update).
+        public var routing: [RoutedTokens]
+        /// ∂loss/∂weights, typed as the weights are (`lossAndGradients` only).
+        public var gradients: MiniCPMWeights?
+
+        /// `[MoE layer][expert]` assignments each expert received (after drops): what
+        /// `ConfigurableRouter.updateBalancingBias(expertCounts:)` takes.
+        public var expertCounts: [[Int]] { routing.map(\.decision.expertCounts) }
+    }
+
+    /// The loss of a batch, forward only, with the router in evaluation mode (no noise).
+    public func evaluate(_ batch: TrainingBatch) throws -> StepResult {
+        let router = try trainingRouter()
+        let wasTraining = router?.isTraining ?? false
+        router?.isTraining = false
+        defer { router?.isTraining = wasTraining }
+        let pass = try trainingForward(batch, keepCaches: false)
+        return StepResult(loss: pass.loss, languageModelLoss: pass.crossEntropy.loss, countedTokens: pass.crossEntropy.countedTokens,
+                          routerLosses: pass.decoder.routerLosses, routing: pass.decoder.routed, gradients: nil)
+    }
+
+    /// The loss of a batch and its gradient with respect to every weight; the router is in
+    /// training mode (noise on, when configured) during the pass. The weights must be owned f32
+    /// (`init(directory:ownedFloat32Weights: true)` or `weights.owned()`).
+    public func lossAndGradients(_ batch: TrainingBatch) throws -> StepResult {
+        let router = try trainingRouter()
+        let wasTraining = router?.isTraining ?? false
+        router?.isTraining = true
+        defer { router?.isTraining = wasTraining }
+        let pass = try trainingForward(batch, keepCaches: true)
+        let gradients = backward(pass)
+        return StepResult(loss: pass.loss, languageModelLoss: pass.crossEntropy.loss, countedTokens: pass.crossEntropy.countedTokens,
+                          routerLosses: pass.decoder.routerLosses, routing: pass.decoder.routed, gradients: gradients)
+    }
+
+    private func trainingRouter() throws(ModelError) -> ConfigurableRouter? {
+        guard config.isMoE else { return nil }
+        guard let router = configurableRouter else { throw ModelError.missingRouter(source: source) }
+        return router
+    }
+
+    // MARK: The decoder
+
+    private enum FeedForwardCache {
+        case dense(SwiGLULayer.Cache)
+        case mixture(MoEFeedForwardLayer.Cache)
+    }
+
+    private struct LayerCache {
+        var inputNorm: RMSNormLayer.Cache
+        var attention: CausalAttentionLayer.Cache
+        var postAttentionNorm: RMSNormLayer.Cache
+        var feedForward: FeedForwardCache
+    }
+
+    private struct DecoderPass {
+        /// `[N, hidden]` the last layer's output.
+        var hidden: Tensor
+        /// Backward caches per layer (training with caches kept).
+        var layers: [LayerCache] = []
+        /// Per MoE layer: routing records (inference with detail), routings and auxiliary losses (training).
+        var records: [RoutingRecord] = []
+        var routed: [RoutedTokens] = []
+        var routerLosses: [RouterLoss.Value] = []
+    }
+
+    /// The decoder stack over `tokens`, the rows of each span one sequence. Training passes
+    /// `training` (auxiliary losses evaluated; with `keepCaches`, every layer's backward cache kept).
+    private func decoder(tokens: [Int], spans: [CausalAttentionLayer.Span], training: Bool, keepCaches: Bool = false,
+                         detail: RoutingRecord.Detail = .none, timer: StageTimer? = nil) -> DecoderPass {
+        let epsilon = Float(config.rmsNormEps), residualScale = config.residualScale
+        let sequenceLengths = spans.map(\.length)
+        let routerLoss = training ? configurableRouter.map { RouterLoss(configuration: $0.configuration) } : nil
+        var h = timer.measure(.other) { EmbeddingLayer.forward(tokens: tokens, embedding: weights.embedding, scale: Float(config.scaleEmb)) }
+        var pass = DecoderPass(hidden: Tensor(shape: [0, 0]))
+        for (index, layer) in weights.layers.enumerated() {
+            let (attentionInput, inputNorm) = timer.measure(.attention) { RMSNormLayer.forward(h, weight: layer.inputNorm, epsilon: epsilon) }
+            let attention = timer.measure(.attention) {
+                CausalAttentionLayer.forward(attentionInput, weights: layer.attention, geometry: geometry, spans: spans, layer: index,
+                                             keepCache: keepCaches)
+            }
+            Kernels.add(attention.output, scaledBy: residualScale, to: &h)
+            let (mlpInput, postAttentionNorm) = timer.measure(.other) { RMSNormLayer.forward(h, weight: layer.postAttentionNorm, epsilon: epsilon) }
+            let mlpOutput: Tensor
+            let feedForward: FeedForwardCache?
+            switch layer.feedForward {
+            case .dense(let swiGLU):
+                let result = timer.measure(.denseFFN) { SwiGLULayer.forward(mlpInput, weights: swiGLU, keepCache: keepCaches) }
+                mlpOutput = result.output
+                feedForward = result.cache.map { .dense($0) }
+            case .mixture(let moe):
+                guard let router else { preconditionFailure("a MoE model without a router") }
+                let result = MoEFeedForwardLayer.forward(mlpInput, weights: moe, router: router, layer: index, loss: routerLoss,
+                                                         sequenceLengths: sequenceLengths, keepCache: keepCaches, timer: timer)
+                mlpOutput = result.output
+                feedForward = result.cache.map { .mixture($0) }
+                if training {
+                    pass.routed.append(result.routed)
+                    if let loss = result.auxiliaryLoss { pass.routerLosses.append(loss) }
+                } else if detail != .none {
+                    pass.records.append(timer.measure(.routingStatistics) {
+                        RoutingStatistics.record(result.routed, topK: router.slotsPerToken, detail: detail)
+                    })
+                }
+            }
+            Kernels.add(mlpOutput, scaledBy: residualScale, to: &h)
+            if keepCaches, let attentionCache = attention.cache, let feedForward {
+                pass.layers.append(LayerCache(inputNorm: inputNorm, attention: attentionCache, postAttentionNorm: postAttentionNorm,
+                                              feedForward: feedForward))
+            }
+        }
+        pass.hidden = h
+        return pass
+    }
+
+    private struct TrainingPass {
+        var tokens: [Int]
+        var decoder: DecoderPass
+        var crossEntropy: CrossEntropyLayer.Output
+        var loss: Float
+    }
+
+    private func trainingForward(_ batch: TrainingBatch, keepCaches: Bool) throws -> TrainingPass {
+        for (index, sequence) in batch.inputs.enumerated() { try check(sequence, sequence: index, past: 0, source: "batch") }
+        guard !batch.inputs.isEmpty else { throw ModelError.emptyInput(source: "batch") }
+        for (index, targets) in batch.targets.enumerated() {
+            for (position, target) in targets.enumerated() where target >= config.vocabSize {
+                throw ModelError.tokenOutOfRange(source: "batch targets", sequence: index, position: position, token: target, vocabularySize: config.vocabSize)
+            }
+        }
+        let tokens = batch.inputs.flatMap { $0 }
+        let pass = decoder(tokens: tokens, spans: batch.inputs.map { CausalAttentionLayer.Span(length: $0.count) }, training: true,
+                           keepCaches: keepCaches)
+        let crossEntropy = CrossEntropyLayer.forward(pass.hidden, normWeight: weights.finalNorm, head: weights.head,
+                                                     targets: batch.targets.flatMap { $0 }, divisor: config.logitDivisor,
+                                                     epsilon: Float(config.rmsNormEps), keepLogitGradient: keepCaches)
+        let loss = crossEntropy.loss + pass.routerLosses.reduce(0) { $0 + $1.total }
+        return TrainingPass(tokens: tokens, decoder: pass, crossEntropy: crossEntropy, loss: loss)
+    }
+
+    private func backward(_ pass: TrainingPass) -> MiniCPMWeights {
+        let residualScale = config.residualScale
+        var gradients = weights.zeros()
+        let output = CrossEntropyLayer.backward(cache: pass.crossEntropy.cache, normWeight: weights.finalNorm, head: weights.head)
+        gradients.finalNorm = output.normWeight
+        var dh = output.input
+        for index in weights.layers.indices.reversed() {
+            let cache = pass.decoder.layers[index], layer = weights.layers[index]
+            // h ← h + s · mlp(rmsNorm(h))
+            var mlpGradient = dh
+            Kernels.scale(&mlpGradient, by: residualScale)
+            let mlpInputGradient: Tensor
+            switch (cache.feedForward, layer.feedForward) {
+            case (.dense(let ffnCache), .dense(let swiGLU)):
+                let result = SwiGLULayer.backward(mlpGradient, cache: ffnCache, weights: swiGLU)
+                mlpInputGradient = result.input
+                gradients.layers[index].feedForward = .dense(result.weights)
+            case (.mixture(let moeCache), .mixture(let moe)):
+                let result = MoEFeedForwardLayer.backward(mlpGradient, cache: moeCache, weights: moe)
+                mlpInputGradient = result.input
+                gradients.layers[index].feedForward = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts))
+            default:
+                preconditionFailure("layer \(index): cache and weights disagree on the MLP kind")
+            }
+            let postNorm = RMSNormLayer.backward(mlpInputGradient, cache: cache.postAttentionNorm, weight: layer.postAttentionNorm)
+            gradients.layers[index].postAttentionNorm = postNorm.weight
+            Kernels.add(postNorm.input, to: &dh)
+            // h ← h + s · attention(rmsNorm(h))
+            var attentionGradient = dh
+            Kernels.scale(&attentionGradient, by: residualScale)
+            let attention = CausalAttentionLayer.backward(attentionGradient, cache: cache.attention, weights: layer.attention, geometry: geometry)
+            gradients.layers[index].attention = attention.weights
+            let inputNorm = RMSNormLayer.backward(attention.input, cache: cache.inputNorm, weight: layer.inputNorm)
+            gradients.layers[index].inputNorm = inputNorm.weight
+            Kernels.add(inputNorm.input, to: &dh)
+        }
+        var embeddingGradient = weights.lmHead == nil ? output.head : Tensor(shape: [config.vocabSize, config.hiddenSize])
+        if weights.lmHead != nil { gradients.lmHead = Weight(output.head) }
+        EmbeddingLayer.backward(dh, tokens: pass.tokens, scale: Float(config.scaleEmb), into: &embeddingGradient)
+        gradients.embedding = Weight(embeddingGradient)
+        return gradients
+    }
+
+    // MARK: Input checks
+
+    /// Tokens inside the vocabulary, no empty sequence, none longer than max_position_embeddings.
+    private func check(_ tokens: [Int], sequence index: Int, past: Int, source: String) throws(ModelError) {
+        guard !tokens.isEmpty else { throw ModelError.emptySequence(source: source, sequence: index) }
+        for (position, token) in tokens.enumerated() where token < 0 || token >= config.vocabSize {
+            throw ModelError.tokenOutOfRange(source: source, sequence: index, position: past + position, token: token, vocabularySize: config.vocabSize)
+        }
+        let length = past + tokens.count
+        guard length <= config.maxPositionEmbeddings else {
+            throw ModelError.sequenceTooLong(source: source, sequence: index, length: length, maximum: config.maxPositionEmbeddings)
+        }
     }
 }

@@ -8,6 +8,7 @@ public enum ModelError: Error, LocalizedError, Equatable, Sendable {
     case sequenceTooLong(source: String, sequence: Int, length: Int, maximum: Int)
     case unreadableTokenFile(path: String, reason: String)
     case invalidToken(path: String, line: Int, text: String)
+    case missingRouter(source: String)
 
     public var errorDescription: String? {
         switch self {
@@ -19,6 +20,7 @@ public enum ModelError: Error, LocalizedError, Equatable, Sendable {
             return "\(source): sequence \(sequence) has \(length) tokens, more than max_position_embeddings (\(maximum))"
         case let .unreadableTokenFile(path, reason): return "\(path): \(reason)"
         case let .invalidToken(path, line, text): return "\(path): line \(line): '\(text)' is not a token id"
+        case let .missingRouter(source): return "\(source): a MoE model needs a router (training needs a ConfigurableRouter)"
         }
     }
 }

@@ -5,7 +5,7 @@ import Foundation
 /// result as a Hugging Face directory with its training state beside it.
 ///
 /// One step s: batch(s) = `BatchSampler.batch(at: s)` (a pure function of seed and step) →
-/// router noise reseeded for s → loss and gradients (`TrainableMiniCPM`) → AdamW with
+/// router noise reseeded for s → loss and gradients (`MiniCPMModel.lossAndGradients`) → AdamW with
 /// η_s = schedule(s) × the tensor-program multipliers, gradient clipped by global norm → the
 /// auxiliary-loss-free bias updated from the step's expert counts (when configured) → log row.
 /// Because nothing else carries state between steps, a run resumed from a save at step s computes
@@ -52,7 +52,8 @@ public final class Trainer {
         public var logPath: String?
     }
 
-    public let model: TrainableMiniCPM
+    /// The model being trained, its weights f32 master copies (`MiniCPMModel(directory:ownedFloat32Weights:)`).
+    public let model: MiniCPMModel
     public let options: TrainingOptions
     public let sampler: BatchSampler
     public let schedule: LearningRateSchedule
@@ -108,19 +109,28 @@ public final class Trainer {
             initialModel = modelDirectory
         }
 
-        // The model, with the router the options ask for (keeping any saved balancing bias).
-        let loaded = try TrainableMiniCPM(directory: source)
-        if let baseRouter = loaded.router {
+        // The model (f32 master copies of every weight it trains), with the router the options ask
+        // for (keeping any saved balancing bias).
+        let loaded = try MiniCPMModel(directory: source, ownedFloat32Weights: true)
+        if let baseRouter = loaded.configurableRouter {
             var configuration = options.router ?? baseRouter.configuration
             if let coefficient = options.auxiliaryLossCoefficient { configuration.loadBalancingCoefficient = coefficient }
             if let coefficient = options.zLossCoefficient { configuration.zLossCoefficient = coefficient }
+            if resume && configuration != baseRouter.configuration {
+                // OUT_DIR's config.json holds the router the run used (options applied): a resumed run must route the same.
+                var withoutCoefficients = configuration, saved = baseRouter.configuration
+                withoutCoefficients.loadBalancingCoefficient = saved.loadBalancingCoefficient
+                withoutCoefficients.zLossCoefficient = saved.zLossCoefficient
+                let option = withoutCoefficients != saved ? "router"
+                    : configuration.loadBalancingCoefficient != saved.loadBalancingCoefficient ? "aux-loss" : "z-loss"
+                throw TrainingError.invalidOption(name: option, reason: "gives the router '\(configuration.description)' but the run in \(outputDirectory) used '\(saved.description)'; resume with the same value")
+            }
             if configuration != baseRouter.configuration {
                 let router = try ConfigurableRouter(configuration: configuration, model: loaded.config)
                 for layer in 0 ..< router.layers { try router.setBalancingBias(baseRouter.balancingBias[layer], layer: layer) }
-                model = TrainableMiniCPM(parameters: loaded.parameters, router: router)
-            } else {
-                model = loaded
+                loaded.router = router
             }
+            model = loaded
             if configuration.noisyTopK {
                 // NOTE: MoEFeedForwardLayer computes ∂L/∂W_noise, but the noise weights live in the router,
                 // outside ParameterSet, AdamW and the saved checkpoint; training them silently at zero would
@@ -154,15 +164,16 @@ public final class Trainer {
 
         // Optimiser.
         schedule = options.learningRateSchedule
-        let multipliers = options.tensorProgram ? TensorProgramRules.learningRateMultipliers(for: model.parameters) : [:]
+        let multipliers = options.tensorProgram ? TensorProgramRules.learningRateMultipliers(config: model.config) : [:]
         if let state {
             let path = stateDirectory + "/" + Self.optimizerFileName
-            optimizer = try AdamW(resumingFrom: path, parameters: model.parameters, options: options.adamWOptions, learningRateMultipliers: multipliers)
+            optimizer = try AdamW(resumingFrom: path, parameters: model.weights, config: model.config, options: options.adamWOptions,
+                                  learningRateMultipliers: multipliers)
             guard optimizer.stepCount == state.completedSteps else {
                 throw TrainingError.invalidState(path: path, reason: "holds \(optimizer.stepCount) optimiser steps, trainer_state.json says \(state.completedSteps)")
             }
         } else {
-            optimizer = try AdamW(parameters: model.parameters, options: options.adamWOptions, learningRateMultipliers: multipliers)
+            optimizer = try AdamW(parameters: model.weights, config: model.config, options: options.adamWOptions, learningRateMultipliers: multipliers)
         }
         startStep = state?.completedSteps ?? 0
         tokensSeen = state?.tokensSeen ?? 0
@@ -176,10 +187,10 @@ public final class Trainer {
     }
 
     /// The header of a training log for `model`: MoE layers, experts and k, or all zero for a dense model.
-    static func logHeader(model: TrainableMiniCPM, source: String, domains: [String]) -> RoutingLogHeader {
+    static func logHeader(model: MiniCPMModel, source: String, domains: [String]) -> RoutingLogHeader {
         let config = model.config
         let configText = String(decoding: config.serialized(), as: UTF8.self)
-        guard let router = model.router else {
+        guard let router = model.configurableRouter else {
             return RoutingLogHeader(numLayers: 0, numExperts: 0, topK: 0, router: "dense", modelConfig: configText, source: source, training: true)
         }
         return RoutingLogHeader(numLayers: router.layers, numExperts: router.experts, topK: router.slotsPerToken,
@@ -199,16 +210,16 @@ public final class Trainer {
         var lastValidation: Float?
         for step in startStep ..< options.steps {
             let stepStart = Date()
-            model.router?.reseedNoise(step: step)
+            model.configurableRouter?.reseedNoise(step: step)
             let batch = sampler.batch(at: step)
             let result = try model.lossAndGradients(batch)
             guard result.loss.isFinite, let gradients = result.gradients else { throw TrainingError.nonFiniteLoss(step: step, loss: result.loss) }
             let learningRate = schedule.learningRate(at: step)
-            let gradientNorm = optimizer.step(&model.parameters, gradients: gradients, learningRate: learningRate)
+            let gradientNorm = optimizer.step(&model.weights, gradients: gradients, learningRate: learningRate)
             // AdamW leaves everything unchanged on a non-finite gradient; a run must not go on as if it had stepped.
             guard gradientNorm.isFinite else { throw TrainingError.nonFiniteGradient(step: step) }
-            if let router = model.router, router.configuration.auxiliaryLossFreeBalancing {
-                router.updateBalancingBias(expertCounts: result.routing.map { Self.expertCounts($0.decision) })
+            if let router = model.configurableRouter, router.configuration.auxiliaryLossFreeBalancing {
+                router.updateBalancingBias(expertCounts: result.expertCounts)
             }
             trainingSeconds += Date().timeIntervalSince(stepStart)
             tokensThisRun += batch.tokenCount
@@ -253,13 +264,7 @@ public final class Trainer {
         return counted > 0 ? Float(total / Double(counted)) : .nan
     }
 
-    static func expertCounts(_ decision: RoutingDecision) -> [Int] {
-        var counts = [Int](repeating: 0, count: decision.experts)
-        for expert in decision.selectedExperts where expert >= 0 { counts[Int(expert)] += 1 }
-        return counts
-    }
-
-    private func log(step: Int, batch: TrainingBatch, result: TrainableMiniCPM.StepResult, learningRate: Float, gradientNorm: Float,
+    private func log(step: Int, batch: TrainingBatch, result: MiniCPMModel.StepResult, learningRate: Float, gradientNorm: Float,
                      validationLoss: Float?) throws {
         guard let logWriter else { return }
         // A run resumed from an earlier save than the log's last row recomputes those steps
@@ -284,11 +289,11 @@ public final class Trainer {
         let directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: true)
         var config = model.config
         config.torchDtype = "float32"
-        if let router = model.router { config.otherKeys["moekit_router"] = router.configuration.jsonValue }
+        if let router = model.configurableRouter { config.otherKeys["moekit_router"] = router.configuration.jsonValue }
         try config.write(to: directory.path("config.json"))
 
-        var tensors = model.parameters.names.map { (name: $0, tensor: model.parameters[$0], dtype: SafetensorsDType.float32) }
-        if let router = model.router, router.configuration.auxiliaryLossFreeBalancing || router.balancingBias.contains(where: { $0.contains { $0 != 0 } }) {
+        var tensors = model.weights.namedTensors(config: model.config).map { (name: $0.name, tensor: $0.tensor, dtype: SafetensorsDType.float32) }
+        if let router = model.configurableRouter, router.configuration.auxiliaryLossFreeBalancing || router.balancingBias.contains(where: { $0.contains { $0 != 0 } }) {
             for layer in 0 ..< router.layers {
                 tensors.append((name: MiniCPMTensorNames.routerBias(layer), tensor: Tensor(shape: [router.experts], values: router.balancingBias[layer]),
                                 dtype: .float32))

@@ -41,9 +41,9 @@ extension AdamW {
     public func save(to path: String) throws(SafetensorsError) {
         var entries: [(name: String, tensor: Tensor, dtype: SafetensorsDType)] = []
         entries.reserveCapacity(2 * names.count)
-        for name in names {
-            entries.append((Self.firstMomentName(name), firstMoments[name]!, .float32))
-            entries.append((Self.secondMomentName(name), secondMoments[name]!, .float32))
+        for (index, name) in names.enumerated() {
+            entries.append((Self.firstMomentName(name), firstMoments[index], .float32))
+            entries.append((Self.secondMomentName(name), secondMoments[index], .float32))
         }
         try SafetensorsWriter.write(entries, to: path, metadata: stateMetadata)
     }
@@ -54,9 +54,9 @@ extension AdamW {
     /// mean in `init(parameters:options:learningRateMultipliers:decayedParameters:)`. Every
     /// problem with the file is a `TrainingError.invalidState` naming the file and, where there is
     /// one, the tensor or metadata field.
-    public init(resumingFrom path: String, parameters: ParameterSet, options: AdamWOptions = AdamWOptions(),
+    public init(resumingFrom path: String, parameters: MiniCPMWeights, config: MiniCPMConfig, options: AdamWOptions = AdamWOptions(),
                 learningRateMultipliers: [String: Float] = [:], decayedParameters: Set<String>? = nil) throws(TrainingError) {
-        try self.init(parameters: parameters, options: options, learningRateMultipliers: learningRateMultipliers,
+        try self.init(parameters: parameters, config: config, options: options, learningRateMultipliers: learningRateMultipliers,
                       decayedParameters: decayedParameters)
         func fail(_ reason: String) -> TrainingError { .invalidState(path: path, reason: reason) }
 
@@ -86,8 +86,8 @@ extension AdamW {
         }
 
         var expected = Set<String>()
-        for name in names {
-            let shape = parameters[name].shape
+        for (index, name) in names.enumerated() {
+            let shape = firstMoments[index].shape
             for (tensorName, isSecondMoment) in [(Self.firstMomentName(name), false), (Self.secondMomentName(name), true)] {
                 expected.insert(tensorName)
                 guard let info = try? file.info(tensorName) else { throw fail("missing tensor '\(tensorName)'") }
@@ -98,7 +98,7 @@ extension AdamW {
                 if let bad = tensor.values.firstIndex(where: { !$0.isFinite || (isSecondMoment && $0 < 0) }) {
                     throw fail("tensor '\(tensorName)' element \(bad) is \(tensor.values[bad]) (damaged state: moments must be finite, second moments ≥ 0)")
                 }
-                if isSecondMoment { secondMoments[name] = tensor } else { firstMoments[name] = tensor }
+                if isSecondMoment { secondMoments[index] = tensor } else { firstMoments[index] = tensor }
             }
         }
         if let extra = file.names.sorted().first(where: { !expected.contains($0) }) {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight Decay
-/// Regularization", 2019), over a `ParameterSet` keyed by checkpoint names.
+/// Regularization", 2019), over a model's typed weights (`MiniCPMWeights`, owned f32).
 ///
 /// One call of `step` is one update t = `stepCount` + 1. With the gradient g first clipped by the
 /// global norm (`GradientClipping`: g ← c·g, c = min(1, maxNorm / (‖g‖ + 1e-6))), every element of
@@ -12,99 +12,112 @@ import Foundation
 ///     m̂ = m / (1 − β₁ᵗ),  v̂ = v / (1 − β₂ᵗ)
 ///     p ← p − lr_p · ( m̂ / (√v̂ + ε) + λ_p · p )
 ///
-/// with λ_p = `options.weightDecay` for the parameters in `decayedParameters` and 0 for the
+/// with λ_p = `options.weightDecay` for the parameters named in `decayedParameters` and 0 for the
 /// others. This is PyTorch's `torch.optim.AdamW` (the decay is multiplied by the parameter's
 /// own learning rate, multiplier included, as a PyTorch parameter group's `lr` is).
 ///
-/// Defaults: multipliers 1 (pass `TensorProgramRules.learningRateMultipliers(config:names:)` for
+/// Defaults: multipliers 1 (pass `TensorProgramRules.learningRateMultipliers(config:)` for
 /// MiniCPM's μP), and weight decay on every tensor of rank ≥ 2 (matrices and the embedding), none
-/// on rank-1 tensors (the RMSNorm gains) — see `defaultDecayedParameters(in:)`.
+/// on rank-1 tensors (the RMSNorm gains) — see `defaultDecayedParameters(config:)`.
 ///
 /// State for an exact resume (`save(to:)` / `init(resumingFrom:…)`): the step count and both
 /// moments of every parameter. The multipliers and the decay mask are not saved; they follow from
 /// the config and are passed again.
 public struct AdamW: Sendable {
     public let options: AdamWOptions
-    /// The parameter names this optimiser updates, in the parameter set's order.
+    /// The checkpoint names of the parameters this optimiser updates, in `MiniCPMLayout` order
+    /// (the order of `MiniCPMWeights.parameterTensors`; names are used for options and files only).
     public let names: [String]
     /// Updates taken so far; the next `step` uses t = `stepCount` + 1 in the bias corrections.
     public internal(set) var stepCount: Int
-    /// m, the first-moment estimate of every parameter (PyTorch's `exp_avg`).
-    public internal(set) var firstMoments: [String: Tensor]
-    /// v, the second-moment estimate of every parameter (PyTorch's `exp_avg_sq`).
-    public internal(set) var secondMoments: [String: Tensor]
-    /// lr_p / lr for every parameter (missing names mean 1).
-    public let learningRateMultipliers: [String: Float]
-    /// The parameters that receive weight decay.
-    public let decayedParameters: Set<String>
+    /// m, the first-moment estimate of every parameter (PyTorch's `exp_avg`), in `names` order.
+    public internal(set) var firstMoments: [Tensor]
+    /// v, the second-moment estimate of every parameter (PyTorch's `exp_avg_sq`), in `names` order.
+    public internal(set) var secondMoments: [Tensor]
+    /// lr_p / lr for every parameter, in `names` order.
+    public let learningRateMultipliers: [Float]
+    /// Whether each parameter receives weight decay, in `names` order.
+    public let decayed: [Bool]
 
-    /// A fresh optimiser for `parameters`: zero moments, step 0.
+    /// A fresh optimiser for the weights of a model of `config`: zero moments, step 0.
     ///
     /// - Parameters:
     ///   - learningRateMultipliers: per-name factors on the learning rate (absent names: 1).
-    ///   - decayedParameters: names that get weight decay; `nil` means `defaultDecayedParameters(in:)`.
-    public init(parameters: ParameterSet, options: AdamWOptions = AdamWOptions(),
+    ///   - decayedParameters: names that get weight decay; `nil` means `defaultDecayedParameters(config:)`.
+    public init(parameters: MiniCPMWeights, config: MiniCPMConfig, options: AdamWOptions = AdamWOptions(),
                 learningRateMultipliers: [String: Float] = [:], decayedParameters: Set<String>? = nil) throws(TrainingError) {
         try options.validate()
+        let entries = MiniCPMLayout(config: config).entries
+        let names = entries.map(\.name)
+        let known = Set(names)
         for (name, multiplier) in learningRateMultipliers {
-            guard parameters.tensors[name] != nil else {
+            guard known.contains(name) else {
                 throw .invalidOption(name: "lr-multiplier", reason: "'\(name)' names no parameter of the model")
             }
             guard multiplier.isFinite, multiplier >= 0 else {
                 throw .invalidOption(name: "lr-multiplier", reason: "multiplier \(multiplier) of '\(name)' must be finite and ≥ 0")
             }
         }
-        let decayed = decayedParameters ?? Self.defaultDecayedParameters(in: parameters)
-        for name in decayed where parameters.tensors[name] == nil {
+        let decayedNames = decayedParameters ?? Self.defaultDecayedParameters(config: config)
+        for name in decayedNames where !known.contains(name) {
             throw .invalidOption(name: "weight-decay", reason: "'\(name)' names no parameter of the model")
         }
+        let zeros = entries.map { Tensor(shape: $0.shape) }
+        precondition(zeros.count == parameters.parameterTensors.count, "weights do not match the config's layout")
         self.options = options
-        self.names = parameters.names
+        self.names = names
         self.stepCount = 0
-        let zeros = parameters.zeros().tensors
         self.firstMoments = zeros
         self.secondMoments = zeros
-        self.learningRateMultipliers = learningRateMultipliers
-        self.decayedParameters = decayed
+        self.learningRateMultipliers = names.map { learningRateMultipliers[$0] ?? 1 }
+        self.decayed = names.map { decayedNames.contains($0) }
     }
 
     /// Every parameter of rank ≥ 2 (projections, experts, router, embedding, untied head): the
     /// usual LLM rule (nanoGPT, LLaMA) that leaves norm gains and other vectors undecayed.
     /// NOTE: OpenBMB's own MiniCPM training code passes one `weight_decay` to every parameter,
-    /// norms included; pass `Set(parameters.names)` to reproduce that.
-    public static func defaultDecayedParameters(in parameters: ParameterSet) -> Set<String> {
-        Set(parameters.names.filter { parameters[$0].rank >= 2 })
+    /// norms included; pass every layout name to reproduce that.
+    public static func defaultDecayedParameters(config: MiniCPMConfig) -> Set<String> {
+        Set(MiniCPMLayout(config: config).entries.filter { $0.shape.count >= 2 }.map(\.name))
     }
 
     /// lr_p / lr for `name`.
-    public func learningRateMultiplier(_ name: String) -> Float { learningRateMultipliers[name] ?? 1 }
+    public func learningRateMultiplier(_ name: String) -> Float { names.firstIndex(of: name).map { learningRateMultipliers[$0] } ?? 1 }
 
-    /// One AdamW update of `parameters` from `gradients` (same names and shapes) at base learning
-    /// rate `learningRate` (the schedule's value for this step). Clips first when
+    /// The moments of the parameter named `name` (tests and tools).
+    public func moments(of name: String) -> (first: Tensor, second: Tensor)? {
+        names.firstIndex(of: name).map { (firstMoments[$0], secondMoments[$0]) }
+    }
+
+    /// One AdamW update of `parameters` (owned f32) from `gradients` (same structure) at base
+    /// learning rate `learningRate` (the schedule's value for this step). Clips first when
     /// `options.maxGradientNorm` is set. Returns the global gradient norm before clipping.
     ///
     /// A non-finite gradient norm (NaN/∞ somewhere in the gradients) leaves the parameters, the
     /// moments and `stepCount` untouched and is returned as it is: the caller decides whether to
     /// skip the batch or stop.
     @discardableResult
-    public mutating func step(_ parameters: inout ParameterSet, gradients: ParameterSet, learningRate: Float) -> Float {
-        precondition(parameters.names == names && gradients.names == names, "parameters and gradients must be the set this optimiser was made for")
-        let norm = GradientClipping.globalNorm(gradients)
+    public mutating func step(_ parameters: inout MiniCPMWeights, gradients: MiniCPMWeights, learningRate: Float) -> Float {
+        let gradientTensors = gradients.parameterTensors
+        precondition(gradientTensors.count == names.count, "gradients must match the weights this optimiser was made for")
+        let norm = GradientClipping.globalNorm(gradientTensors)
         guard norm.isFinite else { return norm }
         let clip = GradientClipping.coefficient(norm: norm, maxNorm: options.maxGradientNorm)
         stepCount += 1
         let t = Double(stepCount)
         let biasCorrection1 = Float(1 - Foundation.pow(Double(options.beta1), t))
         let biasCorrection2 = Float(1 - Foundation.pow(Double(options.beta2), t))
-        for name in names {
-            let gradient = gradients[name]
-            precondition(gradient.shape == parameters[name].shape, "gradient of \(name) has shape \(gradient.shape), parameter \(parameters[name].shape)")
-            let rate = learningRate * learningRateMultiplier(name)
-            let decay = decayedParameters.contains(name) ? options.weightDecay : 0
-            Self.update(parameter: &parameters.tensors[name]!.values, firstMoment: &firstMoments[name]!.values,
-                        secondMoment: &secondMoments[name]!.values, gradient: gradient.values, gradientScale: clip,
-                        learningRate: rate, weightDecay: decay, beta1: options.beta1, beta2: options.beta2,
+        var index = 0
+        let options = self.options
+        parameters.updateEachParameter { parameter in
+            let gradient = gradientTensors[index]
+            precondition(gradient.shape == parameter.shape, "gradient of \(names[index]) has shape \(gradient.shape), parameter \(parameter.shape)")
+            Self.update(parameter: &parameter.values, firstMoment: &firstMoments[index].values,
+                        secondMoment: &secondMoments[index].values, gradient: gradient.values, gradientScale: clip,
+                        learningRate: learningRate * learningRateMultipliers[index], weightDecay: decayed[index] ? options.weightDecay : 0,
+                        beta1: options.beta1, beta2: options.beta2,
                         epsilon: options.epsilon, biasCorrection1: biasCorrection1, biasCorrection2: biasCorrection2)
+            index += 1
         }
         return norm
     }

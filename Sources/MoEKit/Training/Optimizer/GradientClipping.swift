@@ -5,11 +5,11 @@
 /// `maxNorm / (‖g‖ + 1e-6)`; otherwise nothing changes. The 1e-6 is PyTorch's, so a clipped
 /// norm comes out a hair under `maxNorm`.
 public enum GradientClipping {
-    /// The global L2 norm of all gradients, in `gradients.names` order (f64 accumulation).
-    public static func globalNorm(_ gradients: ParameterSet) -> Float {
+    /// The global L2 norm of all gradients, in order (f64 accumulation).
+    public static func globalNorm(_ gradients: [Tensor]) -> Float {
         var sumOfSquares = 0.0
-        for name in gradients.names {
-            gradients[name].values.withUnsafeBufferPointer { values in
+        for gradient in gradients {
+            gradient.values.withUnsafeBufferPointer { values in
                 var partial = 0.0
                 for value in values { partial += Double(value) * Double(value) }
                 sumOfSquares += partial
@@ -28,15 +28,11 @@ public enum GradientClipping {
     /// Scales `gradients` in place to a global norm of at most `maxNorm`; returns the norm before
     /// clipping (the figure to log).
     @discardableResult
-    public static func clip(_ gradients: inout ParameterSet, maxNorm: Float) -> Float {
-        let norm = globalNorm(gradients)
+    public static func clip(_ gradients: inout MiniCPMWeights, maxNorm: Float) -> Float {
+        let norm = globalNorm(gradients.parameterTensors)
         let scale = coefficient(norm: norm, maxNorm: maxNorm)
         guard scale < 1 else { return norm }
-        for name in gradients.names {
-            gradients.tensors[name]!.values.withUnsafeMutableBufferPointer { values in
-                for i in values.indices { values[i] *= scale }
-            }
-        }
+        gradients.updateEachParameter { Kernels.scale(&$0, by: scale) }
         return norm
     }
 }

@@ -48,8 +48,8 @@ public enum TensorProgramRules {
         return result
     }
 
-    /// `learningRateMultipliers(config:names:)` for every parameter of `parameters`.
-    public static func learningRateMultipliers(for parameters: ParameterSet) -> [String: Float] {
-        learningRateMultipliers(config: parameters.config, names: parameters.names)
+    /// `learningRateMultipliers(config:names:)` for every parameter of a model of `config`.
+    public static func learningRateMultipliers(config: MiniCPMConfig) -> [String: Float] {
+        learningRateMultipliers(config: config, names: MiniCPMLayout(config: config).entries.map(\.name))
     }
 }

@@ -1,7 +1,8 @@
 import Foundation
 
-/// MiniCPM's causal self-attention for training: the same computation as `CausalSelfAttention`
-/// (grouped-query heads, rotate_half RoPE) over a batch of whole sequences, with its backward pass.
+/// MiniCPM's causal self-attention (grouped-query heads, rotate_half RoPE) over a batch of
+/// sequences, with its backward pass: the one implementation inference (with KV caches) and
+/// training share.
 ///
 /// A batch of sequences of lengths `T_s` is stacked as `x [N = Σ T_s, hidden]`; attention stays
 /// within each sequence, whose positions start at 0. Per sequence and query head h (key/value head
@@ -19,24 +20,8 @@ import Foundation
 /// then RoPE's inverse on dq, dk, and the four projections' GEMMs. Every product is one GEMM per
 /// (sequence, head), as in `CausalSelfAttention`.
 public enum CausalAttentionLayer {
-    /// The four projections (PyTorch `[out, in]`): query `[hidden, hidden]`, key and value
-    /// `[kvHeads · d, hidden]`, output `[hidden, hidden]`. The same struct holds their gradients.
-    public struct Weights: Sendable, Equatable {
-        public var query: Tensor
-        public var key: Tensor
-        public var value: Tensor
-        public var output: Tensor
-
-        public init(query: Tensor, key: Tensor, value: Tensor, output: Tensor) {
-            precondition(query.rank == 2 && key.shape == value.shape && output.shape == query.shape
-                         && key.columns == query.columns && query.rows == query.columns,
-                         "attention shapes \(query.shape), \(key.shape), \(value.shape), \(output.shape)")
-            self.query = query
-            self.key = key
-            self.value = value
-            self.output = output
-        }
-    }
+    /// The four projections; see `AttentionWeights`.
+    public typealias Weights = AttentionWeights
 
     /// Head layout: `heads` query heads, `keyValueHeads` key/value heads, RoPE frequencies (head size).
     public struct Geometry: Sendable {
@@ -52,11 +37,23 @@ public enum CausalAttentionLayer {
             self.rotary = rotary
         }
 
-        /// A model's attention geometry, its RoPE table precomputed for `max_position_embeddings`.
+        /// A model's attention geometry. RoPE's cos/sin are computed for the positions a call
+        /// uses, never for all of `max_position_embeddings`.
         public init(config: MiniCPMConfig) {
             self.init(heads: config.numAttentionHeads, keyValueHeads: config.numKeyValueHeads,
-                      rotary: RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta),
-                                              precomputedPositions: config.maxPositionEmbeddings))
+                      rotary: RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta)))
+        }
+    }
+
+    /// One sequence's rows of a batch: `length` new tokens, continuing what `cache` holds (its
+    /// keys and values for this layer get the new rows) or, without a cache, starting at position 0.
+    public struct Span {
+        public var length: Int
+        public var cache: KVCache?
+
+        public init(length: Int, cache: KVCache? = nil) {
+            self.length = length
+            self.cache = cache
         }
     }
 
@@ -85,52 +82,98 @@ public enum CausalAttentionLayer {
         sequenceLengths.flatMap { 0 ..< $0 }
     }
 
-    /// x `[N, hidden]` (sequences of `sequenceLengths` stacked) → y `[N, hidden]`.
+    /// x `[N, hidden]` (sequences of `sequenceLengths` stacked, each from position 0) → y `[N, hidden]`,
+    /// keeping what `backward` needs.
     public static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> (output: Tensor, cache: Cache) {
+        let result = forward(x, weights: weights, geometry: geometry, spans: sequenceLengths.map { Span(length: $0) }, layer: 0, keepCache: true)
+        return (result.output, result.cache!)
+    }
+
+    /// x `[N, hidden]`, the rows of each span one sequence's new tokens → y `[N, hidden]`. Spans
+    /// with a KV cache attend to its earlier tokens too and append their keys and values to it at
+    /// `layer` (the caller advances the caches after the last layer). `keepCache` (training: spans
+    /// without KV caches only) keeps what `backward` needs.
+    public static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, spans: [Span], layer: Int,
+                               keepCache: Bool) -> (output: Tensor, cache: Cache?) {
         let rows = x.rows, d = geometry.headDim, heads = geometry.heads
         let hidden = heads * d, kvWidth = geometry.keyValueHeads * d, groupSize = heads / geometry.keyValueHeads
         precondition(x.columns == hidden && weights.query.shape == [hidden, hidden] && weights.key.shape == [kvWidth, hidden],
                      "attention: x \(x.shape), Wq \(weights.query.shape), Wk \(weights.key.shape) for \(heads)×\(d) over \(geometry.keyValueHeads) kv heads")
-        precondition(sequenceLengths.reduce(0, +) == rows && sequenceLengths.allSatisfy { $0 > 0 }, "sequence lengths \(sequenceLengths) for \(rows) rows")
-        let positions = positions(sequenceLengths: sequenceLengths)
+        precondition(spans.reduce(0) { $0 + $1.length } == rows && spans.allSatisfy { $0.length > 0 }, "spans \(spans.map(\.length)) for \(rows) rows")
+        precondition(!keepCache || spans.allSatisfy { $0.cache == nil }, "training attention runs whole sequences, without KV caches")
+        var positions: [Int] = []
+        positions.reserveCapacity(rows)
+        for span in spans { positions += (span.cache?.length ?? 0) ..< (span.cache?.length ?? 0) + span.length }
         let queries = RotaryLayer.forward(LinearLayer.forward(x, weight: weights.query), heads: heads, positions: positions, rotary: geometry.rotary)
         let keys = RotaryLayer.forward(LinearLayer.forward(x, weight: weights.key), heads: geometry.keyValueHeads, positions: positions, rotary: geometry.rotary)
         let values = LinearLayer.forward(x, weight: weights.value)
         let scale = 1 / Float(d).squareRoot()
-        var probabilities = [Float].uninitialized(count: sequenceLengths.reduce(0) { $0 + heads * $1 * $1 })
+        var probabilities = [Float].uninitialized(count: keepCache ? spans.reduce(0) { $0 + heads * $1.length * $1.length } : 0)
+        let largestScores = spans.map { $0.length * ((($0.cache?.length) ?? 0) + $0.length) }.max() ?? 0
+        var scratch = [Float].uninitialized(count: keepCache ? 0 : largestScores)
         var context = Tensor(uninitializedShape: [rows, hidden])
-        queries.values.withUnsafeBufferPointer { q in
-            keys.values.withUnsafeBufferPointer { k in
-                values.values.withUnsafeBufferPointer { v in
-                    probabilities.withUnsafeMutableBufferPointer { p in
-                        context.values.withUnsafeMutableBufferPointer { c in
-                            var start = 0, block = 0
-                            for length in sequenceLengths {
+        var start = 0, block = 0
+        for span in spans {
+            let length = span.length, past = span.cache?.length ?? 0, keyCount = past + length
+            if let cache = span.cache {
+                keys.values.withUnsafeBufferPointer { k in
+                    values.values.withUnsafeBufferPointer { v in
+                        cache.append(layer: layer, keys: UnsafeBufferPointer(rebasing: k[start * kvWidth ..< (start + length) * kvWidth]),
+                                     values: UnsafeBufferPointer(rebasing: v[start * kvWidth ..< (start + length) * kvWidth]))
+                    }
+                }
+            }
+            // Keys and values: the cache's (past + new rows) or this span's rows of the batch.
+            func withKeysAndValues(_ body: (UnsafePointer<Float>, UnsafePointer<Float>) -> Void) {
+                if let cache = span.cache {
+                    cache.keys[layer].withUnsafeBufferPointer { k in cache.values[layer].withUnsafeBufferPointer { v in body(k.baseAddress!, v.baseAddress!) } }
+                } else {
+                    keys.values.withUnsafeBufferPointer { k in
+                        values.values.withUnsafeBufferPointer { v in body(k.baseAddress! + start * kvWidth, v.baseAddress! + start * kvWidth) }
+                    }
+                }
+            }
+            withKeysAndValues { k, v in
+                queries.values.withUnsafeBufferPointer { q in
+                    context.values.withUnsafeMutableBufferPointer { c in
+                        probabilities.withUnsafeMutableBufferPointer { p in
+                            scratch.withUnsafeMutableBufferPointer { s in
                                 for head in 0 ..< heads {
                                     let kvHead = head / groupSize
-                                    let attention = p.baseAddress! + block
-                                    // S [T, T] = q_h · k_gᵀ / √d, then the causal softmax
-                                    MatrixMultiply.gemm(m: length, n: length, k: d, alpha: scale,
+                                    let attention = keepCache ? p.baseAddress! + block : s.baseAddress!
+                                    // S [T, past + T] = q_h · k_gᵀ / √d, then the causal softmax
+                                    MatrixMultiply.gemm(m: length, n: keyCount, k: d, alpha: scale,
                                                         a: q.baseAddress! + start * hidden + head * d, lda: hidden,
-                                                        b: k.baseAddress! + start * kvWidth + kvHead * d, ldb: kvWidth, transposeB: true,
-                                                        c: attention, ldc: length)
-                                    CausalSelfAttention.causalSoftmax(attention, queries: length, keys: length, past: 0)
+                                                        b: k + kvHead * d, ldb: kvWidth, transposeB: true,
+                                                        c: attention, ldc: keyCount)
+                                    causalSoftmax(attention, queries: length, keys: keyCount, past: past)
                                     // c_h [T, d] = P · v_g
-                                    MatrixMultiply.gemm(m: length, n: d, k: length, a: attention, lda: length,
-                                                        b: v.baseAddress! + start * kvWidth + kvHead * d, ldb: kvWidth,
+                                    MatrixMultiply.gemm(m: length, n: d, k: keyCount, a: attention, lda: keyCount,
+                                                        b: v + kvHead * d, ldb: kvWidth,
                                                         c: c.baseAddress! + start * hidden + head * d, ldc: hidden)
-                                    block += length * length
+                                    if keepCache { block += length * length }
                                 }
-                                start += length
                             }
                         }
                     }
                 }
             }
+            start += length
         }
         let output = LinearLayer.forward(context, weight: weights.output)
+        guard keepCache else { return (output, nil) }
         return (output, Cache(input: x, queries: queries, keys: keys, values: values, probabilities: probabilities,
-                              context: context, sequenceLengths: sequenceLengths, positions: positions))
+                              context: context, sequenceLengths: spans.map(\.length), positions: positions))
+    }
+
+    /// Row i (the token at position past + i) keeps keys 0 ... past + i: softmax over those, zeros after.
+    static func causalSoftmax(_ scores: UnsafeMutablePointer<Float>, queries: Int, keys: Int, past: Int) {
+        for i in 0 ..< queries {
+            let row = scores + i * keys
+            let visible = past + i + 1
+            Kernels.softmaxRows(UnsafeMutableBufferPointer(start: row, count: visible), columns: visible)
+            for j in visible ..< keys { row[j] = 0 }
+        }
     }
 
     /// dy `[N, hidden]` → dx `[N, hidden]` and the four weights' gradients (fresh tensors).

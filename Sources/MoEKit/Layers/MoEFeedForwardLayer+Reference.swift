@@ -1,6 +1,24 @@
 import Foundation
 
 extension MoEFeedForwardLayer {
+    /// The layer's expert output for a given routing decision, computed token by token, expert by
+    /// expert with `SwiGLULayer.referenceForward` (for tests).
+    public static func referenceForward(_ x: Tensor, decision: RoutingDecision, experts: [SwiGLUWeights]) -> Tensor {
+        let hidden = x.columns
+        var output = Tensor(shape: [x.rows, hidden])
+        for t in 0 ..< x.rows {
+            let token = x.rows(t ..< t + 1)
+            for slot in 0 ..< decision.slotsPerToken {
+                let expert = Int(decision.selectedExperts[t * decision.slotsPerToken + slot])
+                guard expert >= 0 else { continue }
+                let y = SwiGLULayer.referenceForward(token, weights: experts[expert])
+                let weight = decision.combineWeights[t * decision.slotsPerToken + slot]
+                for j in 0 ..< hidden { output[t, j] += weight * y[0, j] }
+            }
+        }
+        return output
+    }
+
     /// The backward computed token by token, expert by expert, with plain loops and Double
     /// accumulators, for tests. Independent of the fast path where it matters: each (token, expert)
     /// pair recomputes the expert with `SwiGLULayer.referenceForward`/`referenceBackward`, and the
@@ -17,8 +35,8 @@ extension MoEFeedForwardLayer {
         // Experts, one (token, slot) at a time.
         var inputGradient = [Double](repeating: 0, count: tokens * hidden)
         var expertGradients = experts.map { expert in
-            (gate: [Double](repeating: 0, count: expert.gate.count), up: [Double](repeating: 0, count: expert.up.count),
-             down: [Double](repeating: 0, count: expert.down.count))
+            (gate: [Double](repeating: 0, count: expert.gateUp.elementCount / 2), up: [Double](repeating: 0, count: expert.gateUp.elementCount / 2),
+             down: [Double](repeating: 0, count: expert.down.elementCount))
         }
         var combineWeightGradient = [Double](repeating: 0, count: tokens * slots)
         for t in 0 ..< tokens {
@@ -34,11 +52,12 @@ extension MoEFeedForwardLayer {
                 let scaled = Tensor(shape: [1, hidden], values: (0 ..< hidden).map { weight * outputGradient[t, $0] })
                 let backward = SwiGLULayer.referenceBackward(scaled, input: token, weights: experts[e])
                 for j in 0 ..< hidden { inputGradient[t * hidden + j] += Double(backward.input[0, j]) }
-                for i in 0 ..< experts[e].gate.count {
-                    expertGradients[e].gate[i] += Double(backward.weights.gate.values[i])
-                    expertGradients[e].up[i] += Double(backward.weights.up.values[i])
+                let gate = backward.weights.gate.values, up = backward.weights.up.values, down = backward.weights.downTensor.values
+                for i in gate.indices {
+                    expertGradients[e].gate[i] += Double(gate[i])
+                    expertGradients[e].up[i] += Double(up[i])
                 }
-                for i in 0 ..< experts[e].down.count { expertGradients[e].down[i] += Double(backward.weights.down.values[i]) }
+                for i in down.indices { expertGradients[e].down[i] += Double(down[i]) }
             }
         }
 

@@ -1,17 +1,13 @@
 /// Token embedding as MiniCPM scales it: `h₀[t] = embed[token_t] · scale_emb`.
 public enum EmbeddingLayer {
-    /// tokens `[N]` (each in `0 ..< vocab`), embedding `[vocab, hidden]` → h₀ `[N, hidden]`.
-    public static func forward(tokens: [Int], embedding: Tensor, scale: Float) -> Tensor {
+    /// tokens `[N]` (each in `0 ..< vocab`), embedding `[vocab, hidden]` (any stored dtype) → h₀ `[N, hidden]`.
+    public static func forward(tokens: [Int], embedding: Weight, scale: Float) -> Tensor {
         let hidden = embedding.columns
         var output = Tensor(uninitializedShape: [tokens.count, hidden])
-        embedding.values.withUnsafeBufferPointer { table in
-            output.values.withUnsafeMutableBufferPointer { out in
-                for (row, token) in tokens.enumerated() {
-                    precondition(token >= 0 && token < embedding.rows, "token \(token) outside the vocabulary \(embedding.rows)")
-                    let source = table.baseAddress! + token * hidden
-                    let destination = out.baseAddress! + row * hidden
-                    for j in 0 ..< hidden { destination[j] = source[j] * scale }
-                }
+        output.values.withUnsafeMutableBufferPointer { out in
+            for (row, token) in tokens.enumerated() {
+                precondition(token >= 0 && token < embedding.rows, "token \(token) outside the vocabulary \(embedding.rows)")
+                embedding.copyRow(token, scaledBy: scale, into: out.baseAddress! + row * hidden)
             }
         }
         return output

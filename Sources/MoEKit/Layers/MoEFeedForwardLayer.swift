@@ -1,6 +1,6 @@
 import Foundation
 
-/// Forward/backward of the MiniCPM-MoE layer for training: router → top-k dispatch → SwiGLU
+/// Forward/backward of the MiniCPM-MoE layer (inference and training share it): router → top-k dispatch → SwiGLU
 /// experts → weighted combine, plus the router's auxiliary losses (`RouterLoss`, coefficients
 /// included) whose gradient flows into the gate weight together with the gradient through the
 /// combine weights.
@@ -100,9 +100,11 @@ public enum MoEFeedForwardLayer {
         public var output: Tensor
         /// The routing (decision, clean logits, noise) — for logs and the auxiliary-loss-free bias.
         public var routed: RoutedTokens
-        /// The weighted auxiliary loss of this layer and its terms; `total` is added to the training loss.
-        public var auxiliaryLoss: RouterLoss.Value
-        public var cache: Cache
+        /// The weighted auxiliary loss of this layer and its terms (`total` is added to the training
+        /// loss); nil when no loss was asked for (inference).
+        public var auxiliaryLoss: RouterLoss.Value?
+        /// What `backward` needs; nil unless `keepCache`.
+        public var cache: Cache?
     }
 
     public struct Gradients: Sendable {
@@ -118,60 +120,65 @@ public enum MoEFeedForwardLayer {
     }
 
     /// x `[tokens, hidden]` of `sequenceLengths` (summing to tokens; used by the per-sequence loss).
-    /// Routes with `router` (advancing its noise stream exactly as `MoELayer.forward` does), runs
-    /// the experts grouped, and evaluates `loss` with k = `router.topK`.
-    ///
-    /// Every `ConfigurableRouter` configuration is differentiated (see the type's documentation),
-    /// so this throws nothing today; the `throws` is kept for routers whose backward is missing.
-    public static func forward(_ x: Tensor, gateWeight: Tensor, experts: [SwiGLUWeights], router: ConfigurableRouter,
-                               layer: Int, loss: RouterLoss, sequenceLengths: [Int]) throws -> Output {
-        let tokens = x.rows, hidden = x.columns
-        precondition(gateWeight.shape == [router.experts, hidden], "MoE layer: gate weight \(gateWeight.shape), router expects [\(router.experts), \(hidden)]")
-        precondition(experts.count == router.experts, "MoE layer: \(experts.count) experts, router has \(router.experts)")
-        let intermediate = experts.first?.gate.rows ?? 0
-        precondition(experts.allSatisfy { $0.gate.shape == [intermediate, hidden] }, "MoE layer: experts must all be [\(intermediate), \(hidden)]")
+    /// Routes with `router` (advancing its noise stream), runs the experts grouped, and, given a
+    /// `loss`, evaluates it with k = the router's top-k. Inference passes no loss and
+    /// `keepCache: false`; training needs a `ConfigurableRouter` (its configuration, bias and noise
+    /// weights are what the backward differentiates).
+    public static func forward(_ x: Tensor, weights: MoEWeights, router: ExpertRouter, layer: Int, loss: RouterLoss?,
+                               sequenceLengths: [Int], keepCache: Bool = true, timer: StageTimer? = nil) -> Output {
+        let tokens = x.rows, hidden = x.columns, experts = weights.experts
+        precondition(weights.router.shape == [experts.count, hidden], "MoE layer: router \(weights.router.shape) for \(experts.count) experts of \(hidden)")
+        let intermediate = experts.first?.intermediateSize ?? 0
+        precondition(experts.allSatisfy { $0.hiddenSize == hidden && $0.intermediateSize == intermediate }, "MoE layer: experts must all be [\(intermediate), \(hidden)]")
         precondition(sequenceLengths.allSatisfy { $0 >= 0 } && sequenceLengths.reduce(0, +) == tokens,
                      "MoE layer: sequence lengths \(sequenceLengths) do not add up to \(tokens) tokens")
         let input = x.rank == 2 ? x : x.reshaped([tokens, hidden])
+        let configurable = router as? ConfigurableRouter
+        precondition((loss == nil && !keepCache) || configurable != nil, "training the MoE layer needs a ConfigurableRouter")
 
-        let routed = router.route(inputs: input, gateWeight: gateWeight, layer: layer)
-        let auxiliaryLoss = loss.evaluate(routed, topK: router.topK, sequenceLengths: sequenceLengths)
+        let routed = timer.measure(.router) { router.route(inputs: input, gateWeight: weights.router, layer: layer) }
+        let topK = configurable?.topK ?? router.slotsPerToken
+        let auxiliaryLoss = loss.map { $0.evaluate(routed, topK: topK, sequenceLengths: sequenceLengths) }
 
-        var cache = Cache()
-        cache.input = input
-        cache.routed = routed
-        cache.configuration = router.configuration
-        cache.topK = router.topK
-        cache.balancingBias = router.configuration.auxiliaryLossFreeBalancing ? router.balancingBias[layer] : nil
-        cache.noiseWeight = routed.noisyTopKSamples != nil ? router.noiseWeights[layer] : nil
-        cache.auxiliaryLogitGradient = auxiliaryLoss.gradient
-        if loss.loadCoefficient != 0, let noisyLogits = routed.noisyLogits, let deviations = routed.noiseStandardDeviations {
-            // Re-split the load term: RouterLoss lets θ move with z; here it moves with z̃ (and σ).
-            var withoutLoad = loss
-            withoutLoad.loadCoefficient = 0
-            var clean = withoutLoad.evaluate(routed, topK: router.topK, sequenceLengths: sequenceLengths).gradient
-            let partials = RouterLosses.loadLossPartials(logits: routed.logits, noisyLogits: noisyLogits, noiseStandardDeviations: deviations,
-                                                         tokens: tokens, experts: router.experts, topK: router.topK)
-            let c = loss.loadCoefficient
-            for i in clean.indices { clean[i] += c * partials.logits[i] }
-            cache.auxiliaryLogitGradient = clean
-            cache.auxiliaryNoisyLogitGradient = partials.noisyLogits.map { c * $0 }
-            cache.auxiliaryDeviationGradient = partials.standardDeviations.map { c * $0 }
+        var cache: Cache? = nil
+        if keepCache, let router = configurable, let loss, let auxiliaryLoss {
+            var kept = Cache()
+            kept.input = input
+            kept.routed = routed
+            kept.configuration = router.configuration
+            kept.topK = router.topK
+            kept.balancingBias = router.configuration.auxiliaryLossFreeBalancing ? router.balancingBias[layer] : nil
+            kept.noiseWeight = routed.noisyTopKSamples != nil ? router.noiseWeights[layer] : nil
+            kept.auxiliaryLogitGradient = auxiliaryLoss.gradient
+            if loss.loadCoefficient != 0, let noisyLogits = routed.noisyLogits, let deviations = routed.noiseStandardDeviations {
+                // Re-split the load term: RouterLoss lets θ move with z; here it moves with z̃ (and σ).
+                var withoutLoad = loss
+                withoutLoad.loadCoefficient = 0
+                var clean = withoutLoad.evaluate(routed, topK: router.topK, sequenceLengths: sequenceLengths).gradient
+                let partials = RouterLosses.loadLossPartials(logits: routed.logits, noisyLogits: noisyLogits, noiseStandardDeviations: deviations,
+                                                             tokens: tokens, experts: router.experts, topK: router.topK)
+                let c = loss.loadCoefficient
+                for i in clean.indices { clean[i] += c * partials.logits[i] }
+                kept.auxiliaryLogitGradient = clean
+                kept.auxiliaryNoisyLogitGradient = partials.noisyLogits.map { c * $0 }
+                kept.auxiliaryDeviationGradient = partials.standardDeviations.map { c * $0 }
+            }
+            cache = kept
         }
 
-        let output = runExperts(input, decision: routed.decision, experts: experts, intermediate: intermediate, cache: &cache)
+        let output = runExperts(input, decision: routed.decision, experts: experts, intermediate: intermediate, cache: &cache, timer: timer)
         return Output(output: output, routed: routed, auxiliaryLoss: auxiliaryLoss, cache: cache)
     }
 
     /// dy `[tokens, hidden]` → gradients; the auxiliary loss's logit gradient is added with weight 1
     /// (its coefficients are already inside `RouterLoss`).
-    public static func backward(_ outputGradient: Tensor, cache: Cache, gateWeight: Tensor, experts: [SwiGLUWeights]) -> Gradients {
+    public static func backward(_ outputGradient: Tensor, cache: Cache, weights: MoEWeights) -> Gradients {
         let x = cache.input, tokens = x.rows, hidden = x.columns
         precondition(outputGradient.count == tokens * hidden, "MoE backward: gradient \(outputGradient.shape) for [\(tokens), \(hidden)]")
-        precondition(experts.count == cache.plan.experts && gateWeight.shape == [experts.count, hidden], "MoE backward: weights do not match the cache")
-        let expertPass = expertsBackward(outputGradient, cache: cache, experts: experts)
+        precondition(weights.experts.count == cache.plan.experts && weights.router.shape == [weights.experts.count, hidden], "MoE backward: weights do not match the cache")
+        let expertPass = expertsBackward(outputGradient, cache: cache, experts: weights.experts)
         var inputGradient = expertPass.input
-        let router = routerBackward(combineWeightGradient: expertPass.combineWeights, cache: cache, gateWeight: gateWeight)
+        let router = routerBackward(combineWeightGradient: expertPass.combineWeights, cache: cache, gateWeight: weights.router)
         Kernels.add(router.input, to: &inputGradient)
         return Gradients(input: inputGradient, gateWeight: router.gateWeight, experts: expertPass.experts, noiseWeight: router.noiseWeight)
     }
@@ -180,55 +187,63 @@ public enum MoEFeedForwardLayer {
 
     static let emptyDecision = RoutingDecision(tokens: 0, experts: 0, slotsPerToken: 0, selectedExperts: [], combineWeights: [], probabilities: [])
 
-    /// Gather → per-expert SwiGLU forward on its block → weighted scatter, as `MoELayer.run`,
-    /// keeping the blocks' activations and outputs in `cache`.
+    /// Gather → per-expert SwiGLU forward on its block → weighted scatter (megablocks' and
+    /// llama.cpp's grouping: no per-token loop over experts, no work for unused experts). With a
+    /// cache, the blocks' activations and outputs are kept in it; without, they live in scratch
+    /// the size of the largest block.
     private static func runExperts(_ x: Tensor, decision: RoutingDecision, experts: [SwiGLUWeights], intermediate: Int,
-                                   cache: inout Cache) -> Tensor {
+                                   cache: inout Cache?, timer: StageTimer?) -> Tensor {
         let hidden = x.columns
-        let plan = ExpertDispatchPlan(decision)
+        let plan = timer.measure(.dispatch) { ExpertDispatchPlan(decision) }
         let assignments = plan.assignmentCount
+        let keep = cache != nil
+        let largestBlock = (0 ..< experts.count).map { plan.range(of: $0).count }.max() ?? 0
+        let activationRows = keep ? assignments : largestBlock
         var gathered = [Float].uninitialized(count: assignments * hidden)
-        var gateUp = [Float].uninitialized(count: assignments * 2 * intermediate)
-        var activated = [Float].uninitialized(count: assignments * intermediate)
+        var gateUp = [Float].uninitialized(count: activationRows * 2 * intermediate)
+        var activated = [Float].uninitialized(count: activationRows * intermediate)
         var expertOutputs = [Float].uninitialized(count: assignments * hidden)
         var output = Tensor(shape: [x.rows, hidden])
         if assignments > 0 {
             x.values.withUnsafeBufferPointer { input in
-                gathered.withUnsafeMutableBufferPointer { g in plan.gather(input.baseAddress!, width: hidden, into: g.baseAddress!) }
+                gathered.withUnsafeMutableBufferPointer { g in
+                    timer.measure(.dispatch) { plan.gather(input.baseAddress!, width: hidden, into: g.baseAddress!) }
+                }
             }
             gathered.withUnsafeBufferPointer { g in
                 gateUp.withUnsafeMutableBufferPointer { f in
                     activated.withUnsafeMutableBufferPointer { h in
                         expertOutputs.withUnsafeMutableBufferPointer { y in
-                            for (e, expert) in experts.enumerated() {
-                                let block = plan.range(of: e)
-                                guard !block.isEmpty else { continue }
-                                let start = block.lowerBound
-                                SwiGLULayer.fusedGateUpWeight(expert).withUnsafeBufferPointer { w13 in
-                                    expert.down.values.withUnsafeBufferPointer { w2 in
-                                        SwiGLULayer.forwardBlock(rows: block.count, hidden: hidden, intermediate: intermediate,
-                                                                 input: g.baseAddress! + start * hidden, gateUpWeight: w13.baseAddress!,
-                                                                 downWeight: w2.baseAddress!, gateUp: f.baseAddress! + start * 2 * intermediate,
-                                                                 activated: h.baseAddress! + start * intermediate,
-                                                                 output: y.baseAddress! + start * hidden)
-                                    }
+                            timer.measure(.expertGEMM) {
+                                for (e, expert) in experts.enumerated() {
+                                    let block = plan.range(of: e)
+                                    guard !block.isEmpty else { continue }
+                                    let start = block.lowerBound, activationStart = keep ? start : 0
+                                    SwiGLULayer.forwardBlock(rows: block.count, input: g.baseAddress! + start * hidden, weights: expert,
+                                                             gateUp: f.baseAddress! + activationStart * 2 * intermediate,
+                                                             activated: h.baseAddress! + activationStart * intermediate,
+                                                             output: y.baseAddress! + start * hidden)
                                 }
                             }
-                            output.values.withUnsafeMutableBufferPointer { out in
-                                plan.scatterAdd(y.baseAddress!, width: hidden, into: out.baseAddress!, weighted: true)
+                            timer.measure(.combine) {
+                                output.values.withUnsafeMutableBufferPointer { out in
+                                    plan.scatterAdd(y.baseAddress!, width: hidden, into: out.baseAddress!, weighted: true)
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        cache.plan = plan
-        cache.assignmentSlots = assignmentSlots(decision, plan: plan)
-        cache.intermediateSize = intermediate
-        cache.gathered = gathered
-        cache.gateUp = gateUp
-        cache.activated = activated
-        cache.expertOutputs = expertOutputs
+        if keep {
+            cache!.plan = plan
+            cache!.assignmentSlots = assignmentSlots(decision, plan: plan)
+            cache!.intermediateSize = intermediate
+            cache!.gathered = gathered
+            cache!.gateUp = gateUp
+            cache!.activated = activated
+            cache!.expertOutputs = expertOutputs
+        }
         return output
     }
 
@@ -282,48 +297,30 @@ public enum MoEFeedForwardLayer {
         }
 
         // Per expert: SwiGLU backward on its gathered block.
-        var groupedInputGradient = [Float].uninitialized(count: assignments * hidden)
+        var groupedInputGradient = [Float](repeating: 0, count: assignments * hidden)
         let largestBlock = (0 ..< experts.count).map { plan.range(of: $0).count }.max() ?? 0
         var scratch = [Float].uninitialized(count: largestBlock * 2 * intermediate)
-        for (e, expert) in experts.enumerated() {
-            let block = plan.range(of: e)
-            guard !block.isEmpty else { continue }
-            let start = block.lowerBound
-            var gradients = expertGradients[e]
-            expertOutputGradient.withUnsafeBufferPointer { dy in
-                cache.gathered.withUnsafeBufferPointer { x in
-                    cache.gateUp.withUnsafeBufferPointer { f in
-                        cache.activated.withUnsafeBufferPointer { h in
-                            expert.gate.values.withUnsafeBufferPointer { wg in
-                                expert.up.values.withUnsafeBufferPointer { wu in
-                                    expert.down.values.withUnsafeBufferPointer { wd in
-                                        groupedInputGradient.withUnsafeMutableBufferPointer { dx in
-                                            gradients.gate.values.withUnsafeMutableBufferPointer { dwg in
-                                                gradients.up.values.withUnsafeMutableBufferPointer { dwu in
-                                                    gradients.down.values.withUnsafeMutableBufferPointer { dwd in
-                                                        scratch.withUnsafeMutableBufferPointer { s in
-                                                            SwiGLULayer.backwardBlock(
-                                                                rows: block.count, hidden: hidden, intermediate: intermediate,
-                                                                outputGradient: dy.baseAddress! + start * hidden, input: x.baseAddress! + start * hidden,
-                                                                gateUp: f.baseAddress! + start * 2 * intermediate,
-                                                                activated: h.baseAddress! + start * intermediate,
-                                                                gateWeight: wg.baseAddress!, upWeight: wu.baseAddress!, downWeight: wd.baseAddress!,
-                                                                inputGradient: dx.baseAddress! + start * hidden, gateWeightGradient: dwg.baseAddress!,
-                                                                upWeightGradient: dwu.baseAddress!, downWeightGradient: dwd.baseAddress!,
-                                                                gateUpGradient: s.baseAddress!)
-                                                        }
-                                                    }
-                                                }
-                                            }
-                                        }
-                                    }
+        expertOutputGradient.withUnsafeBufferPointer { dy in
+            cache.gathered.withUnsafeBufferPointer { x in
+                cache.gateUp.withUnsafeBufferPointer { f in
+                    cache.activated.withUnsafeBufferPointer { h in
+                        groupedInputGradient.withUnsafeMutableBufferPointer { dx in
+                            scratch.withUnsafeMutableBufferPointer { s in
+                                for (e, expert) in experts.enumerated() {
+                                    let block = plan.range(of: e)
+                                    guard !block.isEmpty else { continue }
+                                    let start = block.lowerBound
+                                    SwiGLULayer.backwardBlock(rows: block.count, outputGradient: dy.baseAddress! + start * hidden,
+                                                              input: x.baseAddress! + start * hidden, gateUp: f.baseAddress! + start * 2 * intermediate,
+                                                              activated: h.baseAddress! + start * intermediate, weights: expert,
+                                                              inputGradient: dx.baseAddress! + start * hidden, weightGradients: &expertGradients[e],
+                                                              gateUpGradient: s.baseAddress!)
                                 }
                             }
                         }
                     }
                 }
             }
-            expertGradients[e] = gradients
         }
 
         // Scatter the blocks' input gradients back to their tokens (a token's k experts add up).

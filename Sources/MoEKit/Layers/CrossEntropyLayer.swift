@@ -57,13 +57,11 @@ public enum CrossEntropyLayer {
 
     /// h `[N, hidden]`, final-norm weight `[hidden]`, head `[vocab, hidden]`, targets `[N]` (each
     /// `< vocab`; negative = ignored).
-    public static func forward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float,
+    public static func forward(_ h: Tensor, normWeight: Tensor, head: Weight, targets: [Int], divisor: Float, epsilon: Float,
                                keepLogitGradient: Bool = true, blockRows requestedBlockRows: Int? = nil) -> Output {
         let rows = h.rows, hidden = h.columns, vocabulary = head.rows
         precondition(head.columns == hidden && targets.count == rows, "cross-entropy: h \(h.shape), head \(head.shape), \(targets.count) targets")
-        let (normed, normCache) = RMSNormLayer.forward(h, weight: normWeight, epsilon: epsilon)
-        var scaledNormed = normed
-        Kernels.scale(&scaledNormed, by: 1 / divisor)
+        let (scaledNormed, normCache) = headInput(h, normWeight: normWeight, divisor: divisor, epsilon: epsilon)
         let counted = targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
         let inverseCount = counted > 0 ? 1 / Float(counted) : 0
         let keeps = keepLogitGradient && rows * vocabulary <= keptLogitLimit
@@ -100,14 +98,27 @@ public enum CrossEntropyLayer {
         return Output(loss: counted > 0 ? Float(total / Double(counted)) : 0, tokenLosses: tokenLosses, countedTokens: counted, cache: cache)
     }
 
+    /// Logits `[N, vocab]` = z · headᵀ for h `[N, hidden]`: what inference returns, from the same
+    /// z the loss uses.
+    public static func logits(_ h: Tensor, normWeight: Tensor, head: Weight, divisor: Float, epsilon: Float) -> Tensor {
+        MatrixMultiply.product(headInput(h, normWeight: normWeight, divisor: divisor, epsilon: epsilon).z, head, transposeB: true)
+    }
+
+    /// z = rmsNorm(h) / divisor, with RMSNorm's cache.
+    static func headInput(_ h: Tensor, normWeight: Tensor, divisor: Float, epsilon: Float) -> (z: Tensor, norm: RMSNormLayer.Cache) {
+        var (z, norm) = RMSNormLayer.forward(h, weight: normWeight, epsilon: epsilon)
+        Kernels.scale(&z, by: 1 / divisor)
+        return (z, norm)
+    }
+
     /// ∂L/∂h, ∂L/∂w_norm and ∂L/∂head.
-    public static func backward(cache: Cache, normWeight: Tensor, head: Tensor) -> Gradients {
+    public static func backward(cache: Cache, normWeight: Tensor, head: Weight) -> Gradients {
         let rows = cache.scaledNormed.rows, hidden = cache.scaledNormed.columns, vocabulary = head.rows
         var scaledGradient: Tensor
         var headGradient: Tensor
         if let logitGradient = cache.logitGradient {
             // dz = dlogits · head, dhead = dlogitsᵀ · z
-            scaledGradient = MatrixMultiply.product(logitGradient, head)
+            scaledGradient = MatrixMultiply.product(logitGradient, head, transposeB: false)
             headGradient = MatrixMultiply.product(logitGradient, cache.scaledNormed, transposeA: true)
         } else {
             scaledGradient = Tensor(uninitializedShape: [rows, hidden])
@@ -122,17 +133,15 @@ public enum CrossEntropyLayer {
                         writeLogitGradient(logits + offset * vocabulary, count: vocabulary, logSumExp: cache.logSumExp[row],
                                            target: cache.targets[row], inverseCount: inverseCount)
                     }
-                    head.values.withUnsafeBufferPointer { w in
-                        cache.scaledNormed.values.withUnsafeBufferPointer { z in
-                            scaledGradient.values.withUnsafeMutableBufferPointer { dz in
-                                headGradient.values.withUnsafeMutableBufferPointer { dw in
-                                    // dz[block] = dlogits · head;  dhead += dlogitsᵀ · z[block]
-                                    MatrixMultiply.gemm(m: block.count, n: hidden, k: vocabulary, a: logits, lda: vocabulary,
-                                                        b: w.baseAddress!, ldb: hidden, c: dz.baseAddress! + block.lowerBound * hidden, ldc: hidden)
-                                    MatrixMultiply.gemm(m: vocabulary, n: hidden, k: block.count, a: logits, lda: vocabulary, transposeA: true,
-                                                        b: z.baseAddress! + block.lowerBound * hidden, ldb: hidden, beta: 1,
-                                                        c: dw.baseAddress!, ldc: hidden)
-                                }
+                    cache.scaledNormed.values.withUnsafeBufferPointer { z in
+                        scaledGradient.values.withUnsafeMutableBufferPointer { dz in
+                            headGradient.values.withUnsafeMutableBufferPointer { dw in
+                                // dz[block] = dlogits · head;  dhead += dlogitsᵀ · z[block]
+                                MatrixMultiply.gemm(m: block.count, a: logits, lda: vocabulary, times: head,
+                                                    c: dz.baseAddress! + block.lowerBound * hidden, ldc: hidden)
+                                MatrixMultiply.gemm(m: vocabulary, n: hidden, k: block.count, a: logits, lda: vocabulary, transposeA: true,
+                                                    b: z.baseAddress! + block.lowerBound * hidden, ldb: hidden, beta: 1,
+                                                    c: dw.baseAddress!, ldc: hidden)
                             }
                         }
                     }
@@ -151,13 +160,11 @@ public enum CrossEntropyLayer {
     }
 
     /// logits[block] `[block.count, vocab]` = z[block] · headᵀ.
-    private static func computeLogits(_ z: Tensor, head: Tensor, rows block: Range<Int>, into logits: UnsafeMutablePointer<Float>) {
+    private static func computeLogits(_ z: Tensor, head: Weight, rows block: Range<Int>, into logits: UnsafeMutablePointer<Float>) {
         let hidden = z.columns
         z.values.withUnsafeBufferPointer { pz in
-            head.values.withUnsafeBufferPointer { w in
-                MatrixMultiply.gemm(m: block.count, n: head.rows, k: hidden, a: pz.baseAddress! + block.lowerBound * hidden, lda: hidden,
-                                    b: w.baseAddress!, ldb: hidden, transposeB: true, c: logits, ldc: head.rows)
-            }
+            MatrixMultiply.gemm(m: block.count, a: pz.baseAddress! + block.lowerBound * hidden, lda: hidden, timesTransposeOf: head,
+                                c: logits, ldc: head.rows)
         }
     }
 
