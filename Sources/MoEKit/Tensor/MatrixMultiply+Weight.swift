@@ -12,10 +12,16 @@ extension MatrixMultiply {
     /// C `[m, W.rows]` = alpha · A `[m, W.columns]` · Wᵀ + beta · C: a linear layer `y = x · Wᵀ`.
     public static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, timesTransposeOf w: Weight, alpha: Float = 1,
                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        gemm(m: m, a: a, lda: lda, timesTransposeOf: w, alpha: alpha, beta: beta, c: c, ldc: ldc, blockElements: conversionBlockElements)
+    }
+
+    /// `gemm(…, timesTransposeOf:)` converting at most `blockElements` weight elements at once (tests use small blocks).
+    static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, timesTransposeOf w: Weight, alpha: Float = 1,
+                     beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, blockElements: Int) {
         guard m > 0, w.rows > 0 else { return }
         let columns = w.columns
-        withScratch(for: w) { scratch in
-            for block in w.rowBlocks(maximumRows: conversionBlockElements / max(columns, 1)) {
+        withScratch(for: w, blockElements: blockElements) { scratch in
+            for block in w.rowBlocks(maximumRows: blockElements / max(columns, 1)) {
                 Weight.withFloatRows(block.segment, rows: block.rows, columns: columns, scratch: scratch) { rows in
                     gemm(m: m, n: block.rows.count, k: columns, alpha: alpha, a: a, lda: lda, b: rows, ldb: columns, transposeB: true,
                          beta: beta, c: c + block.globalStart, ldc: ldc)
@@ -28,11 +34,17 @@ extension MatrixMultiply {
     /// `dx = dy · W`, or logits' gradient through a head.
     public static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, times w: Weight, alpha: Float = 1,
                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        gemm(m: m, a: a, lda: lda, times: w, alpha: alpha, beta: beta, c: c, ldc: ldc, blockElements: conversionBlockElements)
+    }
+
+    /// `gemm(…, times:)` converting at most `blockElements` weight elements at once (tests use small blocks).
+    static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, times w: Weight, alpha: Float = 1,
+                     beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, blockElements: Int) {
         let columns = w.columns
         guard m > 0, columns > 0 else { return }
         var first = true
-        withScratch(for: w) { scratch in
-            for block in w.rowBlocks(maximumRows: conversionBlockElements / max(columns, 1)) {
+        withScratch(for: w, blockElements: blockElements) { scratch in
+            for block in w.rowBlocks(maximumRows: blockElements / max(columns, 1)) {
                 Weight.withFloatRows(block.segment, rows: block.rows, columns: columns, scratch: scratch) { rows in
                     // C += A[:, block] · W[block, :]
                     gemm(m: m, n: columns, k: block.rows.count, alpha: alpha, a: a + block.globalStart, lda: lda,
@@ -68,9 +80,9 @@ extension MatrixMultiply {
         referenceProduct(x, w.floatTensor(), transposeB: transposeB)
     }
 
-    private static func withScratch(for w: Weight, _ body: (UnsafeMutablePointer<Float>) -> Void) {
+    private static func withScratch(for w: Weight, blockElements: Int, _ body: (UnsafeMutablePointer<Float>) -> Void) {
         let needsScratch = w.segments.contains { !$0.isInPlaceFloat }
-        let count = needsScratch ? max(1, min(w.elementCount, max(conversionBlockElements, w.columns))) : 1
+        let count = needsScratch ? max(1, min(w.elementCount, max(blockElements, w.columns))) : 1
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: count)
         defer { scratch.deallocate() }
         body(scratch)
