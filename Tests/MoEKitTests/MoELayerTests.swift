@@ -127,6 +127,48 @@ final class FixedRouter: ExpertRouter {
         #expect(abs(Double(record.entropy) - entropy / 37) <= 1e-5)
     }
 
+    /// For every scoring function the record's Switch loss is E · Σ f_i · P_i of its own `probabilityMean`
+    /// and counts (a sigmoid router's P_i are its sigmoid scores, as `docs/routing-log.md` says), and
+    /// the same holds for a trace log read back: aux_loss recomputes from prob_mean and expert_counts.
+    @Test(arguments: [RouterConfiguration.Scoring.softmax, .sigmoid])
+    func auxLossRecomputesFromProbabilityMeanAndCounts(scoring: RouterConfiguration.Scoring) throws {
+        var configuration = RouterConfiguration()
+        configuration.scoring = scoring
+        let router = try ConfigurableRouter(configuration: configuration, layers: 1, experts: 5, hiddenSize: 6, modelTopK: 2)
+        let x = randomTensor([29, 6], seed: 14)
+        let routed = router.route(inputs: x, gateWeight: randomTensor([5, 6], seed: 15), layer: 0)
+        let record = RoutingStatistics.record(routed, topK: 2, detail: .statistics)
+        for e in 0 ..< 5 {
+            let mean = (0 ..< 29).reduce(Float(0)) { $0 + routed.decision.probabilities[$1 * 5 + e] } / 29
+            #expect(abs(record.probabilityMean[e] - mean) <= 1e-6)
+        }
+        if scoring == .sigmoid {
+            let sigmoid = routed.logits.map { 1 / (1 + expf(-$0)) }
+            #expect(isClose(routed.decision.probabilities, sigmoid, relativeTolerance: 1e-6))
+        }
+        let recomputed = 5 * (0 ..< 5).reduce(Float(0)) { $0 + Float(record.expertCounts[$1]) / Float(29 * 2) * record.probabilityMean[$1] }
+        #expect(abs(record.loadBalancingLoss - recomputed) <= 1e-6 * recomputed)
+
+        // Through a log written by trace and read back.
+        let directory = TemporaryDirectory()
+        var config = SmallModels.config(experts: 4, topK: 2)
+        configuration.store(in: &config)
+        let model = try SmallModels.model(config, weights: SmallModels.weights(for: config, seed: 16))
+        let log = directory.file("routing.h5")
+        var options = RoutingTracer.Options()
+        options.logPath = log
+        options.batchTokens = 8
+        _ = try RoutingTracer(model: model, options: options).run([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7, 6, 5]])
+        let reader = try RoutingLogReader(path: log)
+        for step in try reader.steps(0 ..< reader.stepCount) {
+            for layer in step.layers {
+                let f = layer.expertCounts.map { Float($0) / Float(step.tokens * 2) }
+                let aux = 4 * zip(f, layer.probabilityMean).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+                #expect(abs(layer.auxLoss - aux) <= 1e-5 * max(aux, 1e-6), "step \(step.step)")
+            }
+        }
+    }
+
     /// Asking a model for routing detail returns one record per MoE layer whose counts add up to tokens·k.
     @Test func modelReturnsOneRecordPerLayer() throws {
         let config = SmallModels.config(experts: 4, topK: 2, layers: 3)

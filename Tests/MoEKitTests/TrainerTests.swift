@@ -141,6 +141,34 @@ import Testing
         }
     }
 
+    /// A resumed MoE run must route as the saved run did: a changed --router, --aux-loss or --z-loss
+    /// is refused naming the option; the same options (or none, the saved config's router) resume.
+    @Test func resumeRefusesAChangedRouterOrLossCoefficient() throws {
+        let directory = TemporaryDirectory()
+        let (model, data) = try Self.setUp(directory, experts: 4)
+        let out = directory.file("out")
+        var original = Self.options(steps: 4)
+        original.auxiliaryLossCoefficient = 0.02
+        original.saveInterval = 2
+        let first = try Trainer(modelDirectory: model, dataPath: data, outputDirectory: out, logPath: nil, options: original)
+        try first.save(completedSteps: 0, loss: .nan, languageModelLoss: .nan, validationLoss: .nan)
+        func refusal(_ change: (inout TrainingOptions) throws -> Void) throws -> String? {
+            var options = original
+            try change(&options)
+            do {
+                _ = try Trainer(modelDirectory: model, dataPath: data, outputDirectory: out, logPath: nil, options: options, resume: true)
+                return nil
+            } catch let TrainingError.invalidOption(name, _) {
+                return name
+            }
+        }
+        #expect(try refusal { $0.router = try RouterConfiguration(text: "switch") } == "router")
+        #expect(try refusal { $0.auxiliaryLossCoefficient = 0.05 } == "aux-loss")
+        #expect(try refusal { $0.zLossCoefficient = 0.5 } == "z-loss")
+        #expect(try refusal { _ in } == nil)
+        #expect(try refusal { $0.auxiliaryLossCoefficient = nil } == nil)
+    }
+
     @Test func routerOptionsOnADenseModelAreRefused() throws {
         let directory = TemporaryDirectory()
         let (model, data) = try Self.setUp(directory)

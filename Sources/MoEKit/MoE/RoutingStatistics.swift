@@ -3,17 +3,19 @@ import Foundation
 /// Builds `RoutingRecord`s from routing decisions (see `RoutingRecord` for the conventions).
 ///
 /// One pass over the tokens in f32, cheap enough to run on every step of a trace: per token, the
-/// softmax of the router logits z gives logsumexp(z) (z-loss), its entropy
-/// H = logsumexp(z) − Σ_i p_i z_i, and its contribution to P_i for the Switch loss. The loss values
-/// equal those of `RouterLosses.switchLoadBalancing` and `RouterLosses.zLoss` (a test pins this);
-/// they are computed here without the gradients those functions also return.
+/// softmax of the router logits z gives logsumexp(z) (z-loss) and its entropy
+/// H = logsumexp(z) − Σ_i p_i z_i; the router's own probabilities (the decision's: softmax for
+/// softmax routers, the sigmoid scores for sigmoid routers) give P_i. The Switch loss is computed
+/// from that same P_i and the counts, E · Σ_i f_i · P_i, so a log's `aux_loss` can always be
+/// recomputed from its `prob_mean` and `expert_counts`. For softmax routers it equals
+/// `RouterLosses.switchLoadBalancing`, and the z-loss `RouterLosses.zLoss` (a test pins both); they
+/// are computed here without the gradients those functions also return.
 public enum RoutingStatistics {
     public static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail) -> RoutingRecord {
         let decision = routed.decision
         let tokens = decision.tokens, experts = decision.experts, slots = decision.slotsPerToken
         let counts = decision.expertCounts
         var probabilityMean = [Float](repeating: 0, count: experts)
-        var softmaxMean = [Float](repeating: 0, count: experts)
         var entropySum: Float = 0
         var zSum: Float = 0
         var coactivation = [Int](repeating: 0, count: experts * experts)
@@ -30,9 +32,7 @@ public enum RoutingStatistics {
                     zSum += logSumExp * logSumExp
                     var expectedLogit: Float = 0
                     for e in 0 ..< experts {
-                        let p = exps[e] / sum
-                        softmaxMean[e] += p
-                        expectedLogit += p * z[e]
+                        expectedLogit += exps[e] / sum * z[e]
                         probabilityMean[e] += probabilities[t * experts + e]
                     }
                     entropySum += logSumExp - expectedLogit
@@ -51,7 +51,7 @@ public enum RoutingStatistics {
         var loadBalancing: Float = 0
         for e in 0 ..< experts {
             probabilityMean[e] /= tokenCount
-            loadBalancing += Float(counts[e]) / Float(max(tokens * topK, 1)) * (softmaxMean[e] / tokenCount)
+            loadBalancing += Float(counts[e]) / Float(max(tokens * topK, 1)) * probabilityMean[e]
         }
         return RoutingRecord(
             tokens: tokens, experts: experts, topK: topK, expertCounts: counts, probabilityMean: probabilityMean,
