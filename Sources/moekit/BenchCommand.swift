@@ -20,6 +20,10 @@ struct BenchCommand: ParsableCommand {
     var preset: String = "minicpm-2.4b"
     @Option(help: "Layers of the model-level models.")
     var layers: Int = 2
+    @Option(name: .customLong("dense-model"), help: "Model level on this dense checkpoint (with --moe-model), weights mapped in their stored dtype.")
+    var denseModel: String?
+    @Option(name: .customLong("moe-model"), help: "Model level on this MoE checkpoint (with --dense-model), e.g. the dense model's upcycling.")
+    var moeModel: String?
     @Option(help: "Experts of the MoE.")
     var experts: Int = 8
     @Option(name: .customLong("top-k"), help: "Experts per token.")
@@ -47,9 +51,21 @@ struct BenchCommand: ParsableCommand {
             guard let shapes = MiniCPMPreset(rawValue: preset) else { throw ValidationError("unknown preset '\(preset)'") }
             var config = shapes.config
             config.numHiddenLayers = layers
+            var experts = self.experts, topK = self.topK
+            if denseModel != nil || moeModel != nil {
+                guard let denseModel, let moeModel else { throw ValidationError("--dense-model and --moe-model go together") }
+                guard level == "model" else { throw ValidationError("--dense-model/--moe-model measure the model level: pass --level model") }
+                config = try MiniCPMConfig(path: denseModel + "/config.json")
+                let moeConfig = try MiniCPMConfig(path: moeModel + "/config.json")
+                guard !config.isMoE, let count = moeConfig.numExperts else { throw ValidationError("--dense-model must be dense and --moe-model a MiniCPM-MoE model") }
+                experts = count
+                topK = moeConfig.numExpertsPerToken ?? 2
+            }
             var options = ThroughputBenchmark.Options(config: config)
             options.experts = experts
             options.topK = topK
+            options.denseModelDirectory = denseModel
+            options.moeModelDirectory = moeModel
             options.tokenCounts = try tokens.split(separator: ",").map {
                 guard let n = Int($0.trimmingCharacters(in: .whitespaces)), n > 0 else { throw ValidationError("--tokens: '\($0)' is not a positive integer") }
                 return n
@@ -71,7 +87,14 @@ struct BenchCommand: ParsableCommand {
             guard level == "all" || level == "layer" || level == "model" else { throw ValidationError("--level must be layer, model, all or training") }
             let machine = ThroughputBenchmark.Machine.current
             print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
-            print("shapes: \(preset) hidden \(config.hiddenSize), intermediate \(config.intermediateSize); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+            if let denseModel, let moeModel {
+                print("models: \(denseModel) and \(moeModel) (\(config.numHiddenLayers) layers, hidden \(config.hiddenSize), intermediate \(config.intermediateSize), weights mapped in their stored dtype); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+            } else {
+                print("shapes: \(preset) hidden \(config.hiddenSize), intermediate \(config.intermediateSize), \(layers) layers; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+                if options.modelLevel && ThroughputBenchmark(options: options).expertsShareMemory {
+                    print("note: the in-memory MoE's experts share the dense MLP's f32 memory (copies would exceed half the RAM); use --dense-model/--moe-model for real checkpoints")
+                }
+            }
             print(BenchTable.header)
             let results = try ThroughputBenchmark(options: options).run { print(BenchTable.row($0)) }
             print(BenchTable.summary(results))

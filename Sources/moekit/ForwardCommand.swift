@@ -10,7 +10,9 @@ struct ForwardCommand: ParsableCommand {
         Token files: whitespace- or comma-separated integers, one sequence per line, or a .npy of \
         int32/int64 (one sequence). Or --text: one document per line, tokenised with the model \
         directory's tokenizer.json. The output is a safetensors file with one F32 tensor `logits` \
-        [total tokens, vocab], sequences stacked in input order.
+        [total tokens, vocab], sequences stacked in input order. Weights are used in their stored \
+        dtype from the read-only memory map (bf16 stays bf16; compute is f32), so the 13.6B \
+        MiniCPM-MoE-8x2B runs in a few hundred MB of anonymous memory.
         """
     )
 
@@ -25,6 +27,14 @@ struct ForwardCommand: ParsableCommand {
     @Option(help: "Router to use instead of the model's (MoE only; e.g. softmax-topk, switch, \"topk:cf=1.25\"); see docs/routers.md.")
     var router: String?
 
+    @Option(help: ArgumentHelp("Tokens per batch: whole sequences run together, one layer at a time over the batch, so each layer's weights are read once per batch.",
+                               discussion: "Weights stay in their stored dtype (bf16 too), read from the memory map; memory holds one batch's activations and the logits."))
+    var batchTokens: Int = 4096
+
+    func validate() throws {
+        guard (1 ... 1 << 24).contains(batchTokens) else { throw ValidationError("--batch-tokens must be between 1 and \(1 << 24), got \(batchTokens)") }
+    }
+
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
@@ -38,7 +48,7 @@ struct ForwardCommand: ParsableCommand {
                 try model.useRouter(RouterConfiguration(text: router))
             }
             let loaded = Date()
-            let logits = try model.forward(sequences, source: input.source.path).logits
+            let logits = try model.logits(for: sequences, batchTokens: batchTokens, source: input.source.path)
             let finished = Date()
             try SafetensorsWriter.write([("logits", logits, .float32)], to: output)
             let config = model.config

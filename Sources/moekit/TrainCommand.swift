@@ -15,7 +15,10 @@ struct TrainCommand: ParsableCommand {
         of the steps. The log (docs/routing-log.md, schema 2) holds loss, lr, gradient norm, \
         validation loss and, for MoE models, each layer's routing statistics and per-domain expert \
         counts when the data has a domain sidecar. OUT_DIR is a Hugging Face directory (f32 \
-        safetensors) with training_state/ beside the weights; --resume continues it exactly.
+        safetensors) with training_state/ beside the weights; --resume continues it exactly. \
+        Memory: training holds f32 master copies of every parameter it trains (4 bytes each, plus \
+        8 for AdamW's moments and 4 for the gradient), whatever dtype the checkpoint stores; \
+        forward and trace keep the weights mapped in their stored dtype instead.
         """
     )
 

@@ -102,9 +102,18 @@ extension ThroughputBenchmark {
         }
     }
 
-    /// A dense model of the configured shapes with MiniCPM's initialisation (norm weights 1), and its
-    /// sparse upcycling: every expert a copy of the dense MLP in its own memory, router N(0, 0.1²).
+    /// The model-level models: the checkpoints of `denseModelDirectory` and `moeModelDirectory`
+    /// (mapped, in their stored dtype) when set; else a dense model of the configured shapes with
+    /// MiniCPM's initialisation (norm weights 1, f32 in memory), and its sparse upcycling: every
+    /// expert a copy of the dense MLP in its own memory, router N(0, 0.1²). When those copies would
+    /// not fit in half the machine's memory (the 8x2B at full depth needs 54 GB in f32) the experts
+    /// share the dense MLP's memory instead, and `expertsShareMemory` says so: every expert's
+    /// weights are still read from DRAM for each GEMM at these sizes, but use real checkpoints for
+    /// decode figures.
     public func makeModels() throws -> (dense: MiniCPMModel, moe: MiniCPMModel) {
+        if let denseDirectory = options.denseModelDirectory, let moeDirectory = options.moeModelDirectory {
+            return (try MiniCPMModel(directory: denseDirectory), try MiniCPMModel(directory: moeDirectory))
+        }
         let denseConfig = options.config
         let std = ModelInitializer.standardDeviation(for: denseConfig)
         let shapes = Dictionary(MiniCPMLayout(config: denseConfig).entries.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
@@ -131,12 +140,21 @@ extension ThroughputBenchmark {
                 let denseName = which == "w1" ? MiniCPMTensorNames.gateProjection(layer)
                     : which == "w3" ? MiniCPMTensorNames.upProjection(layer) : MiniCPMTensorNames.downProjection(layer)
                 var copy = try denseTensor(denseName)
-                copy.values[0] += 0  // a write makes the copy-on-write array its own memory, like a loaded checkpoint
+                if !expertsShareMemory { copy.values[0] += 0 }  // a write makes the copy-on-write array its own memory, like a loaded checkpoint
                 return copy
             }
             return try denseTensor(name)
         }
         return (dense, moe)
+    }
+
+    /// Whether the in-memory MoE model's experts share the dense MLP's memory (f32 copies would
+    /// take more than half the machine's memory).
+    public var expertsShareMemory: Bool {
+        guard options.denseModelDirectory == nil else { return false }
+        let c = options.config
+        let expertBytes = 4.0 * Double(c.numHiddenLayers) * Double(options.experts) * 3 * Double(c.hiddenSize) * Double(c.intermediateSize)
+        return expertBytes > 0.5 * Double(ProcessInfo.processInfo.physicalMemory)
     }
 
     /// The token ids of a prefill case: t ↦ (7919·t + 13) mod V.

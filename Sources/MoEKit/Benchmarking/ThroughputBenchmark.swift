@@ -23,6 +23,10 @@ public struct ThroughputBenchmark {
         public var layerLevel = true
         public var modelLevel = true
         public var seed: UInt64 = 0
+        /// Model level on real checkpoints (read in their stored dtype from the memory map) instead
+        /// of random in-memory f32 models of the preset's shapes: both or neither.
+        public var denseModelDirectory: String?
+        public var moeModelDirectory: String?
 
         public init(config: MiniCPMConfig) { self.config = config }
     }

@@ -115,6 +115,36 @@ public final class MiniCPMModel {
         try forward(sequences, detail: .none).logits
     }
 
+    /// Logits `[total tokens, vocab]` of whole sequences run in batches of whole sequences of at most
+    /// `batchTokens` tokens (a longer sequence is a batch of its own). Each batch runs one layer at a
+    /// time over all its tokens, so every layer's weights are read once per batch, and memory holds
+    /// one batch's activations and one layer's working set besides the logits.
+    public func logits(for sequences: [[Int]], batchTokens: Int, source: String = "input") throws -> Tensor {
+        precondition(batchTokens >= 1, "batchTokens must be at least 1")
+        guard !sequences.isEmpty else { throw ModelError.emptyInput(source: source) }
+        var batches: [Range<Int>] = []
+        var start = 0, tokens = 0
+        for (index, sequence) in sequences.enumerated() {
+            if index > start && tokens + sequence.count > batchTokens {
+                batches.append(start ..< index)
+                start = index
+                tokens = 0
+            }
+            tokens += sequence.count
+        }
+        batches.append(start ..< sequences.count)
+        var logits = Tensor(uninitializedShape: [sequences.reduce(0) { $0 + $1.count }, config.vocabSize])
+        var row = 0
+        for batch in batches {
+            let part = try forward(Array(sequences[batch]), source: source).logits
+            logits.values.withUnsafeMutableBufferPointer { out in
+                part.values.withUnsafeBufferPointer { (out.baseAddress! + row * config.vocabSize).update(from: $0.baseAddress!, count: $0.count) }
+            }
+            row += part.rows
+        }
+        return logits
+    }
+
     /// Runs whole sequences (each from position 0).
     public func forward(_ sequences: [[Int]], detail: RoutingRecord.Detail = .none, logitRows: LogitRows = .allTokens,
                         timer: StageTimer? = nil, source: String = "input") throws -> Output {
