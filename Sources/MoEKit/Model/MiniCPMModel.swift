@@ -209,27 +209,24 @@ public final class MiniCPMModel {
 
     /// The loss of a batch, forward only, with the router in evaluation mode (no noise).
     public func evaluate(_ batch: TrainingBatch) throws -> StepResult {
-        let router = try trainingRouter()
-        let wasTraining = router?.isTraining ?? false
-        router?.isTraining = false
-        defer { router?.isTraining = wasTraining }
-        let pass = try trainingForward(batch, keepCaches: false)
-        return StepResult(loss: pass.loss, languageModelLoss: pass.crossEntropy.loss, countedTokens: pass.crossEntropy.countedTokens,
-                          routerLosses: pass.decoder.routerLosses, routing: pass.decoder.routed, gradients: nil)
+        try step(batch, routerTraining: false, gradients: false)
     }
 
     /// The loss of a batch and its gradient with respect to every weight; the router is in
     /// training mode (noise on, when configured) during the pass. The weights must be owned f32
     /// (`init(directory:ownedFloat32Weights: true)` or `weights.owned()`).
     public func lossAndGradients(_ batch: TrainingBatch) throws -> StepResult {
+        try step(batch, routerTraining: true, gradients: true)
+    }
+
+    private func step(_ batch: TrainingBatch, routerTraining: Bool, gradients: Bool) throws -> StepResult {
         let router = try trainingRouter()
         let wasTraining = router?.isTraining ?? false
-        router?.isTraining = true
+        router?.isTraining = routerTraining
         defer { router?.isTraining = wasTraining }
-        let pass = try trainingForward(batch, keepCaches: true)
-        let gradients = backward(pass)
+        let pass = try trainingForward(batch, keepCaches: gradients)
         return StepResult(loss: pass.loss, languageModelLoss: pass.crossEntropy.loss, countedTokens: pass.crossEntropy.countedTokens,
-                          routerLosses: pass.decoder.routerLosses, routing: pass.decoder.routed, gradients: gradients)
+                          routerLosses: pass.decoder.routerLosses, routing: pass.decoder.routed, gradients: gradients ? backward(pass) : nil)
     }
 
     private func trainingRouter() throws(ModelError) -> ConfigurableRouter? {
@@ -339,9 +336,8 @@ public final class MiniCPMModel {
 
     private func backward(_ pass: TrainingPass) -> MiniCPMWeights {
         let residualScale = config.residualScale
-        var gradients = weights.zeros()
         let output = CrossEntropyLayer.backward(cache: pass.crossEntropy.cache, normWeight: weights.finalNorm, head: weights.head)
-        gradients.finalNorm = output.normWeight
+        var layerGradients: [DecoderLayerWeights] = []
         var dh = output.input
         for index in weights.layers.indices.reversed() {
             let cache = pass.decoder.layers[index], layer = weights.layers[index]
@@ -349,35 +345,34 @@ public final class MiniCPMModel {
             var mlpGradient = dh
             Kernels.scale(&mlpGradient, by: residualScale)
             let mlpInputGradient: Tensor
+            let feedForwardGradient: FeedForwardWeights
             switch (cache.feedForward, layer.feedForward) {
             case (.dense(let ffnCache), .dense(let swiGLU)):
                 let result = SwiGLULayer.backward(mlpGradient, cache: ffnCache, weights: swiGLU)
                 mlpInputGradient = result.input
-                gradients.layers[index].feedForward = .dense(result.weights)
+                feedForwardGradient = .dense(result.weights)
             case (.mixture(let moeCache), .mixture(let moe)):
                 let result = MoEFeedForwardLayer.backward(mlpGradient, cache: moeCache, weights: moe)
                 mlpInputGradient = result.input
-                gradients.layers[index].feedForward = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts))
+                feedForwardGradient = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts))
             default:
                 preconditionFailure("layer \(index): cache and weights disagree on the MLP kind")
             }
             let postNorm = RMSNormLayer.backward(mlpInputGradient, cache: cache.postAttentionNorm, weight: layer.postAttentionNorm)
-            gradients.layers[index].postAttentionNorm = postNorm.weight
             Kernels.add(postNorm.input, to: &dh)
             // h ← h + s · attention(rmsNorm(h))
             var attentionGradient = dh
             Kernels.scale(&attentionGradient, by: residualScale)
             let attention = CausalAttentionLayer.backward(attentionGradient, cache: cache.attention, weights: layer.attention, geometry: geometry)
-            gradients.layers[index].attention = attention.weights
             let inputNorm = RMSNormLayer.backward(attention.input, cache: cache.inputNorm, weight: layer.inputNorm)
-            gradients.layers[index].inputNorm = inputNorm.weight
             Kernels.add(inputNorm.input, to: &dh)
+            layerGradients.append(DecoderLayerWeights(inputNorm: inputNorm.weight, attention: attention.weights,
+                                                      postAttentionNorm: postNorm.weight, feedForward: feedForwardGradient))
         }
         var embeddingGradient = weights.lmHead == nil ? output.head : Tensor(shape: [config.vocabSize, config.hiddenSize])
-        if weights.lmHead != nil { gradients.lmHead = Weight(output.head) }
         EmbeddingLayer.backward(dh, tokens: pass.tokens, scale: Float(config.scaleEmb), into: &embeddingGradient)
-        gradients.embedding = Weight(embeddingGradient)
-        return gradients
+        return MiniCPMWeights(embedding: Weight(embeddingGradient), layers: layerGradients.reversed(), finalNorm: output.normWeight,
+                              lmHead: weights.lmHead == nil ? nil : Weight(output.head))
     }
 
     // MARK: Input checks

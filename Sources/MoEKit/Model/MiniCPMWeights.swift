@@ -188,7 +188,8 @@ public struct MiniCPMWeights: Sendable {
         lmHead = c.tieWordEmbeddings ? nil : try matrix(MiniCPMTensorNames.lmHead, [c.vocabSize, hidden])
     }
 
-    private init(embedding: Weight, layers: [DecoderLayerWeights], finalNorm: Tensor, lmHead: Weight?) {
+    /// Weights from their parts (gradients built layer by layer).
+    init(embedding: Weight, layers: [DecoderLayerWeights], finalNorm: Tensor, lmHead: Weight?) {
         self.embedding = embedding
         self.layers = layers
         self.finalNorm = finalNorm
