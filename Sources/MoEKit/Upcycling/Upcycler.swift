@@ -97,12 +97,8 @@ public enum Upcycler {
 
     // MARK: Streaming the weights
 
-    /// Writes every planned tensor in name order into shards plus the index; returns the shard names.
-    static func writeWeights(_ plan: UpcyclePlan, checkpoint: ModelCheckpoint, into path: String) throws -> [String] {
-        try writeWeights(plan, checkpoint: checkpoint, into: path, layers: LayerSource(plan: plan, checkpoint: checkpoint))
-    }
-
-    /// Writes the weights drawing expert matrices from `layers` (which keeps `drop`'s record).
+    /// Writes every planned tensor in name order into shards plus the index, computed expert
+    /// matrices drawn from `layers` (which keeps `drop`'s record); returns the shard names.
     static func writeWeights(_ plan: UpcyclePlan, checkpoint: ModelCheckpoint, into path: String, layers: LayerSource) throws -> [String] {
         let specs = plan.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
         let byName = Dictionary(plan.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
