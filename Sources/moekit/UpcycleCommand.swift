@@ -10,10 +10,16 @@ struct UpcycleCommand: ParsableCommand {
         Methods: copy (every expert an exact copy of the dense MLP, MiniCPM-MoE's recipe), noise (copy plus \
         seeded Gaussian noise of std S × each matrix's std), partition (the intermediate neurons split into E \
         groups, LLaMA-MoE style, w2 scaled by E), granular (the FFN cut into G slices replicated E/G times, \
-        every matrix scaled by G^(1/3), router rows repeated per group, as Megatron-Core does). With partition \
-        and granular, intermediate_size in the output config is the expert's size. Attention, norms and \
-        embeddings are copied bit-exact. The output is written under a temporary name and appears only when \
-        complete. See docs/upcycling.md.
+        every matrix scaled by G^(1/3), router rows repeated per group, as Megatron-Core does), drop \
+        (Drop-Upcycling: copy, then in every expert a seeded random ⌊r·I⌋ of the intermediate neurons redrawn \
+        from N(mean, std²) of the weights they replace, per matrix; router U(−√3·0.02, √3·0.02) as the paper's \
+        code; the redrawn neurons are listed in upcycle-report.json). With partition and granular, \
+        intermediate_size in the output config is the expert's size. --router R stores the routing the model \
+        will run in config.json (moekit_router); --weight-scale auto multiplies every expert's w2 by 1/Σw, the \
+        inverse of the combine weights' sum at a near-zero router (E/K for softmax → top-k without \
+        renormalising, He et al. 2024), times the method's own scale. Attention, norms and embeddings are \
+        copied bit-exact. The output is written under a temporary name and appears only when complete. See \
+        docs/upcycling.md.
         """
     )
 
@@ -29,14 +35,23 @@ struct UpcycleCommand: ParsableCommand {
     @Option(name: .customLong("top-k"), help: "Experts per token, 1 ≤ K ≤ E.")
     var topK: Int
 
-    @Option(help: "copy, noise, partition or granular.")
+    @Option(help: "copy, noise, partition, granular or drop.")
     var method: String = "copy"
 
-    @Option(name: .customLong("router-init"), help: "normal, uniform (±1/sqrt(hidden)) or zero.")
-    var routerInit: String = "normal"
+    @Option(name: .customLong("drop-ratio"), help: "drop: share r of each expert's intermediate neurons redrawn (0…1, default 0.5).")
+    var dropRatio: Double?
 
-    @Option(name: .customLong("router-std"), help: "Std of the normal router init.")
-    var routerStd: Double = 0.1
+    @Option(name: .customLong("router-init"), help: "normal, uniform (±1/sqrt(hidden)), uniform-std (mean 0, std --router-std) or zero (default: normal; drop: uniform-std).")
+    var routerInit: String?
+
+    @Option(name: .customLong("router-std"), help: "Std of the normal or uniform-std router init (default 0.1; drop: 0.02).")
+    var routerStd: Double?
+
+    @Option(help: "Routing the output runs, stored in config.json as moekit_router (see docs/routers.md); default MiniCPM-MoE's.")
+    var router: String?
+
+    @Option(name: .customLong("weight-scale"), help: "none or auto (w2 × 1/Σ combine weights at a near-zero router: E/K for softmax then top-k unnormalised).")
+    var weightScale: String = "none"
 
     @Option(name: .customLong("noise-std"), help: "noise: std relative to each weight matrix's std.")
     var noiseStd: Double = 0.01
@@ -69,8 +84,12 @@ struct UpcycleCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
-        guard UpcycleMethod(rawValue: method) != nil else { throw ValidationError("--method must be copy, noise, partition or granular, got '\(method)'") }
-        guard RouterInitialization(rawValue: routerInit) != nil else { throw ValidationError("--router-init must be normal, uniform or zero, got '\(routerInit)'") }
+        guard UpcycleMethod(rawValue: method) != nil else { throw ValidationError("--method must be copy, noise, partition, granular or drop, got '\(method)'") }
+        if let routerInit, RouterInitialization(rawValue: routerInit) == nil {
+            throw ValidationError("--router-init must be normal, uniform, uniform-std or zero, got '\(routerInit)'")
+        }
+        guard WeightScaling(rawValue: weightScale) != nil else { throw ValidationError("--weight-scale must be none or auto, got '\(weightScale)'") }
+        if dropRatio != nil && method != UpcycleMethod.drop.rawValue { throw ValidationError("--drop-ratio only applies to --method drop") }
         guard NeuronGrouping(rawValue: partitionBy) != nil else { throw ValidationError("--partition-by must be random or cluster, got '\(partitionBy)'") }
         guard dtype.lowercased() == "keep" || StorageDTypeOption.parse(dtype) != nil else { throw ValidationError("--dtype must be keep, bf16, f16 or f32, got '\(dtype)'") }
         guard ByteSize.parse(shardSize) != nil else { throw ValidationError("--shard-size: '\(shardSize)' is not a size (e.g. 5GB, 500MB)") }
@@ -78,11 +97,15 @@ struct UpcycleCommand: ParsableCommand {
         if !dryRun && outputDirectory == nil { throw ValidationError("missing OUT_DIR (only --dry-run works without one)") }
     }
 
-    var options: UpcycleOptions {
+    func options() throws -> UpcycleOptions {
         var options = UpcycleOptions(experts: experts, topK: topK)
         options.method = UpcycleMethod(rawValue: method) ?? .copy
-        options.routerInitialization = RouterInitialization(rawValue: routerInit) ?? .normal
-        options.routerStandardDeviation = routerStd
+        let paper = UpcycleOptions.paperRouter(for: options.method)
+        options.routerInitialization = routerInit.flatMap(RouterInitialization.init(rawValue:)) ?? paper.initialization
+        options.routerStandardDeviation = routerStd ?? paper.standardDeviation
+        options.dropRatio = dropRatio ?? DropUpcycling.defaultRatio
+        options.router = try router.map { try RouterConfiguration(text: $0) }
+        options.weightScaling = WeightScaling(rawValue: weightScale) ?? WeightScaling.none
         options.noiseStandardDeviation = noiseStd
         options.granularity = granularity ?? 1
         options.partitionBy = NeuronGrouping(rawValue: partitionBy) ?? .random
@@ -97,7 +120,7 @@ struct UpcycleCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let plan = try UpcyclePlan(denseDirectory: denseDirectory, options: options, requireWeights: !dryRun)
+            let plan = try UpcyclePlan(denseDirectory: denseDirectory, options: try options(), requireWeights: !dryRun)
             if dryRun {
                 printPlan(plan)
                 return
@@ -105,6 +128,11 @@ struct UpcycleCommand: ParsableCommand {
             let result = try Upcycler.run(plan, outputDirectory: outputDirectory ?? "", verifier: UpcycleCommand.verifier)
             let counts = plan.parameters
             print("wrote \(result.outputDirectory): \(plan.options.method.rawValue), \(plan.options.experts) experts, top-\(plan.options.topK), seed \(plan.options.seed)")
+            if plan.options.method == .drop {
+                let count = DropUpcycling.redrawnCount(intermediateSize: plan.denseConfig.intermediateSize, ratio: plan.options.dropRatio)
+                print("  drop: \(count) of \(plan.denseConfig.intermediateSize) neurons redrawn per expert (r = \(plan.options.dropRatio)); listed in \(UpcyclePlan.reportFileName)")
+            }
+            if plan.routingWeightScale != 1 { print("  weight scale: w2 × \(plan.routingWeightScale) for the routing") }
             print("  parameters: \(counts.total.formatted()) total, \(counts.nonEmbedding.formatted()) non-embedding, \(counts.activePerToken.formatted()) active per token")
             print("  files: config.json, \(result.files.joined(separator: ", ")), \(SafetensorsIndex.fileName), \(UpcyclePlan.reportFileName) (\(ByteSize.format(result.bytesWritten)))")
             if let verification = result.verification {

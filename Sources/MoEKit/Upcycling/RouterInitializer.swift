@@ -4,7 +4,8 @@ import Foundation
 public enum RouterInitializer {
     /// The router of one layer, drawn from the stream `seed` × `streamName` (the tensor name).
     ///
-    /// `normal`: N(0, σ²); `uniform`: U(−1/√hidden, 1/√hidden); `zero`: zeros. With
+    /// `normal`: N(0, σ²); `uniform`: U(−1/√hidden, 1/√hidden); `uniform-std`: U(−√3σ, √3σ)
+    /// (mean 0, std σ); `zero`: zeros. With
     /// `granularity` G > 1 (the `granular` method) only `E/G` rows are drawn and each is repeated
     /// for the G consecutive experts of its group: expert `e` gets row `e / G`, as Megatron-Core's
     /// upcycling repeats router rows, so the G slices of one dense FFN are always chosen together.
@@ -18,6 +19,9 @@ public enum RouterInitializer {
             base.withUnsafeMutableBufferPointer { random.fillNormal($0, standardDeviation: Float(standardDeviation)) }
         case .uniform:
             let bound = 1 / Double(hidden).squareRoot()
+            for i in base.indices { base[i] = Float((2 * random.nextUniform() - 1) * bound) }
+        case .uniformStd:
+            let bound = 3.0.squareRoot() * standardDeviation
             for i in base.indices { base[i] = Float((2 * random.nextUniform() - 1) * bound) }
         case .zero:
             break

@@ -14,6 +14,10 @@ public enum UpcycleMethod: String, Sendable, CaseIterable, Codable {
     /// slices of `I/G` neurons, replicated `E/G` times; every matrix of every expert is scaled by
     /// `G^(1/3)` and the router rows are repeated per group of `G` experts.
     case granular
+    /// Drop-Upcycling (Nakamura et al., ICLR 2025): `copy`, then in every expert a seeded random
+    /// `⌊r·I⌋` of the intermediate neurons redrawn from `N(μ, σ²)` of the weights they replace
+    /// (see `DropUpcycling`).
+    case drop
 }
 
 /// How the router weight `mlp.gate.weight` `[E, hidden]` is initialised.
@@ -24,6 +28,9 @@ public enum RouterInitialization: String, Sendable, CaseIterable, Codable {
     case uniform
     /// All zeros: every expert gets probability 1/E until training moves the router.
     case zero
+    /// Zero-mean uniform with standard deviation σ = `--router-std`: U(−√3·σ, +√3·σ). Drop-Upcycling's
+    /// reference code (`torch_rand_002`, σ = 0.02).
+    case uniformStd = "uniform-std"
 }
 
 /// How `partition` groups the intermediate neurons.
@@ -50,6 +57,14 @@ public struct UpcycleOptions: Sendable, Equatable {
     public var granularity: Int = 1
     /// `partition`: how neurons are grouped.
     public var partitionBy: NeuronGrouping = .random
+    /// `drop`: the share r of each expert's intermediate neurons redrawn, 0 ≤ r ≤ 1.
+    public var dropRatio: Double = DropUpcycling.defaultRatio
+
+    // MARK: Routing the output runs
+    /// Stored in the output config as `moekit_router`; `nil` keeps MiniCPM-MoE's routing.
+    public var router: RouterConfiguration?
+    /// Whether `W2` absorbs the routing's output factor (`RoutingWeightScale`).
+    public var weightScaling: WeightScaling = .none
 
     // MARK: Router
     public var routerInitialization: RouterInitialization = .normal
@@ -74,6 +89,25 @@ public struct UpcycleOptions: Sendable, Equatable {
         self.topK = topK
     }
 
+    /// The router initialisation each method's source uses: Drop-Upcycling's reference code draws
+    /// a zero-mean uniform of std 0.02; every other method MiniCPM-MoE's N(0, 0.1²).
+    public static func paperRouter(for method: UpcycleMethod) -> (initialization: RouterInitialization, standardDeviation: Double) {
+        method == .drop ? (.uniformStd, DropUpcycling.routerStandardDeviation) : (.normal, 0.1)
+    }
+
+    /// The factor `W2` absorbs for the routing (1 without `--weight-scale auto`).
+    public func routingWeightScale() throws(UpcycleError) -> Float {
+        guard weightScaling == .auto else { return 1 }
+        return try RoutingWeightScale.factor(router: router ?? RouterConfiguration(), experts: experts, topK: topK)
+    }
+
+    /// Whether the routing's combine weights sum to 1 for every token, so copied experts
+    /// reproduce the dense MLP exactly.
+    public var routingWeightsSumToOne: Bool {
+        guard let router else { return true }
+        return router.mode == .tokenChoice && router.weighting != .unnormalized && router.weightScale == 1 && router.capacityFactor == nil
+    }
+
     /// The relative logit difference `copy` must stay within under `--verify`.
     public static let copyTolerance: Float = 1e-5
 
@@ -96,6 +130,13 @@ public struct UpcycleOptions: Sendable, Equatable {
         } else if granularity != 1 {
             throw .invalidOption(option: "--granularity", reason: "only applies to --method granular")
         }
+        guard dropRatio.isFinite, dropRatio >= 0, dropRatio <= 1 else {
+            throw .invalidOption(option: "--drop-ratio", reason: "must be between 0 and 1, got \(dropRatio)")
+        }
+        if method != .drop && dropRatio != DropUpcycling.defaultRatio {
+            throw .invalidOption(option: "--drop-ratio", reason: "only applies to --method drop")
+        }
+        _ = try routingWeightScale()
         if let dtype, !dtype.isWritable {
             throw .invalidOption(option: "--dtype", reason: "MoEKit writes bf16, f16 or f32, not \(dtype.rawValue)")
         }

@@ -74,7 +74,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         let experts = options.experts
         let intermediate = dense.intermediateSize
         switch options.method {
-        case .copy, .noise:
+        case .copy, .noise, .drop:
             expertIntermediateSize = intermediate
         case .partition:
             guard intermediate % experts == 0 else {
@@ -137,7 +137,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         planned.sort { $0.name < $1.name }
 
         // Types the computation can handle: computed tensors are decoded to f32 and encoded back.
-        let rawExperts = options.method == .copy
+        let rawExperts = options.method == .copy && ((try? options.routingWeightScale()) ?? 1) == 1
         for tensor in planned {
             let computed: Bool
             switch tensor.source {
@@ -161,13 +161,8 @@ public struct UpcyclePlan: @unchecked Sendable {
         var bytesByType: [SafetensorsDType: Int] = [:]
         for tensor in planned { bytesByType[tensor.dtype, default: 0] += tensor.byteCount }
         output.torchDtype = bytesByType.max { ($0.value, $0.key.rawValue) < ($1.value, $1.key.rawValue) }?.key.torchName ?? dense.torchDtype
-        output.otherKeys["architectures"] = .array([.string("MiniCPMForCausalLM")])
-        output.otherKeys["model_type"] = .string("minicpm")
-        var autoMap = dense.otherKeys["auto_map"]?.objectValue ?? [:]
-        autoMap["AutoConfig"] = .string("configuration_minicpm.MiniCPMConfig")
-        autoMap["AutoModel"] = .string("modeling_minicpm.MiniCPMModel")
-        autoMap["AutoModelForCausalLM"] = .string("modeling_minicpm.MiniCPMForCausalLM")
-        output.otherKeys["auto_map"] = .object(autoMap)
+        Self.markAsMiniCPMMoE(&output, dense: dense)
+        options.router?.store(in: &output)
         do { try output.validate(path: "config.json (output)") } catch { throw .checkpoint(error) }
         config = output
 
@@ -189,10 +184,27 @@ public struct UpcyclePlan: @unchecked Sendable {
         self.warnings = warnings
     }
 
+    /// Whether expert tensors are the dense bytes unchanged (`copy` without a routing factor).
+    public var copiesExpertsRaw: Bool { options.method == .copy && routingWeightScale == 1 }
+
+    /// The factor every expert's `W2` absorbs for the routing (`--weight-scale auto`), 1 otherwise.
+    public var routingWeightScale: Float { (try? options.routingWeightScale()) ?? 1 }
+
+    /// The architecture, model type and `auto_map` entries MiniCPM-MoE-8x2B's config carries.
+    static func markAsMiniCPMMoE(_ output: inout MiniCPMConfig, dense: MiniCPMConfig) {
+        output.otherKeys["architectures"] = .array([.string("MiniCPMForCausalLM")])
+        output.otherKeys["model_type"] = .string("minicpm")
+        var autoMap = dense.otherKeys["auto_map"]?.objectValue ?? [:]
+        autoMap["AutoConfig"] = .string("configuration_minicpm.MiniCPMConfig")
+        autoMap["AutoModel"] = .string("modeling_minicpm.MiniCPMModel")
+        autoMap["AutoModelForCausalLM"] = .string("modeling_minicpm.MiniCPMForCausalLM")
+        output.otherKeys["auto_map"] = .object(autoMap)
+    }
+
     /// The slicing shared by every layer (`partition` builds its own per layer from the groups).
     public var sharedSlicing: ExpertSlicing? {
         switch options.method {
-        case .copy, .noise: return .whole(intermediateSize: denseConfig.intermediateSize)
+        case .copy, .noise, .drop: return .whole(intermediateSize: denseConfig.intermediateSize)
         case .granular: return .granular(intermediateSize: denseConfig.intermediateSize, granularity: options.granularity, experts: options.experts)
         case .partition: return nil
         }

@@ -30,8 +30,9 @@ public enum Upcycler {
         let directory: AtomicDirectory
         do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: options.replaceExisting) } catch { throw .checkpoint(error) }
         let shardFiles: [String]
+        let layers = LayerSource(plan: plan, checkpoint: checkpoint)
         do {
-            shardFiles = try writeWeights(plan, checkpoint: checkpoint, into: directory.temporaryPath)
+            shardFiles = try writeWeights(plan, checkpoint: checkpoint, into: directory.temporaryPath, layers: layers)
         } catch let error as UpcycleError {
             throw error
         } catch let error as SafetensorsError {
@@ -56,7 +57,8 @@ public enum Upcycler {
         }
 
         let report = UpcycleReport.json(plan: plan, outputDirectory: directory.destination, files: shardFiles + [SafetensorsIndex.fileName],
-                                        bytesWritten: plan.totalBytes, verification: verification)
+                                        bytesWritten: plan.totalBytes, verification: verification,
+                                        drop: plan.options.method == .drop ? layers.dropRecord : nil)
         do {
             try AtomicFileWriter.write(report.serialized(), to: directory.path(UpcyclePlan.reportFileName))
             try directory.commit()
@@ -84,7 +86,8 @@ public enum Upcycler {
             throw .verificationUnavailable(reason: "logit shapes differ: dense \(dense.shape), upcycled \(upcycled.shape)")
         }
         let difference = upcycled.maxRelativeDifference(to: dense)
-        let tolerance: Float? = plan.options.method == .copy ? UpcycleOptions.copyTolerance : nil
+        let exact = plan.options.method == .copy && plan.routingWeightScale == 1 && plan.options.routingWeightsSumToOne
+        let tolerance: Float? = exact ? UpcycleOptions.copyTolerance : nil
         let passed = tolerance.map { difference <= $0 } ?? true
         if let tolerance, !(difference <= tolerance) {
             throw .verificationFailed(directory: outputDirectory, tokens: tokens.count, maxRelativeDifference: difference, tolerance: tolerance)
@@ -94,13 +97,13 @@ public enum Upcycler {
 
     // MARK: Streaming the weights
 
-    /// Writes every planned tensor in name order into shards plus the index; returns the shard names.
-    static func writeWeights(_ plan: UpcyclePlan, checkpoint: ModelCheckpoint, into path: String) throws -> [String] {
+    /// Writes every planned tensor in name order into shards plus the index, computed expert
+    /// matrices drawn from `layers` (which keeps `drop`'s record); returns the shard names.
+    static func writeWeights(_ plan: UpcyclePlan, checkpoint: ModelCheckpoint, into path: String, layers: LayerSource) throws -> [String] {
         let specs = plan.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
         let byName = Dictionary(plan.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let writer = try ShardedSafetensorsWriter(directory: path, tensors: specs, maximumShardBytes: plan.options.maximumShardBytes, alwaysIndex: true)
         let reporter = ProgressReporter(label: "upcycle", totalBytes: plan.totalBytes, style: plan.options.progress)
-        let layers = LayerSource(plan: plan, checkpoint: checkpoint)
         while let spec = writer.nextTensor {
             guard let tensor = byName[spec.name] else { throw UpcycleError.write(directory: path, reason: "unplanned tensor '\(spec.name)'") }
             switch tensor.source {
@@ -115,7 +118,7 @@ public enum Upcycler {
                 try router.values.withUnsafeBufferPointer { (values) in try writer.append(floats: values) }
             case let .expert(layer, expert, projection):
                 let denseName = projection.denseTensorName(layer: layer)
-                if plan.options.method == .copy && tensor.dtype == tensor.sourceDType {
+                if plan.copiesExpertsRaw && tensor.dtype == tensor.sourceDType {
                     try writer.appendTensor(denseName, from: checkpoint, as: tensor.dtype, reporter: reporter)
                 } else {
                     let weight = try layers.expertWeight(layer: layer, expert: expert, projection: projection, name: tensor.name)
@@ -139,6 +142,8 @@ final class LayerSource {
     private var dense: [ExpertProjection: Tensor] = [:]
     private var standardDeviations: [ExpertProjection: Double] = [:]
     private var slicing: ExpertSlicing?
+    /// `drop`: per layer and expert, the redrawn neurons and each matrix's statistics, in write order.
+    private(set) var dropRecord = DropUpcycling.Record()
 
     init(plan: UpcyclePlan, checkpoint: ModelCheckpoint) {
         self.plan = plan
@@ -209,6 +214,17 @@ final class LayerSource {
             var random = SeededRandom(seed: plan.options.seed, stream: name)
             ExpertNoise.add(to: &weight, relativeStandardDeviation: plan.options.noiseStandardDeviation,
                             referenceStandardDeviation: reference, random: &random)
+        }
+        if plan.options.method == .drop {
+            let neurons = DropUpcycling.redrawnNeurons(intermediateSize: plan.denseConfig.intermediateSize, ratio: plan.options.dropRatio,
+                                                       seed: plan.options.seed, layer: newLayer, expert: expert)
+            var random = DropUpcycling.valueStream(seed: plan.options.seed, tensorName: name)
+            let statistics = DropUpcycling.redraw(projection, weight: &weight, neurons: neurons, random: &random)
+            dropRecord.add(layer: newLayer, expert: expert, neurons: neurons, projection: projection, statistics: statistics)
+        }
+        let routingScale = plan.routingWeightScale
+        if projection == .down && routingScale != 1 {
+            for i in weight.values.indices { weight.values[i] *= routingScale }
         }
         return weight
     }
