@@ -161,13 +161,18 @@ public struct UpcyclePlan: @unchecked Sendable {
         var bytesByType: [SafetensorsDType: Int] = [:]
         for tensor in planned { bytesByType[tensor.dtype, default: 0] += tensor.byteCount }
         output.torchDtype = bytesByType.max { ($0.value, $0.key.rawValue) < ($1.value, $1.key.rawValue) }?.key.torchName ?? dense.torchDtype
-        output.otherKeys["architectures"] = .array([.string("MiniCPMForCausalLM")])
-        output.otherKeys["model_type"] = .string("minicpm")
-        var autoMap = dense.otherKeys["auto_map"]?.objectValue ?? [:]
-        autoMap["AutoConfig"] = .string("configuration_minicpm.MiniCPMConfig")
-        autoMap["AutoModel"] = .string("modeling_minicpm.MiniCPMModel")
-        autoMap["AutoModelForCausalLM"] = .string("modeling_minicpm.MiniCPMForCausalLM")
-        output.otherKeys["auto_map"] = .object(autoMap)
+        if dense.architecture == .llama {
+            // A Llama becomes a Mixtral, which transformers, vLLM and llama.cpp load natively.
+            output.otherKeys = ArchitectureConfigKeys.mixtralFromLlama(output.otherKeys, config: output)
+        } else {
+            output.otherKeys["architectures"] = .array([.string("MiniCPMForCausalLM")])
+            output.otherKeys["model_type"] = .string("minicpm")
+            var autoMap = dense.otherKeys["auto_map"]?.objectValue ?? [:]
+            autoMap["AutoConfig"] = .string("configuration_minicpm.MiniCPMConfig")
+            autoMap["AutoModel"] = .string("modeling_minicpm.MiniCPMModel")
+            autoMap["AutoModelForCausalLM"] = .string("modeling_minicpm.MiniCPMForCausalLM")
+            output.otherKeys["auto_map"] = .object(autoMap)
+        }
         do { try output.validate(path: "config.json (output)") } catch { throw .checkpoint(error) }
         config = output
 
