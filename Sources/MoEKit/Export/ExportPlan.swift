@@ -86,8 +86,10 @@ public struct ExportPlan: @unchecked Sendable {
         sourceConfig = config
         self.checkpoint = checkpoint
 
-        // Router bias tensors are MoEKit's own; anything else unexplained would be lost.
+        // MoEKit's router biases (`moekit_bias`, which the layout check explains) are planned below;
+        // anything unexplained would be lost.
         let biasNames = Set((0 ..< config.numHiddenLayers).map(MiniCPMTensorNames.routerBias))
+        let storedBiases = biasNames.filter(checkpoint.contains).sorted()
         // A Qwen2-MoE's shared expert is all zero (ModelCheckpoint checked it): it adds nothing.
         let lost = unexplained.filter {
             !biasNames.contains($0) && $0 != MiniCPMTensorNames.lmHead
@@ -95,7 +97,7 @@ public struct ExportPlan: @unchecked Sendable {
         }
         guard lost.isEmpty else { throw .unexplainedTensors(directory: directory, tensors: lost.map(checkpoint.storedName)) }
         var biasIsZero = true
-        for name in unexplained where biasNames.contains(name) {
+        for name in storedBiases {
             do {
                 if try checkpoint.floatTensor(name).values.contains(where: { $0 != 0 }) { biasIsZero = false }
             } catch { throw .checkpoint(error) }
@@ -186,7 +188,7 @@ public struct ExportPlan: @unchecked Sendable {
         // zero when the source has none); the other formats cannot hold them (MixtralRouting refused
         // a bias that is used).
         if format == .minicpm {
-            for name in unexplained.sorted() where biasNames.contains(name) { try plan(name, from: name, scale: 1, fold: nil) }
+            for name in storedBiases { try plan(name, from: name, scale: 1, fold: nil) }
         } else if format == .glm4MoE, let experts = config.numExperts {
             for layer in 0 ..< config.numHiddenLayers {
                 let name = MiniCPMTensorNames.routerBias(layer)

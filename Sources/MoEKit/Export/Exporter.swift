@@ -4,7 +4,7 @@ import Foundation
 ///
 /// For every element, x = w · s is the exact product (w the stored source value, s the factor, in
 /// double precision) and x̂ the value written. `maxRelative` is max |x̂ − x| / |x| over x ≠ 0
-/// (at most 2⁻²⁴ in f32, 2⁻⁹ in bf16: bf16 cannot hold w · 12 or w / 9 exactly); `normRelative`
+/// (at most 2⁻²⁴ in f32, 2⁻⁸ in bf16: bf16 cannot hold w · 12 or w / 9 exactly); `normRelative`
 /// is ‖x̂ − x‖₂ / ‖x‖₂ over the group.
 public struct ExportFoldError: Sendable, Equatable {
     public var fold: ExportPlan.Fold
