@@ -18,12 +18,14 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "Shapes: \(MiniCPMPreset.allCases.map(\.rawValue).joined(separator: ", ")).")
     var preset: String = "minicpm-2.4b"
+    @Option(help: "Take the shapes (and an MoE's experts and top-k) from this model directory's config.json instead of --preset: MiniCPM, Llama, Mixtral, … (random weights of those shapes are timed).")
+    var model: String?
     @Option(help: "Layers of the model-level models.")
     var layers: Int = 2
-    @Option(help: "Experts of the MoE.")
-    var experts: Int = 8
-    @Option(name: .customLong("top-k"), help: "Experts per token.")
-    var topK: Int = 2
+    @Option(help: "Experts of the MoE (default: the --model's, else 8).")
+    var experts: Int?
+    @Option(name: .customLong("top-k"), help: "Experts per token (default: the --model's, else 2).")
+    var topK: Int?
     @Option(help: "Token counts, comma-separated.")
     var tokens: String = "128,512,2048"
     @Option(help: "Decode steps for the model-level decode measurement (0 skips it).")
@@ -44,8 +46,18 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            guard let shapes = MiniCPMPreset(rawValue: preset) else { throw ValidationError("unknown preset '\(preset)'") }
-            var config = shapes.config
+            var config: MiniCPMConfig
+            var shapeName = preset
+            if let model {
+                config = try MiniCPMConfig(path: model + "/config.json")
+                shapeName = "\(model) (\(config.architecture.causalLMClassName))"
+            } else {
+                guard let shapes = MiniCPMPreset(rawValue: preset) else { throw ValidationError("unknown preset '\(preset)'") }
+                config = shapes.config
+            }
+            let experts = self.experts ?? config.numExperts ?? 8, topK = self.topK ?? config.numExpertsPerToken ?? 2
+            config.numExperts = nil
+            config.numExpertsPerToken = nil
             config.numHiddenLayers = layers
             var options = ThroughputBenchmark.Options(config: config)
             options.experts = experts
@@ -65,13 +77,13 @@ struct BenchCommand: ParsableCommand {
             guard layers >= 1, experts >= 2, topK >= 1, topK <= experts else { throw ValidationError("need layers ≥ 1, experts ≥ 2, 1 ≤ top-k ≤ experts") }
             compute.apply()
             if level == "training" {
-                try runTraining(config: config)
+                try runTraining(config: config, shapeName: shapeName, experts: experts, topK: topK)
                 return
             }
             guard level == "all" || level == "layer" || level == "model" else { throw ValidationError("--level must be layer, model, all or training") }
             let machine = ThroughputBenchmark.Machine.current
             print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
-            print("shapes: \(preset) hidden \(config.hiddenSize), intermediate \(config.intermediateSize); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+            print("shapes: \(shapeName) hidden \(config.hiddenSize), intermediate \(config.intermediateSize); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
             print(BenchTable.header)
             let results = try ThroughputBenchmark(options: options).run { print(BenchTable.row($0)) }
             print(BenchTable.summary(results))
@@ -85,7 +97,7 @@ struct BenchCommand: ParsableCommand {
 }
 
 extension BenchCommand {
-    func runTraining(config: MiniCPMConfig) throws {
+    func runTraining(config: MiniCPMConfig, shapeName: String, experts: Int, topK: Int) throws {
         guard batch >= 1, seq >= 1, seq <= config.maxPositionEmbeddings else { throw ValidationError("--batch and --seq must be ≥ 1, --seq ≤ max_position_embeddings") }
         var options = TrainingBenchmark.Options(config: config)
         options.experts = experts
@@ -95,7 +107,7 @@ extension BenchCommand {
         options.repeats = max(1, repeats)
         let machine = ThroughputBenchmark.Machine.current
         print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
-        print("training step (forward + backward + AdamW): \(preset) shapes, \(layers) layers, batch \(batch) × \(seq) tokens; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+        print("training step (forward + backward + AdamW): \(shapeName) shapes, \(layers) layers, batch \(batch) × \(seq) tokens; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
         print(BenchTable.header)
         let results = try TrainingBenchmark(options: options).run()
         for result in results { print(BenchTable.row(result)) }

@@ -1,6 +1,6 @@
 """moekit export, checked with transformers' own classes (no remote code): the exported Llama,
 Mixtral and Qwen2-MoE (unnormalised top-k) give MoEKit's MiniCPM logits to 1e-5 relative in f32; a Mixtral that transformers wrote
-itself is read by every moekit command (forward, trace, inspect, train, export back)."""
+itself is read by every moekit command (forward, trace, inspect, train, bench, export back)."""
 import json
 import os
 
@@ -95,6 +95,10 @@ def test_mixtral_written_by_transformers_runs_in_every_moekit_command(tmp_path, 
     after, _ = transformers_logits(trained, MixtralForCausalLM)
     assert relative_difference(moekit_logits(run_moekit, trained, tmp_path, "trained"), after) <= 1e-5
     assert json.loads(run_moekit("inspect", str(tmp_path / "train.h5"), "--json").stdout)
+
+    bench = run_moekit("bench", "--model", hf_dir, "--level", "layer", "--tokens", "16", "--repeats", "1",
+                       "--routing", "learned", "--decode", "0").stdout
+    assert "(MixtralForCausalLM) hidden 32, intermediate 48; MoE 4 experts, top-2" in bench
 
     back, again = str(tmp_path / "back"), str(tmp_path / "again")
     run_moekit("export", hf_dir, back, "--format", "minicpm", "--quiet")
