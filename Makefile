@@ -22,11 +22,14 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libopenblas-dev libhdf5-dev pkg-config; \
 	fi
 
-# Python clients that prove interoperability: safetensors, numpy, h5py, pytest, Jupyter's nbconvert.
-$(VENV)/.installed: Tests/Interop/requirements.txt
+# Python clients that prove interoperability: safetensors, numpy, h5py, pytest, Jupyter's nbconvert,
+# moekit_routing (python/); then PyTorch, transformers and accelerate without dependency resolution
+# (requirements-torch.txt explains why: the CUDA wheel's libraries, without triton and the rest).
+$(VENV)/.installed: Tests/Interop/requirements.txt Tests/Interop/requirements-torch.txt python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install -q --upgrade pip
 	$(VENV_PY) -m pip install -q -r Tests/Interop/requirements.txt
+	$(VENV_PY) -m pip install -q --no-deps -r Tests/Interop/requirements-torch.txt
 	touch $@
 
 venv: $(VENV)/.installed

@@ -18,16 +18,18 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "Shapes: \(MiniCPMPreset.allCases.map(\.rawValue).joined(separator: ", ")).")
     var preset: String = "minicpm-2.4b"
+    @Option(help: "Take the shapes (and an MoE's experts and top-k) from this model directory's config.json instead of --preset: MiniCPM, Llama, Mixtral, … (random weights of those shapes are timed).")
+    var model: String?
     @Option(help: "Layers of the model-level models.")
     var layers: Int = 2
     @Option(name: .customLong("dense-model"), help: "Model level on this dense checkpoint (with --moe-model), weights mapped in their stored dtype.")
     var denseModel: String?
     @Option(name: .customLong("moe-model"), help: "Model level on this MoE checkpoint (with --dense-model), e.g. the dense model's upcycling.")
     var moeModel: String?
-    @Option(help: "Experts of the MoE.")
-    var experts: Int = 8
-    @Option(name: .customLong("top-k"), help: "Experts per token.")
-    var topK: Int = 2
+    @Option(help: "Experts of the MoE (default: the --model's, else 8).")
+    var experts: Int?
+    @Option(name: .customLong("top-k"), help: "Experts per token (default: the --model's, else 2).")
+    var topK: Int?
     @Option(help: "Token counts, comma-separated.")
     var tokens: String = "128,512,2048"
     @Option(help: "Decode steps for the model-level decode measurement (0 skips it).")
@@ -48,10 +50,19 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            guard let shapes = MiniCPMPreset(rawValue: preset) else { throw ValidationError("unknown preset '\(preset)'") }
-            var config = shapes.config
+            var config: MiniCPMConfig
+            var shapeName = preset
+            if let model {
+                config = try MiniCPMConfig(path: model + "/config.json")
+                shapeName = "\(model) (\(config.architecture.causalLMClassName))"
+            } else {
+                guard let shapes = MiniCPMPreset(rawValue: preset) else { throw ValidationError("unknown preset '\(preset)'") }
+                config = shapes.config
+            }
+            var experts = self.experts ?? config.numExperts ?? 8, topK = self.topK ?? config.numExpertsPerToken ?? 2
+            config.numExperts = nil
+            config.numExpertsPerToken = nil
             config.numHiddenLayers = layers
-            var experts = self.experts, topK = self.topK
             if denseModel != nil || moeModel != nil {
                 guard let denseModel, let moeModel else { throw ValidationError("--dense-model and --moe-model go together") }
                 guard level == "model" else { throw ValidationError("--dense-model/--moe-model measure the model level: pass --level model") }
@@ -81,7 +92,7 @@ struct BenchCommand: ParsableCommand {
             guard layers >= 1, experts >= 2, topK >= 1, topK <= experts else { throw ValidationError("need layers ≥ 1, experts ≥ 2, 1 ≤ top-k ≤ experts") }
             compute.apply()
             if level == "training" {
-                try runTraining(config: config)
+                try runTraining(config: config, shapeName: shapeName, experts: experts, topK: topK)
                 return
             }
             guard level == "all" || level == "layer" || level == "model" else { throw ValidationError("--level must be layer, model, all or training") }
@@ -90,7 +101,7 @@ struct BenchCommand: ParsableCommand {
             if let denseModel, let moeModel {
                 print("models: \(denseModel) and \(moeModel) (\(config.numHiddenLayers) layers, hidden \(config.hiddenSize), intermediate \(config.intermediateSize), weights mapped in their stored dtype); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
             } else {
-                print("shapes: \(preset) hidden \(config.hiddenSize), intermediate \(config.intermediateSize), \(layers) layers; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+                print("shapes: \(shapeName) hidden \(config.hiddenSize), intermediate \(config.intermediateSize), \(layers) layers; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
                 if options.modelLevel && ThroughputBenchmark(options: options).expertsShareMemory {
                     print("note: the in-memory MoE's experts share the dense MLP's f32 memory (copies would exceed half the RAM); use --dense-model/--moe-model for real checkpoints")
                 }
@@ -108,7 +119,7 @@ struct BenchCommand: ParsableCommand {
 }
 
 extension BenchCommand {
-    func runTraining(config: MiniCPMConfig) throws {
+    func runTraining(config: MiniCPMConfig, shapeName: String, experts: Int, topK: Int) throws {
         guard batch >= 1, seq >= 1, seq <= config.maxPositionEmbeddings else { throw ValidationError("--batch and --seq must be ≥ 1, --seq ≤ max_position_embeddings") }
         var options = TrainingBenchmark.Options(config: config)
         options.experts = experts
@@ -118,7 +129,7 @@ extension BenchCommand {
         options.repeats = max(1, repeats)
         let machine = ThroughputBenchmark.Machine.current
         print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
-        print("training step (forward + backward + AdamW): \(preset) shapes, \(layers) layers, batch \(batch) × \(seq) tokens; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+        print("training step (forward + backward + AdamW): \(shapeName) shapes, \(layers) layers, batch \(batch) × \(seq) tokens; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
         print(BenchTable.header)
         let results = try TrainingBenchmark(options: options).run()
         for result in results { print(BenchTable.row(result)) }

@@ -13,7 +13,7 @@ struct MoEKitCommand: ParsableCommand {
         OpenBLAS uses every core by default; set OPENBLAS_NUM_THREADS=N to use fewer.
         """,
         version: "0.1.0",
-        subcommands: [DemoCommand.self, InitCommand.self, ShowCommand.self, ConvertCommand.self, UpcycleCommand.self, MergeCommand.self, TrainCommand.self,
+        subcommands: [DemoCommand.self, InitCommand.self, ShowCommand.self, ConvertCommand.self, UpcycleCommand.self, MergeCommand.self, ExportCommand.self, TrainCommand.self,
                       CorpusCommand.self, ForwardCommand.self, TraceCommand.self, TokenizeCommand.self, InspectCommand.self, BenchCommand.self]
     )
 }

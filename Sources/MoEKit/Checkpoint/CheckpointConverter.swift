@@ -47,7 +47,8 @@ public enum CheckpointConverter {
     }
 
     public static func run(directory: String, outputDirectory: String, options: Options = Options()) throws(CheckpointError) -> Result {
-        let checkpoint = try ModelCheckpoint(directory: directory)
+        // The names stored in the files: the copied config.json keeps describing them.
+        let checkpoint = try ModelCheckpoint(directory: directory, translatingNames: false)
         let configPath = directory + "/config.json"
         guard let configData = FileManager.default.contents(atPath: configPath) else { throw .missingFile(path: configPath) }
         guard case .object(var config)? = JSONValue.parse(configData) else { throw .invalidJSON(path: configPath, reason: "not a JSON object") }
@@ -84,6 +85,7 @@ public enum CheckpointConverter {
         do {
             if let dtype = options.dtype, let name = dtype.torchName {
                 config["torch_dtype"] = .string(name)
+                if config["dtype"] != nil { config["dtype"] = .string(name) }  // transformers 5 writes `dtype`
                 try AtomicFileWriter.write(JSONValue.object(config).serialized(), to: output.path("config.json"))
             } else {
                 try FileManager.default.copyItem(atPath: configPath, toPath: output.path("config.json"))

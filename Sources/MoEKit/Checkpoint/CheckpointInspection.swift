@@ -33,7 +33,7 @@ public struct CheckpointInspection: Sendable {
             checkpoint = try ModelCheckpoint(directory: path)
             let config = try MiniCPMConfig(path: path + "/config.json")
             let layout = MiniCPMLayout(config: config)
-            unexpected = try layout.check(checkpoint)
+            unexpected = try layout.check(checkpoint).map(checkpoint.storedName)
             self.config = config
             parameters = layout.parameterCounts
         } else {
@@ -45,7 +45,7 @@ public struct CheckpointInspection: Sendable {
         var entries: [TensorEntry] = []
         for info in checkpoint.tensors {
             let values = includeValues ? try checkpoint.floatTensor(info.name).values : nil
-            entries.append(TensorEntry(name: info.name, dtype: info.dtype.rawValue, shape: info.shape,
+            entries.append(TensorEntry(name: checkpoint.storedName(info.name), dtype: info.dtype.rawValue, shape: info.shape,
                                        file: URL(fileURLWithPath: info.file).lastPathComponent, values: values))
         }
         tensors = entries

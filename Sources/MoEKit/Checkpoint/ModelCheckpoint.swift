@@ -39,11 +39,20 @@ public final class ModelCheckpoint: @unchecked Sendable {
     public let files: [String]
     /// The safetensors `__metadata__` of the first file (`nil` for PyTorch checkpoints).
     public let metadata: [String: String]?
+    /// The architecture whose tensor names the files use (`model_type` of the directory's
+    /// config.json). Every name this type takes and returns is MiniCPM's (`MiniCPMTensorNames`);
+    /// a Mixtral's `block_sparse_moe` names are translated on the way (`ModelArchitecture`).
+    public let storedArchitecture: ModelArchitecture
+    /// Tensor name (MiniCPM's) → its weight file.
     private let fileForTensor: [String: WeightFile]
 
     /// Opens the weights of a model directory (see the type's description for what is looked for).
-    public init(directory: String) throws(CheckpointError) {
+    /// With `translatingNames` (the default) names are MiniCPM's whatever architecture the
+    /// directory's config.json declares; without, they are the names stored in the files.
+    public init(directory: String, translatingNames: Bool = true) throws(CheckpointError) {
         self.directory = directory
+        let architecture = translatingNames ? ModelArchitecture.declared(byDirectory: directory) : .minicpm
+        storedArchitecture = architecture
         let manager = FileManager.default
         var isDirectory: ObjCBool = false
         guard manager.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -80,7 +89,17 @@ public final class ModelCheckpoint: @unchecked Sendable {
         }
         self.files = files.map(\.path)
         metadata = files.first?.metadata
-        self.fileForTensor = fileForTensor
+        self.fileForTensor = Dictionary(fileForTensor.map { (architecture.miniCPMName($0.key), $0.value) }, uniquingKeysWith: { a, _ in a })
+        if architecture == .qwen2MoE || architecture == .glm4MoE {
+            // MoEKit has no shared expert: Qwen2-MoE is read only when its shared expert adds exactly 0.
+            for name in fileForTensor.keys.sorted() where ModelArchitecture.isSharedExpertTensor(name) {
+                guard let file = fileForTensor[name] else { continue }
+                if try file.floatTensor(name).values.contains(where: { $0 != 0 }) {
+                    throw .invalidField(path: file.path, field: name, reason: "is not zero; MoEKit has no shared experts (it reads the all-zero shared expert `export --format qwen2_moe` writes)")
+                }
+                file.release(name)
+            }
+        }
     }
 
     /// Opens one weight file: a PyTorch checkpoint when it starts as a zip (or a legacy pickle)
@@ -88,6 +107,7 @@ public final class ModelCheckpoint: @unchecked Sendable {
     public init(file path: String) throws(CheckpointError) {
         guard FileManager.default.fileExists(atPath: path) else { throw .missingFile(path: path) }
         directory = path
+        storedArchitecture = .minicpm
         format = PyTorchCheckpointFile.looksLikePyTorchCheckpoint(path: path) ? .pytorch : .safetensors
         let file = try WeightFile(path: path, format: format)
         files = [path]
@@ -124,24 +144,28 @@ public final class ModelCheckpoint: @unchecked Sendable {
     public func contains(_ name: String) -> Bool { fileForTensor[name] != nil }
 
     private func file(for name: String) throws(CheckpointError) -> WeightFile {
-        guard let file = fileForTensor[name] else { throw .missingTensor(directory: directory, tensor: name) }
+        guard let file = fileForTensor[name] else { throw .missingTensor(directory: directory, tensor: storedName(name)) }
         return file
     }
 
+    /// The name a tensor has in the files.
+    public func storedName(_ name: String) -> String { storedArchitecture.storedName(name) }
+
     public func info(_ name: String) throws(CheckpointError) -> CheckpointTensorInfo {
-        try file(for: name).info(name)
+        let stored = try file(for: name).info(storedName(name))
+        return CheckpointTensorInfo(name: name, dtype: stored.dtype, shape: stored.shape, file: stored.file)
     }
 
     /// The tensor converted to f32.
     public func floatTensor(_ name: String) throws(CheckpointError) -> Tensor {
-        try file(for: name).floatTensor(name)
+        try file(for: name).floatTensor(storedName(name))
     }
 
     /// Calls `body` with the tensor's raw little-endian bytes in its dtype, row-major: straight
     /// from the memory map (safetensors, contiguous PyTorch tensors) or a gathered copy (PyTorch
     /// views such as transposes). The buffer is valid only during the call.
     public func withBytes<Result>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> Result) throws -> Result {
-        try file(for: name).withBytes(name, body)
+        try file(for: name).withBytes(storedName(name), body)
     }
 
     /// The tensor's raw little-endian bytes in its dtype, in place in the read-only memory map and
@@ -159,15 +183,16 @@ public final class ModelCheckpoint: @unchecked Sendable {
 
     /// Lets the kernel drop a tensor's pages after use (streaming passes).
     public func release(_ name: String) {
-        fileForTensor[name]?.release(name)
+        fileForTensor[name]?.release(storedName(name))
     }
 
     /// The error for a tensor whose dtype cannot be converted to f32, in its file format's domain.
     public func unsupportedDType(_ name: String) -> CheckpointError {
-        guard let file = fileForTensor[name], let info = try? file.info(name) else { return .missingTensor(directory: directory, tensor: name) }
+        let stored = storedName(name)
+        guard let file = fileForTensor[name], let info = try? file.info(stored) else { return .missingTensor(directory: directory, tensor: stored) }
         switch file {
-        case .safetensors: return .safetensors(.unsupportedDType(file: file.path, tensor: name, dtype: info.dtype.rawValue))
-        case .pytorch: return .pytorch(.unsupportedDType(file: file.path, tensor: name, dtype: info.dtype.rawValue))
+        case .safetensors: return .safetensors(.unsupportedDType(file: file.path, tensor: stored, dtype: info.dtype.rawValue))
+        case .pytorch: return .pytorch(.unsupportedDType(file: file.path, tensor: stored, dtype: info.dtype.rawValue))
         }
     }
 

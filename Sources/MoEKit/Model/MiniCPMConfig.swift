@@ -105,6 +105,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
             numExpertsPerToken = try integer("num_experts_per_tok", default: 2)
         }
         otherKeys = object.filter { !Self.typedKeys.contains($0.key) }
+        try adoptArchitectureFields(object, path: path)  // Llama, Mixtral: ModelArchitecture.swift
         try validate(path: path)
     }
 
@@ -152,7 +153,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
             object["num_experts"] = .integer(Int64(numExperts))
             object["num_experts_per_tok"] = .integer(Int64(numExpertsPerToken ?? 2))
         }
-        return object
+        return architectureJSONObject(object)
     }
 
     private static func number(_ value: Double) -> JSONValue {

@@ -41,11 +41,70 @@ public enum JSONValue: Codable, Sendable, Equatable {
         data.withUnsafeBytes { JSONParser.parse($0) }
     }
 
-    /// Pretty-printed JSON with sorted keys (stable output for files MoEKit writes).
+    /// Pretty-printed JSON with sorted keys (stable output for files MoEKit writes), laid out as
+    /// Foundation's `JSONEncoder` lays it out. A `.number` is always written as a JSON float
+    /// (`0.0`, `10000.0`, `1e-05`: Swift's shortest round-trip form), an `.integer` without a
+    /// fraction, so each keeps its kind when read back (transformers 5 validates config fields such
+    /// as `router_jitter_noise` by type); non-finite numbers become `null`.
     public func serialized(pretty: Bool = true) -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)) ?? Data("null".utf8)
+        var text = ""
+        write(to: &text, pretty: pretty, indent: 0)
+        return Data(text.utf8)
+    }
+
+    private func write(to text: inout String, pretty: Bool, indent: Int) {
+        switch self {
+        case .null: text += "null"
+        case .bool(let value): text += value ? "true" : "false"
+        case .integer(let value): text += String(value)
+        case .number(let value):
+            guard value.isFinite else { text += "null"; return }
+            let plain = value.description  // "0.0", "1e-05", "1.4142135623730951", "1e+20"
+            text += plain.contains(where: { $0 == "." || $0 == "e" }) ? plain : plain + ".0"
+        case .string(let value): Self.writeString(value, to: &text)
+        case .array(let values):
+            guard !values.isEmpty else { text += "[]"; return }
+            text += "["
+            for (index, value) in values.enumerated() {
+                if index > 0 { text += "," }
+                if pretty { text += "\n" + String(repeating: "  ", count: indent + 1) }
+                value.write(to: &text, pretty: pretty, indent: indent + 1)
+            }
+            if pretty { text += "\n" + String(repeating: "  ", count: indent) }
+            text += "]"
+        case .object(let members):
+            guard !members.isEmpty else { text += "{}"; return }
+            text += "{"
+            for (index, key) in members.keys.sorted().enumerated() {
+                if index > 0 { text += "," }
+                if pretty { text += "\n" + String(repeating: "  ", count: indent + 1) }
+                Self.writeString(key, to: &text)
+                text += pretty ? " : " : ":"
+                members[key]?.write(to: &text, pretty: pretty, indent: indent + 1)
+            }
+            if pretty { text += "\n" + String(repeating: "  ", count: indent) }
+            text += "}"
+        }
+    }
+
+    private static func writeString(_ value: String, to text: inout String) {
+        text += "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": text += "\\\""
+            case "\\": text += "\\\\"
+            case "\n": text += "\\n"
+            case "\r": text += "\\r"
+            case "\t": text += "\\t"
+            case "\u{08}": text += "\\b"
+            case "\u{0C}": text += "\\f"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                text += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: text.unicodeScalars.append(scalar)
+            }
+        }
+        text += "\""
     }
 
     public var objectValue: [String: JSONValue]? { if case .object(let v) = self { return v } else { return nil } }

@@ -299,6 +299,8 @@ public final class Trainer {
                                 dtype: .float32))
             }
         }
+        // Stored under the names of the model's architecture (Mixtral's `block_sparse_moe`, see ModelArchitecture).
+        tensors = tensors.map { (name: config.architecture.storedName($0.name), tensor: $0.tensor, dtype: $0.dtype) }
         try SafetensorsWriter.write(tensors, to: directory.path("model.safetensors"))
 
         let manager = FileManager.default

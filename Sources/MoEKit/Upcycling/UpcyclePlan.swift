@@ -161,7 +161,12 @@ public struct UpcyclePlan: @unchecked Sendable {
         var bytesByType: [SafetensorsDType: Int] = [:]
         for tensor in planned { bytesByType[tensor.dtype, default: 0] += tensor.byteCount }
         output.torchDtype = bytesByType.max { ($0.value, $0.key.rawValue) < ($1.value, $1.key.rawValue) }?.key.torchName ?? dense.torchDtype
-        Self.markAsMiniCPMMoE(&output, dense: dense)
+        if dense.architecture == .llama {
+            // A Llama becomes a Mixtral, which transformers, vLLM and llama.cpp load natively.
+            output.otherKeys = ArchitectureConfigKeys.mixtralFromLlama(output.otherKeys, config: output)
+        } else {
+            Self.markAsMiniCPMMoE(&output, dense: dense)
+        }
         options.router?.store(in: &output)
         do { try output.validate(path: "config.json (output)") } catch { throw .checkpoint(error) }
         config = output

@@ -100,8 +100,10 @@ public enum Upcycler {
     /// Writes every planned tensor in name order into shards plus the index, computed expert
     /// matrices drawn from `layers` (which keeps `drop`'s record); returns the shard names.
     static func writeWeights(_ plan: UpcyclePlan, checkpoint: ModelCheckpoint, into path: String, layers: LayerSource) throws -> [String] {
-        let specs = plan.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
-        let byName = Dictionary(plan.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        // Written under the output architecture's names (a Llama's upcycle is a Mixtral).
+        let architecture = plan.config.architecture
+        let specs = plan.tensors.map { TensorSpec(name: architecture.storedName($0.name), dtype: $0.dtype, shape: $0.shape) }
+        let byName = Dictionary(plan.tensors.map { (architecture.storedName($0.name), $0) }, uniquingKeysWith: { a, _ in a })
         let writer = try ShardedSafetensorsWriter(directory: path, tensors: specs, maximumShardBytes: plan.options.maximumShardBytes, alwaysIndex: true)
         let reporter = ProgressReporter(label: "upcycle", totalBytes: plan.totalBytes, style: plan.options.progress)
         while let spec = writer.nextTensor {
