@@ -172,12 +172,12 @@ public final class ModelCheckpoint: @unchecked Sendable {
     /// valid as long as this checkpoint lives; `nil` when the tensor is a PyTorch view that must be
     /// gathered (read it with `withBytes` or `floatTensor` instead).
     public func mappedBytes(_ name: String) throws(CheckpointError) -> UnsafeRawBufferPointer? {
-        let file = try file(for: name)
+        let file = try file(for: name), stored = storedName(name)
         switch file {
         case .safetensors(let safetensors):
-            do { return try safetensors.bytes(name) } catch { throw .safetensors(error) }
+            do { return try safetensors.bytes(stored) } catch { throw .safetensors(error) }
         case .pytorch(let pytorch):
-            do { return try pytorch.mappedBytes(name) } catch { throw .pytorch(error) }
+            do { return try pytorch.mappedBytes(stored) } catch { throw .pytorch(error) }
         }
     }
 
