@@ -64,8 +64,10 @@ def test_generic_core_restarts_once_with_the_better_one(moekit):
     stderr = result.stderr.splitlines()
     assert len(stderr) == 1, result.stderr
     assert stderr[0].startswith(BLAS_RESTART_PREFIX + "Prescott kernels; restarting with OPENBLAS_CORETYPE=" + better)
-    # The restarted process runs the core moekit asked for (and printed nothing more: no second restart).
+    # The restarted process runs the core moekit asked for, set in its environment by moekit (and
+    # printed nothing more: no second restart).
     assert version_core(result.stdout) == better
+    assert f"(OPENBLAS_CORETYPE={better} set by moekit)" in result.stdout
 
 
 def test_quiet_restarts_silently(moekit, tmp_path):

@@ -92,6 +92,14 @@ import Testing
         #expect(BLASKernelSelection.CPU.parse(cpuinfo: "").features.isEmpty)
     }
 
+    /// Reports say whether a forced core came from moekit's restart or from the user.
+    @Test func forcedCoresNameTheirOrigin() {
+        #expect(BLASKernelSelection.coreOrigin(environment: [:]) == "")
+        #expect(BLASKernelSelection.coreOrigin(environment: ["OPENBLAS_CORETYPE": "Haswell"]) == " (OPENBLAS_CORETYPE=Haswell set by the user)")
+        #expect(BLASKernelSelection.coreOrigin(environment: ["OPENBLAS_CORETYPE": "Zen", "MOEKIT_BLAS_REEXECUTED": "Zen"])
+            == " (OPENBLAS_CORETYPE=Zen set by moekit)")
+    }
+
     /// The running library names its version and core (what --version and every report print).
     @Test func thisProcessNamesVersionAndCore() {
         #expect(BLASKernelSelection.openBLASVersion.first?.isNumber == true)

@@ -74,7 +74,7 @@ public struct ThroughputBenchmark {
 
         /// "machine: <cpu>, N cores, OpenBLAS <version> core <core>, T threads".
         public var reportLine: String {
-            "machine: \(cpu), \(cores) cores; OpenBLAS \(openblasVersion), core \(openblasCore), \(threads) threads"
+            "machine: \(cpu), \(cores) cores; OpenBLAS \(openblasVersion), core \(openblasCore)\(BLASKernelSelection.coreOrigin()), \(threads) threads"
         }
     }
 

@@ -154,9 +154,16 @@ public enum BLASKernelSelection {
         return String(words[index + 1])
     }
 
-    /// One line for reports and `--version`: "OpenBLAS 0.3.21, core Cooperlake (DYNAMIC_ARCH ...)".
+    /// One line for reports and `--version`: "OpenBLAS 0.3.21, core Cooperlake [OpenBLAS 0.3.21 DYNAMIC_ARCH ...]",
+    /// saying where a forced core came from ("OPENBLAS_CORETYPE=SkylakeX set by moekit" or "… set by the user").
     public static var summary: String {
-        "OpenBLAS \(openBLASVersion), core \(chosenCore)\(isGeneric(core: chosenCore) ? " (generic)" : "") [\(BLAS.configuration)]"
+        "OpenBLAS \(openBLASVersion), core \(chosenCore)\(isGeneric(core: chosenCore) ? " (generic)" : "")\(coreOrigin()) [\(BLAS.configuration)]"
+    }
+
+    /// " (OPENBLAS_CORETYPE=X set by moekit)", " (OPENBLAS_CORETYPE=X set by the user)" or "".
+    static func coreOrigin(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        guard let core = environment[coreTypeVariable], !core.isEmpty else { return "" }
+        return " (\(coreTypeVariable)=\(core) set by \(environment[reexecutedVariable] == core ? "moekit" : "the user"))"
     }
 
     /// The decision for this process now.
