@@ -7,9 +7,12 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measure dense versus MoE throughput (layer and model level).",
         discussion: """
-        Layer level: the dense SwiGLU FFN, a dense FFN k× as wide (same active FLOPs), the MoE layer \
-        under each routing mode, and a bare cblas_sgemm of the fused gate+up shape as the machine's \
-        ceiling. Model level: prefill and decode (KV cache) tokens/s of a dense model of the preset's \
+        Every report starts with the machine's two ceilings, measured in the same run: its peak f32 \
+        FLOP/s (an FMA-throughput loop on every thread) and cblas_sgemm at n = 2048; every GFLOP/s \
+        figure is also given as a share of both, and generic OpenBLAS kernels or a BLAS ceiling far \
+        below the peak are flagged. Layer level: the dense SwiGLU FFN, a dense FFN k× as wide (same \
+        active FLOPs), the MoE layer under each routing mode, and a bare cblas_sgemm of the fused \
+        gate+up shape. Model level: prefill and decode (KV cache) tokens/s of a dense model of the preset's \
         shapes and of its sparse upcycling, with the time split into stages. Medians of --repeats \
         runs after warm-up, with min and max. Routing: learned (the router), uniform (round-robin: \
         best case), collapsed (every token to the same k experts: worst imbalance).
@@ -97,7 +100,9 @@ struct BenchCommand: ParsableCommand {
             }
             guard level == "all" || level == "layer" || level == "model" else { throw ValidationError("--level must be layer, model, all or training") }
             let machine = ThroughputBenchmark.Machine.current
-            print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
+            print(machine.reportLine)
+            let ceilings = MachineCeilings.measure()
+            ceilings.reportLines.forEach { print($0) }
             if let denseModel, let moeModel {
                 print("models: \(denseModel) and \(moeModel) (\(config.numHiddenLayers) layers, hidden \(config.hiddenSize), intermediate \(config.intermediateSize), weights mapped in their stored dtype); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
             } else {
@@ -107,10 +112,10 @@ struct BenchCommand: ParsableCommand {
                 }
             }
             print(BenchTable.header)
-            let results = try ThroughputBenchmark(options: options).run { print(BenchTable.row($0)) }
+            let results = try ThroughputBenchmark(options: options).run { print(BenchTable.row($0, ceilings: ceilings)) }
             print(BenchTable.summary(results))
             if let json {
-                let document = ThroughputBenchmark.json(machine: machine, results: results, options: options)
+                let document = ThroughputBenchmark.json(machine: machine, results: results, options: options, ceilings: ceilings)
                 try AtomicFileWriter.write(document.serialized(), to: json)
                 print("wrote \(json)")
             }
@@ -128,11 +133,13 @@ extension BenchCommand {
         options.sequenceLength = seq
         options.repeats = max(1, repeats)
         let machine = ThroughputBenchmark.Machine.current
-        print("machine: \(machine.cpu), \(machine.cores) cores, OpenBLAS threads \(machine.threads)")
+        print(machine.reportLine)
+        let ceilings = MachineCeilings.measure()
+        ceilings.reportLines.forEach { print($0) }
         print("training step (forward + backward + AdamW): \(shapeName) shapes, \(layers) layers, batch \(batch) × \(seq) tokens; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
         print(BenchTable.header)
         let results = try TrainingBenchmark(options: options).run()
-        for result in results { print(BenchTable.row(result)) }
+        for result in results { print(BenchTable.row(result, ceilings: ceilings)) }
         if let dense = results.first(where: { $0.kind == "dense" }), let moe = results.first(where: { $0.kind == "moe" }),
            let sgemm = results.first(where: { $0.kind == "sgemm" })?.gflops?.median {
             print("ratios (medians):")
@@ -141,7 +148,9 @@ extension BenchCommand {
             print(String(format: "  MoE / dense training tokens/s = %.2f", moe.tokensPerSecond.median / dense.tokensPerSecond.median))
         }
         if let json {
-            var document = ThroughputBenchmark.json(machine: machine, results: results, options: ThroughputBenchmark.Options(config: config))
+            var reportOptions = ThroughputBenchmark.Options(config: config)
+            reportOptions.repeats = options.repeats
+            var document = ThroughputBenchmark.json(machine: machine, results: results, options: reportOptions, ceilings: ceilings)
             if case .object(var object) = document {
                 object["training"] = .object(["batch": .integer(Int64(batch)), "seq": .integer(Int64(seq))])
                 document = .object(object)
@@ -154,15 +163,21 @@ extension BenchCommand {
 
 enum BenchTable {
     static let header = pad("level", 6) + pad("kind", 13) + pad("phase", 8) + pad("tokens", 7, right: true) + "  " + pad("routing", 10)
-        + pad("tokens/s (median)", 18, right: true) + pad("GFLOP/s min/med/max", 24, right: true) + "  breakdown"
+        + pad("tokens/s (median)", 18, right: true) + pad("GFLOP/s min/med/max", 24, right: true) + pad("%peak %sgemm", 14, right: true)
+        + "  breakdown"
 
     static func pad(_ text: String, _ width: Int, right: Bool = false) -> String {
         let padding = String(repeating: " ", count: max(0, width - text.count))
         return right ? padding + text : text + padding
     }
 
-    static func row(_ r: ThroughputBenchmark.Result) -> String {
+    static func row(_ r: ThroughputBenchmark.Result, ceilings: MachineCeilings) -> String {
         let gflops = r.gflops.map { String(format: "%.1f/%.1f/%.1f", $0.min, $0.median, $0.max) } ?? "-"
+        var shares = "-"
+        if let median = r.gflops?.median {
+            let (peak, sgemm) = ceilings.shares(of: median)
+            shares = (peak.map { String(format: "%.0f%%", 100 * $0) } ?? "?") + " " + (sgemm.map { String(format: "%.0f%%", 100 * $0) } ?? "?")
+        }
         var breakdown = ""
         if let parts = r.breakdown {
             let total = parts.values.reduce(0, +)
@@ -171,7 +186,7 @@ enum BenchTable {
         }
         return pad(r.level, 6) + pad(r.kind, 13) + pad(r.phase ?? "-", 8) + pad(String(r.tokens), 7, right: true) + "  "
             + pad(r.routing ?? "-", 10) + pad(String(format: "%.1f", r.tokensPerSecond.median), 18, right: true)
-            + pad(gflops, 24, right: true) + "  " + breakdown
+            + pad(gflops, 24, right: true) + pad(shares, 14, right: true) + "  " + breakdown
     }
 
     /// The ratios the targets are stated in.

@@ -11,11 +11,20 @@ struct MoEKitCommand: ParsableCommand {
         MoEKit reads Hugging Face model directories (config.json + safetensors or PyTorch .bin, whose pickle is
         never run) and writes them as safetensors.
         OpenBLAS uses every core by default; set OPENBLAS_NUM_THREADS=N to use fewer.
+        When OpenBLAS picks generic kernels on a CPU that has better ones, moekit restarts itself once
+        with OPENBLAS_CORETYPE set (one line on stderr; MOEKIT_KEEP_BLAS_CORE=1 keeps them; a core you
+        set yourself is always kept).
         """,
-        version: "0.1.0",
+        version: "0.1.0\n\(BLASKernelSelection.summary)",
         subcommands: [DemoCommand.self, InitCommand.self, ShowCommand.self, ConvertCommand.self, UpcycleCommand.self, MergeCommand.self, ExportCommand.self, TrainCommand.self,
                       CorpusCommand.self, ForwardCommand.self, TraceCommand.self, TokenizeCommand.self, InspectCommand.self, BenchCommand.self]
     )
+
+    /// Checks OpenBLAS's kernel choice (and restarts with a better one) before anything else runs.
+    static func main() {
+        BLASKernelSelection.reexecuteIfNeeded(quiet: CommandLine.arguments.dropFirst().contains("--quiet"))
+        main(nil)
+    }
 }
 
 /// Runs a command body, turning any error into one line on stderr and exit status 1.

@@ -63,14 +63,22 @@ public struct ThroughputBenchmark {
         public var cpu: String
         public var cores: Int
         public var openblas: String
+        public var openblasVersion: String
+        public var openblasCore: String
         public var threads: Int
 
         public static var current: Machine {
             let cpuInfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
             let model = cpuInfo.split(separator: "\n").first { $0.hasPrefix("model name") }
                 .map { $0.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "" } ?? "unknown"
-            return Machine(cpu: model, cores: ProcessInfo.processInfo.activeProcessorCount,
-                           openblas: BLAS.configuration, threads: BLAS.threadCount)
+            return Machine(cpu: model, cores: ProcessInfo.processInfo.activeProcessorCount, openblas: BLAS.configuration,
+                           openblasVersion: BLASKernelSelection.openBLASVersion, openblasCore: BLASKernelSelection.chosenCore,
+                           threads: BLAS.threadCount)
+        }
+
+        /// "machine: <cpu>, N cores, OpenBLAS <version> core <core>, T threads".
+        public var reportLine: String {
+            "machine: \(cpu), \(cores) cores; OpenBLAS \(openblasVersion), core \(openblasCore)\(BLASKernelSelection.coreOrigin()), \(threads) threads"
         }
     }
 
@@ -200,17 +208,24 @@ public struct ThroughputBenchmark {
 
     /// The report as JSON: `{"machine": {...}, "results": [{"level", "kind", "phase", "tokens", "experts", "top_k",
     /// "routing", "tokens_per_s": {"min", "median", "max"}, "gflops": {...}|null, "breakdown_s", "note"}]}`.
-    public static func json(machine: Machine, results: [Result], options: Options) -> JSONValue {
+    /// With `ceilings`, the document has `"ceilings": {...}` (``MachineCeilings/json``) and every result
+    /// with GFLOP/s has `"share_of_peak"` and `"share_of_sgemm"` (of its median).
+    public static func json(machine: Machine, results: [Result], options: Options, ceilings: MachineCeilings? = nil) -> JSONValue {
         func statistic(_ s: Statistic?) -> JSONValue {
             guard let s else { return .null }
             return .object(["min": .number(s.min), "median": .number(s.median), "max": .number(s.max)])
         }
         func optionalInt(_ value: Int?) -> JSONValue { value.map { .integer(Int64($0)) } ?? .null }
         func optionalString(_ value: String?) -> JSONValue { value.map { .string($0) } ?? .null }
+        func share(_ r: Result, _ pick: ((peak: Double?, sgemm: Double?)) -> Double?) -> JSONValue {
+            guard let ceilings, let gflops = r.gflops?.median, let value = pick(ceilings.shares(of: gflops)) else { return .null }
+            return .number(value)
+        }
         let c = options.config
-        return .object([
+        var document: [String: JSONValue] = [
             "machine": .object(["cpu": .string(machine.cpu), "cores": .integer(Int64(machine.cores)),
-                                "openblas": .string(machine.openblas), "threads": .integer(Int64(machine.threads))]),
+                                "openblas": .string(machine.openblas), "openblas_version": .string(machine.openblasVersion),
+                                "openblas_core": .string(machine.openblasCore), "threads": .integer(Int64(machine.threads))]),
             "shapes": .object(["hidden": .integer(Int64(c.hiddenSize)), "intermediate": .integer(Int64(c.intermediateSize)),
                                "layers": .integer(Int64(c.numHiddenLayers)), "heads": .integer(Int64(c.numAttentionHeads)),
                                "kv_heads": .integer(Int64(c.numKeyValueHeads)), "vocab": .integer(Int64(c.vocabSize))]),
@@ -222,9 +237,12 @@ public struct ThroughputBenchmark {
                     "routing": optionalString(r.routing), "tokens_per_s": statistic(r.tokensPerSecond), "gflops": statistic(r.gflops),
                     "breakdown_s": r.breakdown.map { .object($0.mapValues { .number($0) }) } ?? .null,
                     "note": optionalString(r.note),
+                    "share_of_peak": share(r) { $0.peak }, "share_of_sgemm": share(r) { $0.sgemm },
                 ])
             }),
-        ])
+        ]
+        if let ceilings { document["ceilings"] = ceilings.json }
+        return .object(document)
     }
 
     static func breakdown(_ timer: StageTimer) -> [String: Double] {
