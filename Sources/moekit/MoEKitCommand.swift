@@ -34,8 +34,14 @@ func reportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
-/// On SIGINT/SIGTERM, removes temporary outputs in progress before exiting, so an interrupted
-/// run leaves nothing half-written.
+/// On SIGINT/SIGTERM, removes temporary outputs in progress and then ends the process with
+/// `_exit`, so an interrupted run leaves nothing half-written and always ends.
+///
+/// The handler runs on a dispatch queue thread (not in signal context), so removing files is safe.
+/// It must not call `exit()`: that runs the atexit handlers, and HDF5's `H5_term_library` then
+/// waits for the library lock that the main thread holds while it is inside an HDF5 call, which
+/// deadlocked `inspect` on a damaged log. `_exit` runs no handlers; nothing else needs flushing
+/// (outputs are renamed into place only when complete).
 enum CLISignals {
     nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
 
@@ -46,8 +52,9 @@ enum CLISignals {
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
             source.setEventHandler {
                 TemporaryPaths.removeAll()
-                FileHandle.standardError.write(Data("moekit: interrupted, temporary files removed\n".utf8))
-                exit(128 + signalNumber)
+                let message = "moekit: interrupted, temporary files removed\n"
+                message.withCString { _ = write(STDERR_FILENO, $0, strlen($0)) }
+                _exit(128 + signalNumber)
             }
             source.resume()
             sources.append(source)
