@@ -69,6 +69,12 @@ struct UpcycleCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
+        try OptionRanges.check("--experts", experts, OptionRanges.experts)
+        try OptionRanges.check("--top-k", topK, 1 ... experts)
+        try OptionRanges.check("--verify", verify, 0 ... UpcycleOptions.maximumVerifyTokens)
+        if let granularity { try OptionRanges.check("--granularity", granularity, 1 ... experts) }
+        try OptionRanges.check("--router-std", routerStd, 0 ... 1e6)
+        try OptionRanges.check("--noise-std", noiseStd, 0 ... 1e6)
         guard UpcycleMethod(rawValue: method) != nil else { throw ValidationError("--method must be copy, noise, partition or granular, got '\(method)'") }
         guard RouterInitialization(rawValue: routerInit) != nil else { throw ValidationError("--router-init must be normal, uniform or zero, got '\(routerInit)'") }
         guard NeuronGrouping(rawValue: partitionBy) != nil else { throw ValidationError("--partition-by must be random or cluster, got '\(partitionBy)'") }
