@@ -51,10 +51,10 @@ interop-test:
 FUZZ_SECONDS ?= 300
 FUZZ_TEST_SECONDS ?= 20
 
-fuzz: deps
+fuzz: build
 	Fuzz/fuzz.sh run $(FUZZ_SECONDS)
 
-fuzz-test: deps
+fuzz-test: build
 	Fuzz/fuzz.sh run $(FUZZ_TEST_SECONDS)
 
 # The main job on the embedded default: `moekit demo` upcycles Notebooks-data/demo-dense (a tiny

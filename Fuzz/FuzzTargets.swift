@@ -59,7 +59,7 @@ public func fuzzInitialize(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMu
 /// Writes the input to a file of the scratch directory named `name` and returns its path.
 private func scratchFile(_ name: String, _ bytes: UnsafeRawBufferPointer) -> String {
     let path = scratchDirectory + "/" + name
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
     return path
 }
 

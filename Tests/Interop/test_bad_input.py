@@ -316,3 +316,19 @@ def test_npy_whose_shape_overflows_says_so(moekit, tiny, tmp_path):
     path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\x00" * 36)
     result, _ = run(moekit, "forward", tiny, "--tokens-file", path, "--output", tmp_path / "l.safetensors")
     assert_clean_failure(result, path, "overflows")
+
+
+def test_log_on_which_hdf5_itself_loops_gives_an_error(moekit, fixtures_dir, moe_log, tmp_path):
+    """Found by the routing-log fuzz target: a damaged global heap makes HDF5's H5Aread of a string
+    attribute spin forever (inside libhdf5, which cannot be interrupted). The CLI's read deadline
+    answers with one error line naming the file, in about 4 s."""
+    log = os.path.join(fixtures_dir, "damaged-logs", "global-heap-loop.h5")
+    result, seconds = run(moekit, "inspect", log, timeout=20)
+    assert_clean_failure(result, log, "did not finish")
+    assert seconds < 8
+    appended = tmp_path / "append.h5"
+    shutil.copy(log, appended)
+    root, _, tokens = moe_log
+    result, seconds = run(moekit, "trace", root / "moe", "--tokens-file", tokens, "--log", appended, "--append", "--quiet", timeout=20)
+    assert_clean_failure(result, appended)
+    assert seconds < 8
