@@ -132,8 +132,20 @@ def test_sigterm_ends_a_process_blocked_inside_hdf5(moekit, tmp_path):
     H5_term_library atexit handler then waited for that lock forever."""
     fifo = tmp_path / "log.h5"
     os.mkfifo(fifo)
-    for delay in [0.3, 0.6]:
-        status, stderr = end_with_sigterm(moekit, ["inspect", fifo], delay)
+    for _ in range(2):
+        process = subprocess.Popen([moekit, "inspect", str(fifo)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Wait until the process sleeps in open() of the FIFO, called by HDF5 (wchan fifo_open's wait).
+        deadline = time.time() + 20
+        while time.time() < deadline and "wait_for_partner" not in open(f"/proc/{process.pid}/wchan").read():
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        try:
+            status = process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError("inspect did not end within 3 s of SIGTERM (deadlock)")
+        stderr = process.stderr.read()
         assert status == 128 + signal.SIGTERM, (status, stderr)
         assert "interrupted" in stderr
 
