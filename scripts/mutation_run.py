@@ -313,7 +313,8 @@ def make_case(index, bases, work, rng):
             ["inspect", bases.log, "--layer", value(), "--step", value()],
             ["inspect", bases.log, "--last", value()],
             ["init", out_model, "--preset", "tiny", "--layers", size(), "--seed", value(), "--quiet"],
-            ["corpus", out + "/c.bin", "--tokens", size(), "--seed", value()],
+            # (--tokens 100000000 is valid and takes tens of seconds: a long run, not a hang)
+            ["corpus", out + "/c.bin", "--tokens", value(), "--seed", value()],
             ["demo", "--out", out_model, "--steps", rng.choice(BAD_OPTION_TEXT + ["0", "1", "3"]), "--experts", size(), "--top-k", value(), "--quiet"],
         ]
         commands = [rng.choice(choices)]

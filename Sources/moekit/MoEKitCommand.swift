@@ -29,9 +29,22 @@ func reportingErrors(_ body: () throws -> Void) throws {
         throw error
     } catch {
         let message = (error as? LocalizedError)?.errorDescription ?? String(describing: error)
-        FileHandle.standardError.write(Data("moekit: error: \(message.replacingOccurrences(of: "\n", with: " "))\n".utf8))
+        FileHandle.standardError.write(Data("moekit: error: \(oneLine(message))\n".utf8))
         throw ExitCode.failure
     }
+}
+
+/// `text` on one line: control characters and line or paragraph separators (which a damaged file
+/// can put into a tensor or entry name quoted by an error) become spaces.
+func oneLine(_ text: String) -> String {
+    var scalars = String.UnicodeScalarView()
+    for scalar in text.unicodeScalars {
+        switch scalar.properties.generalCategory {
+        case .control, .lineSeparator, .paragraphSeparator: scalars.append(" ")
+        default: scalars.append(scalar)
+        }
+    }
+    return String(scalars)
 }
 
 /// On SIGINT/SIGTERM, removes temporary outputs in progress and then ends the process with

@@ -344,3 +344,12 @@ def test_log_on_which_hdf5_itself_loops_gives_an_error(moekit, fixtures_dir, moe
     result, seconds = run(moekit, "trace", root / "moe", "--tokens-file", tokens, "--log", appended, "--append", "--quiet", timeout=20)
     assert_clean_failure(result, appended)
     assert seconds < 8
+
+
+def test_names_with_line_breaks_stay_on_one_error_line(moekit, tmp_path):
+    """A damaged file's tensor or entry name quoted in an error may hold control characters."""
+    header = json.dumps({"a\nb\r\u2028c\x0bd": {"dtype": "XX", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    result, _ = run(moekit, "show", path)
+    assert_clean_failure(result, path)
