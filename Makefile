@@ -10,7 +10,7 @@ MOEKIT := .build/release/moekit
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := demo-out
 
-.PHONY: all deps venv build test swift-test interop-test demo demo-model trace-demo example-log clean bench-baseline bench-check
+.PHONY: all deps venv build test swift-test interop-test fuzz fuzz-test demo demo-model trace-demo example-log clean bench-baseline bench-check
 
 all: build
 
@@ -39,7 +39,7 @@ build: deps
 
 test: deps venv
 	$(SWIFT) build $(RELEASE_FLAGS) --build-tests
-	$(MAKE) swift-test interop-test
+	$(MAKE) swift-test interop-test fuzz-test
 
 swift-test:
 	$(SWIFT) test $(RELEASE_FLAGS) --skip-build
@@ -47,12 +47,25 @@ swift-test:
 interop-test:
 	MOEKIT=$(abspath $(MOEKIT)) $(VENV_PY) -m pytest -q Tests/Interop
 
+# Coverage-guided fuzzing (libFuzzer, address sanitizer) of every parser of outside input; see
+# Fuzz/fuzz.sh. `make fuzz` runs each target FUZZ_SECONDS; `make test` runs a short pass of
+# FUZZ_TEST_SECONDS per target. Both fail on a crash, a sanitizer report, an input running longer
+# than FUZZ_TIMEOUT seconds or memory beyond FUZZ_RSS_MB.
+FUZZ_SECONDS ?= 300
+FUZZ_TEST_SECONDS ?= 15
+
+fuzz: build
+	Fuzz/fuzz.sh run $(FUZZ_SECONDS)
+
+fuzz-test: build
+	Fuzz/fuzz.sh run $(FUZZ_TEST_SECONDS)
+
 # The main job on the embedded default: `moekit demo` upcycles Notebooks-data/demo-dense (a tiny
 # dense MiniCPM trained by MoEKit) to 8 experts top-2, trains it further with the load-balancing loss
 # on a fresh synthetic multi-domain corpus while logging, trains the dense model the same steps as a
 # baseline, and prints loss, expert load with domain specialisation, throughput and the files.
 demo: build
-	$(MOEKIT) demo --out $(DEMO_DIR)
+	$(MOEKIT) demo --out $(DEMO_DIR) --force
 
 # Regenerates the shipped demo model (Notebooks-data/demo-dense and its training log); ~5 min.
 demo-model: build

@@ -51,6 +51,33 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Write the results as JSON to this file.")
     var json: String?
 
+    func validate() throws {
+        try OptionRanges.check("--layers", layers, OptionRanges.layers)
+        try OptionRanges.check("--experts", experts, OptionRanges.experts)
+        try OptionRanges.check("--top-k", topK, 1 ... experts)
+        for text in tokens.split(separator: ",") {
+            guard let count = Int(text.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("--tokens: '\(text)' is not an integer") }
+            try OptionRanges.check("--tokens", count, 1 ... ConfigLimits.maxPositionEmbeddings)
+        }
+        try OptionRanges.check("--decode", decode, OptionRanges.decodeSteps)
+        try OptionRanges.check("--repeats", repeats, OptionRanges.repeats)
+        try OptionRanges.check("--batch", batch, OptionRanges.batch)
+        try OptionRanges.check("--seq", seq, OptionRanges.sequenceLength)
+        try OptionRanges.check("--batch × --seq", batch * seq, 1 ... TrainingOptions.maximumTokensPerStep)
+    }
+
+    /// The larger of the dense and the MoE run of the benchmark's shapes, for the memory estimate.
+    private func estimatedBytes(_ config: MiniCPMConfig, tokens: Int) -> Int {
+        var moe = config
+        moe.numExperts = experts
+        moe.numExpertsPerToken = topK
+        if level == "training" {
+            return max(MemoryEstimate.trainingBytes(config, batch: batch, seq: seq), MemoryEstimate.trainingBytes(moe, batch: batch, seq: seq))
+        }
+        let sequence = max(tokens, 128 + decode)
+        return max(MemoryEstimate.forwardBytes(config, tokens: tokens, sequence: sequence), MemoryEstimate.forwardBytes(moe, tokens: tokens, sequence: sequence))
+    }
+
     func run() throws {
         try reportingErrors {
             var config: MiniCPMConfig
@@ -90,6 +117,7 @@ struct BenchCommand: ParsableCommand {
             }
             options.decodeSteps = decode
             options.repeats = max(1, repeats)
+            try MemoryEstimate.check(estimatedBytes(config, tokens: options.tokenCounts.max() ?? 0), for: "bench with these shapes")
             options.layerLevel = level == "all" || level == "layer"
             options.modelLevel = level == "all" || level == "model"
             guard layers >= 1, experts >= 2, topK >= 1, topK <= experts else { throw ValidationError("need layers ≥ 1, experts ≥ 2, 1 ≤ top-k ≤ experts") }

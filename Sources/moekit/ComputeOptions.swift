@@ -7,7 +7,7 @@ struct ComputeOptions: ParsableArguments {
     var threads: Int?
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if let threads { try OptionRanges.check("--threads", threads, OptionRanges.threads) }
     }
 
     /// Applies the options to the process.

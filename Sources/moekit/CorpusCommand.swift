@@ -27,7 +27,7 @@ struct CorpusCommand: ParsableCommand {
     var force = false
 
     func validate() throws {
-        guard tokens >= 1 else { throw ValidationError("--tokens must be at least 1") }
+        try OptionRanges.check("--tokens", tokens, OptionRanges.corpusTokens)
         guard URL(fileURLWithPath: output).pathExtension.lowercased() == "bin" else {
             throw ValidationError("the output must be a .bin file, got '\(output)'")
         }

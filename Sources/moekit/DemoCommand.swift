@@ -16,8 +16,10 @@ struct DemoCommand: ParsableCommand {
         """
     )
 
-    @Option(help: "Output directory (replaced).")
+    @Option(help: "Output directory (created; a non-empty one needs --force).")
     var out: String = "demo-out"
+    @Flag(help: "Run in a non-empty --out directory, replacing the demo's own files there (other files are kept).")
+    var force = false
     @Option(help: "The dense model to start from.")
     var denseModel: String = "Notebooks-data/demo-dense"
     @Option(help: "Training steps of each run.")
@@ -31,7 +33,9 @@ struct DemoCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
-        if steps < 4 { throw ValidationError("--steps must be at least 4") }
+        try OptionRanges.check("--steps", steps, 4 ... 1_000_000)
+        try OptionRanges.check("--experts", experts, 2 ... 256)
+        try OptionRanges.check("--top-k", topK, 1 ... experts)
     }
 
     func run() throws {
@@ -39,6 +43,7 @@ struct DemoCommand: ParsableCommand {
             compute.apply()
             var options = DemoPipeline.Options()
             options.outputDirectory = out
+            options.replaceExisting = force
             options.denseModel = denseModel
             options.steps = steps
             options.experts = experts

@@ -41,6 +41,10 @@ struct ForwardCommand: ParsableCommand {
         try reportingErrors {
             compute.apply()
             let sequences = try input.source.read(modelDirectory: modelDirectory)
+            let total = sequences.reduce(0) { $0 + $1.count }, longest = sequences.map(\.count).max() ?? 0
+            try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: "the logits of \(total) tokens") {
+                MemoryEstimate.forwardBytes($0, tokens: total, sequence: longest)
+            }
             let start = Date()
             let model = try MiniCPMModel(directory: modelDirectory)
             if let router {

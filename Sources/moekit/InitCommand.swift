@@ -39,7 +39,7 @@ struct InitCommand: ParsableCommand {
             throw ValidationError("unknown preset '\(preset)'; choose one of \(MiniCPMPreset.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         guard StorageDTypeOption.parse(dtype) != nil else { throw ValidationError("--dtype must be bf16, f16 or f32, got '\(dtype)'") }
-        if let layers, layers < 1 { throw ValidationError("--layers must be at least 1") }
+        if let layers { try OptionRanges.check("--layers", layers, OptionRanges.layers) }
     }
 
     func run() throws {

@@ -42,7 +42,7 @@ struct InspectCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let selection: RoutingLogInspection.StepSelection = step.map { .step($0) } ?? last.map { .last($0) } ?? .all
-            let inspection = try RoutingLogInspection(path: log, layer: layer, selection: selection)
+            let inspection = try ReadDeadline.reading(log) { try RoutingLogInspection(path: log, layer: layer, selection: selection) }
             if let svg { try inspection.writeHeatmapSVG(to: svg) }
             if json {
                 FileHandle.standardOutput.write(inspection.json().serialized(pretty: true))

@@ -38,13 +38,32 @@ func reportingErrors(_ body: () throws -> Void) throws {
         throw error
     } catch {
         let message = (error as? LocalizedError)?.errorDescription ?? String(describing: error)
-        FileHandle.standardError.write(Data("moekit: error: \(message.replacingOccurrences(of: "\n", with: " "))\n".utf8))
+        FileHandle.standardError.write(Data("moekit: error: \(oneLine(message))\n".utf8))
         throw ExitCode.failure
     }
 }
 
-/// On SIGINT/SIGTERM, removes temporary outputs in progress before exiting, so an interrupted
-/// run leaves nothing half-written.
+/// `text` on one line: control characters and line or paragraph separators (which a damaged file
+/// can put into a tensor or entry name quoted by an error) become spaces.
+func oneLine(_ text: String) -> String {
+    var scalars = String.UnicodeScalarView()
+    for scalar in text.unicodeScalars {
+        switch scalar.properties.generalCategory {
+        case .control, .lineSeparator, .paragraphSeparator: scalars.append(" ")
+        default: scalars.append(scalar)
+        }
+    }
+    return String(scalars)
+}
+
+/// On SIGINT/SIGTERM, removes temporary outputs in progress and then ends the process with
+/// `_exit`, so an interrupted run leaves nothing half-written and always ends.
+///
+/// The handler runs on a dispatch queue thread (not in signal context), so removing files is safe.
+/// It must not call `exit()`: that runs the atexit handlers, and HDF5's `H5_term_library` then
+/// waits for the library lock that the main thread holds while it is inside an HDF5 call, which
+/// deadlocked `inspect` on a damaged log. `_exit` runs no handlers; nothing else needs flushing
+/// (outputs are renamed into place only when complete).
 enum CLISignals {
     nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
 
@@ -55,8 +74,9 @@ enum CLISignals {
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
             source.setEventHandler {
                 TemporaryPaths.removeAll()
-                FileHandle.standardError.write(Data("moekit: interrupted, temporary files removed\n".utf8))
-                exit(128 + signalNumber)
+                let message = "moekit: interrupted, temporary files removed\n"
+                message.withCString { _ = write(STDERR_FILENO, $0, strlen($0)) }
+                _exit(128 + signalNumber)
             }
             source.resume()
             sources.append(source)

@@ -48,13 +48,17 @@ struct TraceCommand: ParsableCommand {
         if force && append { throw ValidationError("--force and --append exclude each other") }
         if log == nil && !noLog { throw ValidationError("--log is required (or --no-log to run without one)") }
         if log != nil && noLog { throw ValidationError("--log and --no-log exclude each other") }
-        if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
+        try OptionRanges.check("--batch-tokens", batchTokens, OptionRanges.tokensPerCall)
     }
 
     func run() throws {
         try reportingErrors {
             compute.apply()
             let sequences = try input.source.read(modelDirectory: modelDirectory)
+            let longest = sequences.map(\.count).max() ?? 0
+            try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: "tracing \(min(batchTokens, longest))-token batches of sequences up to \(longest) tokens") {
+                MemoryEstimate.forwardBytes($0, tokens: min(batchTokens, longest), sequence: longest)
+            }
             let model = try MiniCPMModel(directory: modelDirectory)
             if let router { try model.useRouter(RouterConfiguration(text: router)) }
             var options = RoutingTracer.Options()
@@ -62,6 +66,9 @@ struct TraceCommand: ParsableCommand {
             options.perToken = perToken
             options.logPath = noLog ? nil : log
             options.mode = append ? .append : force ? .replace : .create
+            // The log to append to is read once under the read deadline (HDF5 can loop forever on
+            // damaged metadata) before the writer opens it.
+            if append, let log, FileManager.default.fileExists(atPath: log) { _ = try ReadDeadline.reading(log) { try RoutingLogReader(path: log) } }
             let tracer = try RoutingTracer(model: model, options: options)
             let terminal = isatty(STDERR_FILENO) == 1
             var lastLine = Date.distantPast

@@ -114,6 +114,21 @@ struct TrainCommand: ParsableCommand {
         guard LearningRateSchedule.DecayShape(rawValue: decay) != nil else { throw ValidationError("--decay must be exponential or linear, got '\(decay)'") }
         if let dataDtype, TokenDataType(rawValue: dataDtype) == nil { throw ValidationError("--data-dtype must be uint16 or uint32, got '\(dataDtype)'") }
         if clip < 0 || !clip.isFinite { throw ValidationError("--clip must be a finite number ≥ 0") }
+        try OptionRanges.check("--steps", steps, OptionRanges.steps)
+        try OptionRanges.check("--batch", batch, OptionRanges.batch)
+        try OptionRanges.check("--seq", seq, OptionRanges.sequenceLength)
+        try OptionRanges.check("--batch × --seq", batch * seq, 1 ... TrainingOptions.maximumTokensPerStep)
+        if let warmup { try OptionRanges.check("--warmup", warmup, 0 ... steps) }
+        try OptionRanges.check("--lr", Double(lr), Double(Float.leastNonzeroMagnitude) ... 1e6)
+        try OptionRanges.check("--decay-fraction", decayFraction, 0 ... 1)
+        try OptionRanges.check("--final-lr-ratio", Double(finalLrRatio), 0 ... 1)
+        if let auxLoss { try OptionRanges.check("--aux-loss", Double(auxLoss), 0 ... 1e6) }
+        if let zLoss { try OptionRanges.check("--z-loss", Double(zLoss), 0 ... 1e6) }
+        try OptionRanges.check("--weight-decay", Double(weightDecay), 0 ... 1e6)
+        try OptionRanges.check("--validation-fraction", validationFraction, 0 ... 0.99)
+        try OptionRanges.check("--eval-every", evalEvery, 0 ... steps)
+        try OptionRanges.check("--val-batches", valBatches, OptionRanges.batch)
+        try OptionRanges.check("--save-every", saveEvery, 0 ... steps)
     }
 
     func makeOptions() throws -> TrainingOptions {
@@ -141,6 +156,9 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             compute.apply()
+            try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: "training with --batch \(batch) × --seq \(seq)") {
+                MemoryEstimate.trainingBytes($0, batch: batch, seq: seq)
+            }
             let trainer = try Trainer(modelDirectory: modelDirectory, dataPath: data, outputDirectory: out, logPath: log,
                                       options: try makeOptions(), resume: resume, replaceExisting: force)
             let kind = trainer.model.configurableRouter.map { "MoE, \($0.experts) experts, top-\($0.topK)" } ?? "dense"

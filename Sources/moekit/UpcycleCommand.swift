@@ -84,6 +84,13 @@ struct UpcycleCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
+        try OptionRanges.check("--experts", experts, OptionRanges.experts)
+        try OptionRanges.check("--top-k", topK, 1 ... experts)
+        try OptionRanges.check("--verify", verify, 0 ... UpcycleOptions.maximumVerifyTokens)
+        if let granularity { try OptionRanges.check("--granularity", granularity, 1 ... experts) }
+        if let routerStd { try OptionRanges.check("--router-std", routerStd, 0 ... 1e6) }
+        try OptionRanges.check("--noise-std", noiseStd, 0 ... 1e6)
+        if let dropRatio { try OptionRanges.check("--drop-ratio", dropRatio, 0 ... 1) }
         guard UpcycleMethod(rawValue: method) != nil else { throw ValidationError("--method must be copy, noise, partition, granular or drop, got '\(method)'") }
         if let routerInit, RouterInitialization(rawValue: routerInit) == nil {
             throw ValidationError("--router-init must be normal, uniform, uniform-std or zero, got '\(routerInit)'")

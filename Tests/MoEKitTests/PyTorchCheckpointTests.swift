@@ -458,9 +458,10 @@ private func expectPyTorchError(_ path: String, sourceLocation: SourceLocation =
         let value = try pickle.withUnsafeBytes { try RestrictedUnpickler.load($0, file: "plain") }
         guard case .dict(let dict) = value else { Issue.record("not a dict: \(value.kind)"); return }
         #expect(dict.items.count == 2)
-        guard case .string("a") = dict.items[0].key, case .tuple(let outer, _) = dict.items[0].value, case .tuple(let items, _) = outer.first else {
+        guard case .string("a") = dict.items[0].key, case .tuple(let outerTuple) = dict.items[0].value, case .tuple(let innerTuple) = outerTuple.items.first else {
             Issue.record("unexpected structure"); return
         }
+        let items = innerTuple.items
         guard items.count == 4, case .int(1 << 40) = items[0], case .int(-2) = items[1], case .float(1.5) = items[2],
               case .list(let list) = items[3], list.items.count == 2, case .bool(true) = list.items[0], case .none = list.items[1] else {
             Issue.record("unexpected items"); return

@@ -17,7 +17,7 @@ import Testing
         let path = directory.file("tokens.txt")
         try "1 2\n3 x4\n".write(toFile: path, atomically: true, encoding: .utf8)
         #expect(throws: ModelError.invalidToken(path: path, line: 2, text: "x4")) { try TokenFile.read(path) }
-        #expect(throws: ModelError.unreadableTokenFile(path: directory.file("missing"), reason: "no such file or not readable")) {
+        #expect(throws: ModelError.unreadableTokenFile(path: directory.file("missing"), reason: "no such file")) {
             try TokenFile.read(directory.file("missing"))
         }
     }

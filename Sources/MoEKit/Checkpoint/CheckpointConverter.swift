@@ -52,9 +52,7 @@ public enum CheckpointConverter {
         let configPath = directory + "/config.json"
         guard let configData = FileManager.default.contents(atPath: configPath) else { throw .missingFile(path: configPath) }
         guard case .object(var config)? = JSONValue.parse(configData) else { throw .invalidJSON(path: configPath, reason: "not a JSON object") }
-        let source = URL(fileURLWithPath: directory).standardizedFileURL.resolvingSymlinksInPath().path
-        let destination = URL(fileURLWithPath: outputDirectory).standardizedFileURL.resolvingSymlinksInPath().path
-        guard source != destination else { throw .invalidArgument("\(outputDirectory): the output directory is the model directory itself") }
+        try OutputPaths.refuseOverlap(input: directory, output: outputDirectory)
 
         let specs = checkpoint.tensors.map { info in
             TensorSpec(name: info.name, dtype: outputDType(for: info.dtype, requested: options.dtype), shape: info.shape)

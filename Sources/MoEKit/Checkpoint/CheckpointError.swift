@@ -15,6 +15,10 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
     case safetensors(SafetensorsError)
     case pytorch(PyTorchCheckpointError)
     case alreadyExists(path: String)
+    /// An input path that cannot be read as a file (a directory, FIFO, device, too large…).
+    case inputFile(InputFileError)
+    /// An output path that is an input or holds it (writing would replace the input).
+    case outputOverlapsInput(output: String, input: String, reason: String)
     case invalidArgument(String)
 
     public var errorDescription: String? {
@@ -36,6 +40,9 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
         case let .safetensors(error): return error.errorDescription
         case let .pytorch(error): return error.errorDescription
         case let .alreadyExists(path): return "\(path): already exists (use --force to replace it)"
+        case let .inputFile(error): return error.errorDescription
+        case let .outputOverlapsInput(output, input, reason):
+            return "\(output): the output \(reason) (\(input)); choose another output directory"
         case let .invalidArgument(message): return message
         }
     }

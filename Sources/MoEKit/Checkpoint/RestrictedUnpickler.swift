@@ -10,8 +10,8 @@ indirect enum PickleValue {
     case float(Double)
     case string(String)
     case bytes([UInt8])
-    /// A tuple and its serial number in the stream (so `dismantle` visits each tuple once).
-    case tuple([PickleValue], id: Int)
+    /// A tuple (boxed, so `dismantle` can empty it like a list).
+    case tuple(PickleTuple)
     case list(PickleList)
     case dict(PickleDict)
     case global(PickleGlobal)
@@ -40,6 +40,14 @@ indirect enum PickleValue {
 /// Lists and dicts are mutable and shared through the memo, so they are reference types.
 final class PickleList {
     var items: [PickleValue] = []
+}
+
+/// A tuple's items. Immutable to the pickle, but a reference type so that `dismantle` can empty
+/// it: a 50,000-deep tuple nesting released as nested values would recurse through every level
+/// and overflow the stack.
+final class PickleTuple {
+    var items: [PickleValue]
+    init(_ items: [PickleValue]) { self.items = items }
 }
 
 /// A dict or `collections.OrderedDict`, in insertion order.
@@ -158,7 +166,6 @@ struct RestrictedUnpickler {
     /// value dropped mid-run — popped, overwritten in the memo, a discarded argument — could
     /// otherwise free a deep graph recursively).
     private var retained: [PickleValue] = []
-    private var tupleCount = 0
 
     /// Reads the pickle `bytes` (the contents of `data.pkl` in `file`) as a state dict: a dict
     /// (or `OrderedDict`) from tensor names to tensors, in its order.
@@ -192,11 +199,11 @@ struct RestrictedUnpickler {
     /// Emptying lists and dicts also breaks the reference cycles a memo can build.
     static func dismantle(_ values: [PickleValue]) {
         var pending = values
-        var visitedTuples: Set<Int> = []
         while let value = pending.popLast() {
             switch value {
-            case .tuple(let items, let id):
-                if visitedTuples.insert(id).inserted { pending.append(contentsOf: items) }
+            case .tuple(let tuple):
+                pending.append(contentsOf: tuple.items)
+                tuple.items = []
             case .list(let list):
                 pending.append(contentsOf: list.items)
                 list.items = []
@@ -267,10 +274,7 @@ struct RestrictedUnpickler {
 
     // MARK: The stack
 
-    private mutating func tuple(_ items: [PickleValue]) -> PickleValue {
-        defer { tupleCount += 1 }
-        return .tuple(items, id: tupleCount)
-    }
+    private func tuple(_ items: [PickleValue]) -> PickleValue { .tuple(PickleTuple(items)) }
 
     private mutating func push(_ value: PickleValue) {
         stack.append(value)
@@ -432,7 +436,8 @@ struct RestrictedUnpickler {
     /// `REDUCE` on an allowed global, interpreted without calling anything.
     private func reduce(_ callable: PickleValue, _ arguments: PickleValue, at offset: Int) throws(PyTorchCheckpointError) -> PickleValue {
         guard case .global(let global) = callable else { throw invalid("REDUCE on \(callable.kind), not a global", at: offset) }
-        guard case .tuple(let args, _) = arguments else { throw invalid("REDUCE arguments are \(arguments.kind), not a tuple", at: offset) }
+        guard case .tuple(let argumentTuple) = arguments else { throw invalid("REDUCE arguments are \(arguments.kind), not a tuple", at: offset) }
+        let args = argumentTuple.items
         switch global {
         case .orderedDict:
             let dict = PickleDict()
@@ -441,12 +446,12 @@ struct RestrictedUnpickler {
                 let pairs: [PickleValue]
                 switch first {
                 case .list(let list): pairs = list.items
-                case .tuple(let items, _): pairs = items
+                case .tuple(let tuple): pairs = tuple.items
                 default: throw invalid("OrderedDict(\(first.kind))", at: offset)
                 }
                 for pair in pairs {
-                    guard case .tuple(let kv, _) = pair, kv.count == 2 else { throw invalid("OrderedDict item is not a pair", at: offset) }
-                    dict.set(kv[0], kv[1])
+                    guard case .tuple(let pairTuple) = pair, pairTuple.items.count == 2 else { throw invalid("OrderedDict item is not a pair", at: offset) }
+                    dict.set(pairTuple.items[0], pairTuple.items[1])
                 }
             }
             return .dict(dict)
@@ -467,9 +472,9 @@ struct RestrictedUnpickler {
     }
 
     private static func integers(_ value: PickleValue) -> [Int]? {
-        guard case .tuple(let items, _) = value else { return nil }
+        guard case .tuple(let tuple) = value else { return nil }
         var result: [Int] = []
-        for item in items {
+        for item in tuple.items {
             guard case .int(let number) = item else { return nil }
             result.append(number)
         }
@@ -478,7 +483,7 @@ struct RestrictedUnpickler {
 
     /// `('storage', torch.<Type>Storage, key, location, numel)`, as `torch.save` writes storages.
     private func persistentLoad(_ id: PickleValue, at offset: Int) throws(PyTorchCheckpointError) -> PickleValue {
-        guard case .tuple(let fields, _) = id, fields.count == 5, case .string("storage") = fields[0],
+        guard case .tuple(let tuple) = id, case let fields = tuple.items, fields.count == 5, case .string("storage") = fields[0],
               case .global(.storageType(let typeName, let dtype)) = fields[1], case .string(let key) = fields[2],
               case .string = fields[3], case .int(let elementCount) = fields[4] else {
             throw invalid("persistent id is \(id.kind), not ('storage', torch.<Type>Storage, key, location, numel)", at: offset)

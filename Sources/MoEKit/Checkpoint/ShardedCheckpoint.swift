@@ -16,7 +16,8 @@ public struct SafetensorsIndex: Sendable, Equatable {
     }
 
     public init(path: String) throws(CheckpointError) {
-        guard let data = FileManager.default.contents(atPath: path) else { throw .missingFile(path: path) }
+        let data: Data
+        do { data = try InputFile.read(path, limit: InputFile.jsonLimit) } catch { throw error == .missing(path: path) ? .missingFile(path: path) : .inputFile(error) }
         guard case .object(let root)? = JSONValue.parse(data) else { throw .invalidJSON(path: path, reason: "not a JSON object") }
         guard case .object(let map)? = root["weight_map"] else { throw .invalidField(path: path, field: "weight_map", reason: "missing or not an object") }
         var weightMap: [String: String] = [:]

@@ -13,8 +13,11 @@ import Foundation
 ///    of the MoE run, dense vs MoE throughput, and where every file is.
 public struct DemoPipeline {
     public struct Options: Sendable {
-        /// Everything the demo writes goes here (replaced on every run).
+        /// Everything the demo writes goes here (`outputNames`, nothing else).
         public var outputDirectory = "demo-out"
+        /// Run in a non-empty `outputDirectory`, replacing the demo's own files there (and only
+        /// those: other files in the directory are kept).
+        public var replaceExisting = false
         /// The shipped dense model.
         public var denseModel = "Notebooks-data/demo-dense"
         public var experts = 8
@@ -52,6 +55,35 @@ public struct DemoPipeline {
     public let options: Options
     public init(options: Options = Options()) { self.options = options }
 
+    /// The files and directories the demo writes in its output directory.
+    public static let outputNames = ["corpus.bin", "corpus.domains.bin", "corpus.domains.json", "moe-upcycled", "moe-trained",
+                                     "dense-trained", "moe-train.h5", "dense-train.h5"]
+
+    /// Creates the output directory, or checks an existing one: a file is refused, a non-empty
+    /// directory needs `replaceExisting`, and then only the demo's own `outputNames` are removed.
+    func prepareOutputDirectory() throws {
+        let out = options.outputDirectory, manager = FileManager.default
+        var isDirectory: ObjCBool = false
+        if manager.fileExists(atPath: out, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw CheckpointError.invalidArgument("\(out): exists and is not a directory; choose another --out") }
+            let entries = (try? manager.contentsOfDirectory(atPath: out)) ?? []
+            guard entries.isEmpty || options.replaceExisting else {
+                throw CheckpointError.invalidArgument("\(out): directory is not empty; pass --force to replace the demo's files in it (other files are kept)")
+            }
+            for name in Self.outputNames where entries.contains(name) {
+                do { try manager.removeItem(atPath: out + "/" + name) } catch {
+                    throw CheckpointError.invalidArgument("\(out)/\(name): cannot remove: \(error.localizedDescription)")
+                }
+            }
+            return
+        }
+        do {
+            try manager.createDirectory(atPath: out, withIntermediateDirectories: true)
+        } catch {
+            throw CheckpointError.invalidArgument("\(out): cannot create directory: \(error.localizedDescription)")
+        }
+    }
+
     /// Runs the demo; `say` receives each progress line as it happens.
     public func run(say: (String) -> Void, trainingProgress: (Trainer.Progress) throws -> Void = { _ in }) throws -> Report {
         let out = options.outputDirectory
@@ -59,12 +91,7 @@ public struct DemoPipeline {
         guard manager.fileExists(atPath: options.denseModel + "/config.json") else {
             throw CheckpointError.missingFile(path: options.denseModel + "/config.json")
         }
-        try? manager.removeItem(atPath: out)
-        do {
-            try manager.createDirectory(atPath: out, withIntermediateDirectories: true)
-        } catch {
-            throw CheckpointError.invalidArgument("\(out): cannot create directory: \(error.localizedDescription)")
-        }
+        try prepareOutputDirectory()
         let corpusPath = out + "/corpus.bin"
         let moeInitial = out + "/moe-upcycled", moeTrained = out + "/moe-trained", denseTrained = out + "/dense-trained"
         let moeLog = out + "/moe-train.h5", denseLog = out + "/dense-train.h5"

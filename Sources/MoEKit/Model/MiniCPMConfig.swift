@@ -55,7 +55,8 @@ public struct MiniCPMConfig: Sendable, Equatable {
 
     /// Reads and validates `config.json`; errors name the file and the field.
     public init(path: String) throws(CheckpointError) {
-        guard let data = FileManager.default.contents(atPath: path) else { throw .missingFile(path: path) }
+        let data: Data
+        do { data = try InputFile.read(path, limit: InputFile.jsonLimit) } catch { throw error == .missing(path: path) ? .missingFile(path: path) : .inputFile(error) }
         guard let json = JSONValue.parse(data) else { throw .invalidJSON(path: path, reason: "not valid JSON") }
         try self.init(json: json, path: path)
     }
@@ -123,6 +124,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
         guard rmsNormEps > 0 else { throw .invalidField(path: path, field: "rms_norm_eps", reason: "must be positive") }
         guard ropeTheta > 0 else { throw .invalidField(path: path, field: "rope_theta", reason: "must be positive") }
         guard dimModelBase > 0 else { throw .invalidField(path: path, field: "dim_model_base", reason: "must be positive") }
+        try checkLimits(path: path)
         if let experts = numExperts {
             let topK = numExpertsPerToken ?? 0
             guard topK >= 1 && topK <= experts else {

@@ -4,9 +4,8 @@ import Foundation
 /// blank lines ignored) or a NumPy `.npy` array of int32/int64 (one sequence, 1-D or [1, n]).
 public enum TokenFile {
     public static func read(_ path: String) throws -> [[Int]] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ModelError.unreadableTokenFile(path: path, reason: "no such file or not readable")
-        }
+        let data: Data
+        do { data = try InputFile.read(path, limit: InputFile.tokenFileLimit) } catch { throw ModelError.unreadableTokenFile(path: path, reason: error.reason) }
         if data.starts(with: [0x93] + Array("NUMPY".utf8)) { return [try readNumPy(data, path: path)] }
         guard let text = String(data: data, encoding: .utf8) else {
             throw ModelError.unreadableTokenFile(path: path, reason: "neither UTF-8 text nor a .npy array")
@@ -66,7 +65,8 @@ public enum TokenFile {
         let count = shape.last ?? 0
         let dataStart = headerStart + headerLength
         let (needed, overflow) = count.multipliedReportingOverflow(by: elementSize)
-        guard !overflow, bytes.count - dataStart == needed else { throw fail("data holds \(bytes.count - dataStart) bytes, shape \(shape) needs \(needed)") }
+        guard !overflow else { throw fail("shape \(shape) is too large: its byte count overflows") }
+        guard bytes.count - dataStart == needed else { throw fail("data holds \(bytes.count - dataStart) bytes, shape \(shape) needs \(needed)") }
         guard count > 0 else { throw ModelError.emptyInput(source: path) }
         return bytes.withUnsafeBytes { raw in
             (0 ..< count).map { i in

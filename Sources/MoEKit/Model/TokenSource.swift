@@ -30,9 +30,8 @@ public enum TokenSource: Equatable, Sendable {
     /// The documents of a UTF-8 text file: one per line (lines end at "\n"; a "\r" before it is
     /// dropped, for CRLF files), empty lines skipped. No document at all is an error.
     public static func documents(inTextFile path: String) throws(TokenizerError) -> [String] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw .unreadableText(path: path, reason: "no such file or not readable")
-        }
+        let data: Data
+        do { data = try InputFile.read(path, limit: InputFile.tokenFileLimit) } catch { throw .unreadableText(path: path, reason: error.reason) }
         var documents: [String] = []
         var invalidLine: Int? = nil
         data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in

@@ -134,15 +134,29 @@ final class HDF5File {
         throw RoutingLogError.cannotOpen(file: path, reason: firstError)
     }
 
-    /// Opens read-only, with SWMR read when the file allows it (`isSWMR` tells which).
+    /// Metadata read attempts of a SWMR reader. A SWMR reader retries a metadata block whose
+    /// checksum fails (the writer may be rewriting it), with growing sleeps; HDF5's default of 100
+    /// attempts made a damaged log take minutes per block. A live writer flushes a block in one
+    /// write, so a few attempts suffice.
+    static let swmrMetadataReadAttempts: UInt32 = 6
+
+    /// Opens read-only: plainly when no writer has the file open (a finished log: a damaged block
+    /// fails at once), with SWMR read only when the superblock says a writer has it open (a live
+    /// log, or one whose writer was killed), with `swmrMetadataReadAttempts`. `isSWMR` tells which.
     static func openForReading(path: String) throws -> (file: HDF5File, isSWMR: Bool) {
-        let swmr = H5Fopen(path, moekit_H5F_ACC_RDONLY() | moekit_H5F_ACC_SWMR_READ(), moekit_H5P_DEFAULT())
-        if swmr >= 0 { return (HDF5File(id: swmr, path: path), true) }
-        _ = H5Eclear2(moekit_H5E_DEFAULT())
-        // Files in an older format (most foreign files) refuse SWMR read but open plainly.
         let plain = H5Fopen(path, moekit_H5F_ACC_RDONLY(), moekit_H5P_DEFAULT())
-        guard plain >= 0 else { throw RoutingLogError.cannotOpen(file: path, reason: HDF5.lastErrorMessage()) }
-        return (HDF5File(id: plain, path: path), false)
+        if plain >= 0 { return (HDF5File(id: plain, path: path), false) }
+        let plainError = HDF5.lastErrorMessage()
+        let access = HDF5Object.propertyList(H5Pcreate(moekit_H5P_FILE_ACCESS()))
+        guard access.id >= 0, H5Pset_metadata_read_attempts(access.id, swmrMetadataReadAttempts) >= 0 else {
+            throw RoutingLogError.cannotOpen(file: path, reason: HDF5.lastErrorMessage())
+        }
+        let swmr = H5Fopen(path, moekit_H5F_ACC_RDONLY() | moekit_H5F_ACC_SWMR_READ(), access.id)
+        guard swmr >= 0 else {
+            _ = H5Eclear2(moekit_H5E_DEFAULT())
+            throw RoutingLogError.cannotOpen(file: path, reason: plainError)
+        }
+        return (HDF5File(id: swmr, path: path), true)
     }
 
     func startSWMRWrite() throws {
@@ -358,9 +372,24 @@ final class HDF5Dataset {
     }
 
     /// Reads rows `rows` (row-major), converting to `Element`.
+    ///
+    /// A damaged file can claim any extent, so the element count is checked for overflow and
+    /// against what the file could hold (its size times deflate's best ratio, 1032:1) before
+    /// anything is allocated.
     func read<Element: HDF5Element>(rows: Range<Int>, trailingShape: [Int], as: Element.Type = Element.self) throws -> [Element] {
-        let count = rows.count * trailingShape.reduce(1, *)
+        var count = rows.count
+        for dimension in trailingShape {
+            let (product, overflow) = count.multipliedReportingOverflow(by: dimension)
+            guard !overflow, dimension >= 0 else { throw RoutingLogError.invalidDataset(file: file, dataset: name, reason: "shape \(trailingShape) overflows") }
+            count = product
+        }
         guard count > 0 else { return [] }
+        let fileBytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Element>.stride)
+        if let fileBytes, overflow || bytes / 1032 > fileBytes + (1 << 20) {
+            throw RoutingLogError.invalidDataset(file: file, dataset: name,
+                                                 reason: "\(rows.count) rows × \(trailingShape) is more than a \(fileBytes)-byte file can hold (damaged)")
+        }
         var values = [Element](repeating: .zero, count: count)
         let (fileSpace, memory) = try selection(rows: rows, trailingShape: trailingShape)
         let status = values.withUnsafeMutableBufferPointer {

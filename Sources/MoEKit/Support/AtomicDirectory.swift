@@ -14,8 +14,13 @@ public final class AtomicDirectory {
         let url = URL(fileURLWithPath: destination).standardizedFileURL
         self.destination = url.path
         self.replaceExisting = replaceExisting
-        if manager.fileExists(atPath: self.destination) && !replaceExisting {
-            throw .alreadyExists(path: destination)
+        var existingIsDirectory: ObjCBool = false
+        if manager.fileExists(atPath: self.destination, isDirectory: &existingIsDirectory) {
+            guard replaceExisting else { throw .alreadyExists(path: destination) }
+            // --force replaces an earlier output directory, never a file (or a link to one).
+            guard existingIsDirectory.boolValue else {
+                throw .invalidArgument("\(destination): exists and is not a directory; --force replaces directories only, choose another output")
+            }
         }
         let parent = url.deletingLastPathComponent().path
         var isDirectory: ObjCBool = false
@@ -42,8 +47,10 @@ public final class AtomicDirectory {
     public func commit() throws(CheckpointError) {
         let manager = FileManager.default
         var aside: String?
-        if manager.fileExists(atPath: destination) {
+        var existingIsDirectory: ObjCBool = false
+        if manager.fileExists(atPath: destination, isDirectory: &existingIsDirectory) {
             guard replaceExisting else { throw .alreadyExists(path: destination) }
+            guard existingIsDirectory.boolValue else { throw .invalidArgument("\(destination): exists and is not a directory; not replaced") }
             let moved = temporaryPath + ".old"
             guard rename(destination, moved) == 0 else {
                 throw .invalidArgument("\(destination): cannot move the existing directory aside: \(String(cString: strerror(errno)))")

@@ -8,7 +8,7 @@ public enum BLAS {
     /// The number of threads OpenBLAS uses for one call.
     public static var threadCount: Int {
         get { Int(openblas_get_num_threads()) }
-        set { openblas_set_num_threads(Int32(max(1, newValue))) }
+        set { openblas_set_num_threads(Int32(clamping: max(1, newValue))) }
     }
 
     /// OpenBLAS's build description (version, core, thread model), for benchmark reports.

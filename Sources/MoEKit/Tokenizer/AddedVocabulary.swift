@@ -51,7 +51,11 @@ struct AddedVocabulary: Sendable {
             contentById[token.id] = token.content
             idByContent[token.content] = token.id
             if token.special { special.insert(token.content) }
-            let pattern = token.normalized ? (normalizer?.normalize(Array(token.content.utf8)) ?? Array(token.content.utf8)) : Array(token.content.utf8)
+            var pattern = Array(token.content.utf8)
+            if token.normalized, let normalizer {
+                guard let normalized = normalizer.normalize(pattern) else { throw Tokenizer.normalizerGrowth(path: path, inputBytes: pattern.count) }
+                pattern = normalized
+            }
             let entry = Token(id: token.id, pattern: pattern, singleWord: token.singleWord, leftStrip: token.leftStrip, rightStrip: token.rightStrip)
             switch (token.normalized, token.special) {
             case (false, true): specialOrder.append(entry)

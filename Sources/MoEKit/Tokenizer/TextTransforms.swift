@@ -6,7 +6,8 @@ import Foundation
 enum UTF8Bytes {
     /// Replaces every non-overlapping occurrence of `pattern` (non-empty), scanning left to right,
     /// as `tokenizers`' Replace does with an escaped literal regex.
-    static func replacing(_ pattern: [UInt8], with replacement: [UInt8], in text: [UInt8]) -> [UInt8] {
+    /// Nil when the result would exceed `limit` bytes.
+    static func replacing(_ pattern: [UInt8], with replacement: [UInt8], in text: [UInt8], limit: Int = .max) -> [UInt8]? {
         guard !pattern.isEmpty, text.count >= pattern.count else { return text }
         let first = pattern[0]
         var result: [UInt8] = []
@@ -18,6 +19,7 @@ enum UTF8Bytes {
             if text[index] == first && matches(pattern, in: text, at: index) {
                 result.append(contentsOf: text[copied ..< index])
                 result.append(contentsOf: replacement)
+                if result.count > limit { return nil }
                 index += pattern.count
                 copied = index
             } else {
@@ -26,7 +28,7 @@ enum UTF8Bytes {
         }
         if copied == 0 { return text }
         result.append(contentsOf: text[copied...])
-        return result
+        return result.count > limit ? nil : result
     }
 
     @inline(__always) static func matches(_ pattern: [UInt8], in text: [UInt8], at index: Int) -> Bool {
@@ -66,17 +68,38 @@ enum UTF8Bytes {
 }
 
 extension NormalizerDefinition {
-    /// The normalised form of `text` (what `tokenizers`' normalizer makes of one piece of input).
-    func normalize(_ text: [UInt8]) -> [UInt8] {
+    /// How much longer than its input a normalised text may be: `maximumGrowth` × the input plus
+    /// `maximumGrowthSlack` bytes. Real normalisers grow text a few times at most (NFKD expands one
+    /// character to at most 18, "▁" replaces a space with 3 bytes); a chain of Replace steps that
+    /// doubles the text 40 times would otherwise run until memory runs out.
+    static let maximumGrowth = 64
+    static let maximumGrowthSlack = 4096
+
+    /// The byte limit for the normalised form of `count` bytes.
+    static func lengthLimit(forInput count: Int) -> Int {
+        count > (Int.max - maximumGrowthSlack) / maximumGrowth ? Int.max : count * maximumGrowth + maximumGrowthSlack
+    }
+
+    /// The normalised form of `text` (what `tokenizers`' normalizer makes of one piece of input),
+    /// or nil when it grows beyond `lengthLimit(forInput:)` (checked after every step).
+    func normalize(_ text: [UInt8]) -> [UInt8]? {
+        normalize(text, limit: Self.lengthLimit(forInput: text.count))
+    }
+
+    private func normalize(_ text: [UInt8], limit: Int) -> [UInt8]? {
+        let result: [UInt8]?
         switch self {
         case .sequence(let normalizers):
             var text = text
-            for normalizer in normalizers { text = normalizer.normalize(text) }
+            for normalizer in normalizers {
+                guard let next = normalizer.normalize(text, limit: limit) else { return nil }
+                text = next
+            }
             return text
         case .prepend(let prefix):
-            return text.isEmpty ? text : Array(prefix.utf8) + text
+            result = text.isEmpty ? text : Array(prefix.utf8) + text
         case .replace(let pattern, let content):
-            return UTF8Bytes.replacing(Array(pattern.utf8), with: Array(content.utf8), in: text)
+            return UTF8Bytes.replacing(Array(pattern.utf8), with: Array(content.utf8), in: text, limit: limit)
         case .unicode(let form):
             let string = String(decoding: text, as: UTF8.self)
             let normalized: String
@@ -86,8 +109,10 @@ extension NormalizerDefinition {
             case .nfkc: normalized = string.precomposedStringWithCompatibilityMapping
             case .nfkd: normalized = string.decomposedStringWithCompatibilityMapping
             }
-            return Array(normalized.utf8)
+            result = Array(normalized.utf8)
         }
+        guard let result, result.count <= limit else { return nil }
+        return result
     }
 }
 
@@ -108,7 +133,7 @@ extension PreTokenizerDefinition {
             return pieces.map(\.text)
         case .metaspace(let replacement, let scheme, let split):
             let marker = Array(String(Character(replacement)).utf8)
-            var text = UTF8Bytes.replacing([UInt8(ascii: " ")], with: marker, in: piece)
+            var text = UTF8Bytes.replacing([UInt8(ascii: " ")], with: marker, in: piece) ?? piece
             let prepend: Bool
             switch scheme {
             case .always: prepend = true

@@ -1,6 +1,18 @@
 /// Decoders turn token strings back into text, each acting on the whole list of tokens in turn
 /// (`tokenizers`' `decode_chain`); the final list is concatenated.
 extension DecoderDefinition {
+    /// How many times longer the chain can make a token at worst: a Replace multiplies it by at
+    /// most content/pattern bytes, Metaspace by 1 ("▁" is 3 bytes, " " 1), the others keep or
+    /// shrink it. Checked when the tokenizer is loaded, so a chain that doubles text 40 times is
+    /// refused instead of exhausting memory on decode.
+    var worstCaseGrowth: Double {
+        switch self {
+        case .sequence(let decoders): return decoders.reduce(1) { $0 * $1.worstCaseGrowth }
+        case .replace(let pattern, let content): return max(1, Double(content.utf8.count) / Double(max(1, pattern.utf8.count)))
+        case .byteFallback, .fuse, .strip, .metaspace: return 1
+        }
+    }
+
     func decodeChain(_ tokens: [String]) -> [String] {
         switch self {
         case .sequence(let decoders):
@@ -9,7 +21,10 @@ extension DecoderDefinition {
             return tokens
         case .replace(let pattern, let content):
             let (pattern, content) = (Array(pattern.utf8), Array(content.utf8))
-            return tokens.map { String(decoding: UTF8Bytes.replacing(pattern, with: content, in: Array($0.utf8)), as: UTF8.self) }
+            return tokens.map { token in
+                let bytes = Array(token.utf8)
+                return String(decoding: UTF8Bytes.replacing(pattern, with: content, in: bytes) ?? bytes, as: UTF8.self)
+            }
         case .byteFallback:
             return Self.byteFallback(tokens)
         case .fuse:

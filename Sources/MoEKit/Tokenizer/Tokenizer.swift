@@ -54,6 +54,10 @@ public struct Tokenizer: Sendable {
         preTokenizer = definition.preTokenizer
         template = definition.postProcessor
         decoder = definition.decoder
+        if let growth = decoder?.worstCaseGrowth, growth > Double(NormalizerDefinition.maximumGrowth) {
+            throw .invalidField(path: path, field: "decoder",
+                                reason: "can grow a token \(growth)× (Replace steps whose content is longer than their pattern); at most \(NormalizerDefinition.maximumGrowth)× is accepted")
+        }
     }
 
     /// One more than the largest id of the vocabulary and added tokens.
@@ -102,6 +106,12 @@ public struct Tokenizer: Sendable {
         return result
     }
 
+    /// The error for a normaliser whose output outgrows `NormalizerDefinition.lengthLimit(forInput:)`.
+    static func normalizerGrowth(path: String, inputBytes: Int) -> TokenizerError {
+        .invalidField(path: path, field: "normalizer",
+                      reason: "grows \(inputBytes) bytes of text beyond \(NormalizerDefinition.lengthLimit(forInput: inputBytes)) bytes (\(NormalizerDefinition.maximumGrowth)× the input); refusing it")
+    }
+
     func encode(_ text: String, specialTokens: SpecialTokensPolicy, workspace: inout BPEWorkspace, tokens: inout [String]?) throws(TokenizerError) -> [Int] {
         var ids: [Int] = []
         if specialTokens != .none, let prefix = template?.prefix {
@@ -120,7 +130,13 @@ public struct Tokenizer: Sendable {
             }
             guard !split.range.isEmpty else { continue }
             let segment = Array(bytes[split.range])
-            let normalized = normalizer?.normalize(segment) ?? segment
+            let normalized: [UInt8]
+            if let normalizer {
+                guard let result = normalizer.normalize(segment) else { throw Self.normalizerGrowth(path: path, inputBytes: segment.count) }
+                normalized = result
+            } else {
+                normalized = segment
+            }
             for piece in addedVocabulary.normalizedMatcher.splits(normalized) {
                 if let id = piece.id {
                     ids.append(id)

@@ -120,7 +120,11 @@ indirect enum DecoderDefinition: Equatable, Sendable {
 extension TokenizerDefinition {
     /// Reads and validates `path` (a `tokenizer.json`).
     static func read(_ path: String) throws(TokenizerError) -> TokenizerDefinition {
-        guard let data = FileManager.default.contents(atPath: path) else { throw .missingFile(path: path) }
+        let data: Data
+        do { data = try InputFile.read(path, limit: InputFile.jsonLimit) } catch {
+            if case .missing = error { throw .missingFile(path: path) }
+            throw .unreadableText(path: path, reason: error.reason)
+        }
         return try parse(data, path: path)
     }
 

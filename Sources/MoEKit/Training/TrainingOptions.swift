@@ -93,10 +93,25 @@ public struct TrainingOptions: Sendable, Equatable {
     }
 
     /// Checks every option; the error names the command-line option.
+    /// Upper bounds on the sizes, checked before anything is sized by them.
+    public static let maximumSteps = 1 << 40
+    public static let maximumBatchSize = 1 << 16
+    public static let maximumTokensPerStep = 1 << 24
+
     public func validate() throws(TrainingError) {
-        guard steps >= 1 else { throw .invalidOption(name: "steps", reason: "must be ≥ 1, got \(steps)") }
-        guard batchSize >= 1 else { throw .invalidOption(name: "batch", reason: "must be ≥ 1, got \(batchSize)") }
-        guard sequenceLength >= 1 else { throw .invalidOption(name: "seq", reason: "must be ≥ 1, got \(sequenceLength)") }
+        guard steps >= 1, steps <= Self.maximumSteps else { throw .invalidOption(name: "steps", reason: "must be in 1...\(Self.maximumSteps), got \(steps)") }
+        guard batchSize >= 1, batchSize <= Self.maximumBatchSize else {
+            throw .invalidOption(name: "batch", reason: "must be in 1...\(Self.maximumBatchSize), got \(batchSize)")
+        }
+        guard sequenceLength >= 1, sequenceLength <= ConfigLimits.maxPositionEmbeddings else {
+            throw .invalidOption(name: "seq", reason: "must be in 1...\(ConfigLimits.maxPositionEmbeddings), got \(sequenceLength)")
+        }
+        guard batchSize * sequenceLength <= Self.maximumTokensPerStep else {
+            throw .invalidOption(name: "batch", reason: "× --seq is \(batchSize * sequenceLength) tokens per step, above the limit of \(Self.maximumTokensPerStep)")
+        }
+        guard validationBatches <= Self.maximumBatchSize else {
+            throw .invalidOption(name: "val-batches", reason: "must be at most \(Self.maximumBatchSize), got \(validationBatches)")
+        }
         guard learningRate.isFinite, learningRate > 0 else { throw .invalidOption(name: "lr", reason: "must be a positive number, got \(learningRate)") }
         if let warmupSteps, warmupSteps < 0 || warmupSteps > steps {
             throw .invalidOption(name: "warmup", reason: "must be in 0...\(steps) (--steps), got \(warmupSteps)")

@@ -112,8 +112,14 @@ public struct UpcycleOptions: Sendable, Equatable {
     public static let copyTolerance: Float = 1e-5
 
     /// Checks the options that do not depend on the checkpoint.
+    /// `--verify` runs both models on this many tokens at most (one sequence).
+    public static let maximumVerifyTokens = 4096
+
     public func validate() throws(UpcycleError) {
         guard experts >= 2 else { throw .invalidOption(option: "--experts", reason: "must be at least 2, got \(experts)") }
+        guard experts <= ConfigLimits.numExperts else {
+            throw .invalidOption(option: "--experts", reason: "must be at most \(ConfigLimits.numExperts), got \(experts)")
+        }
         guard topK >= 1 else { throw .invalidOption(option: "--top-k", reason: "must be at least 1, got \(topK)") }
         guard topK <= experts else { throw .invalidOption(option: "--top-k", reason: "(\(topK)) cannot exceed --experts (\(experts))") }
         guard noiseStandardDeviation.isFinite, noiseStandardDeviation >= 0 else {
@@ -141,6 +147,9 @@ public struct UpcycleOptions: Sendable, Equatable {
             throw .invalidOption(option: "--dtype", reason: "MoEKit writes bf16, f16 or f32, not \(dtype.rawValue)")
         }
         guard maximumShardBytes > 0 else { throw .invalidOption(option: "--shard-size", reason: "must be positive") }
+        guard verifyTokens <= Self.maximumVerifyTokens else {
+            throw .invalidOption(option: "--verify", reason: "must be at most \(Self.maximumVerifyTokens), got \(verifyTokens)")
+        }
         guard verifyTokens >= 0 else { throw .invalidOption(option: "--verify", reason: "must be ≥ 0 (0 disables), got \(verifyTokens)") }
     }
 }

@@ -112,6 +112,8 @@ public struct UpcyclePlan: @unchecked Sendable {
         output.numExperts = experts
         output.numExpertsPerToken = options.topK
         output.intermediateSize = expertIntermediateSize
+        // Checked before the tensor list is built from it (--experts × layers bounds its length).
+        do { try output.checkLimits(path: "config.json (output)") } catch { throw .checkpoint(error) }
         for entry in MiniCPMLayout(config: output).entries {
             let source: Source
             let denseName: String?

@@ -28,6 +28,7 @@ public enum Upcycler {
             throw .verificationUnavailable(reason: "no forward pass available to run the models; pass --verify 0")
         }
         let directory: AtomicDirectory
+        do { try OutputPaths.refuseOverlap(input: plan.denseDirectory, output: outputDirectory) } catch { throw .checkpoint(error) }
         do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: options.replaceExisting) } catch { throw .checkpoint(error) }
         let shardFiles: [String]
         let layers = LayerSource(plan: plan, checkpoint: checkpoint)

@@ -76,8 +76,11 @@ public enum RoutingFunctions {
     // MARK: Capacity
 
     /// C = ceil(T·k/E · cf): how many assignments one expert takes out of a batch of `tokens`.
+    /// Capped at T·k, the batch's assignments (a larger C changes nothing), so a huge cf
+    /// (`cf=1e308`) means "no limit" rather than overflowing `Int`.
     public static func capacity(tokens: Int, topK: Int, experts: Int, capacityFactor: Double) -> Int {
-        Int((Double(tokens * topK) / Double(experts) * capacityFactor).rounded(.up))
+        let assignments = Double(tokens) * Double(topK)
+        return Int(min(assignments, (assignments / Double(experts) * capacityFactor).rounded(.up)))
     }
 
     /// Enforces an expert capacity on a token-choice decision: each expert keeps at most `capacity`
