@@ -53,8 +53,8 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         try OptionRanges.check("--layers", layers, OptionRanges.layers)
-        try OptionRanges.check("--experts", experts, OptionRanges.experts)
-        try OptionRanges.check("--top-k", topK, 1 ... experts)
+        if let experts { try OptionRanges.check("--experts", experts, OptionRanges.experts) }
+        if let topK { try OptionRanges.check("--top-k", topK, 1 ... (experts ?? ConfigLimits.numExperts)) }
         for text in tokens.split(separator: ",") {
             guard let count = Int(text.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("--tokens: '\(text)' is not an integer") }
             try OptionRanges.check("--tokens", count, 1 ... ConfigLimits.maxPositionEmbeddings)
@@ -67,7 +67,7 @@ struct BenchCommand: ParsableCommand {
     }
 
     /// The larger of the dense and the MoE run of the benchmark's shapes, for the memory estimate.
-    private func estimatedBytes(_ config: MiniCPMConfig, tokens: Int) -> Int {
+    private func estimatedBytes(_ config: MiniCPMConfig, tokens: Int, experts: Int, topK: Int) -> Int {
         var moe = config
         moe.numExperts = experts
         moe.numExpertsPerToken = topK
@@ -75,7 +75,13 @@ struct BenchCommand: ParsableCommand {
             return max(MemoryEstimate.trainingBytes(config, batch: batch, seq: seq), MemoryEstimate.trainingBytes(moe, batch: batch, seq: seq))
         }
         let sequence = max(tokens, 128 + decode)
-        return max(MemoryEstimate.forwardBytes(config, tokens: tokens, sequence: sequence), MemoryEstimate.forwardBytes(moe, tokens: tokens, sequence: sequence))
+        let activations = max(MemoryEstimate.forwardBytes(config, tokens: tokens, sequence: sequence), MemoryEstimate.forwardBytes(moe, tokens: tokens, sequence: sequence))
+        guard denseModel == nil else { return activations }  // checkpoints stay mapped
+        // In-memory f32 models: the dense one, and the MoE's experts unless they share the dense MLP.
+        var shared = ThroughputBenchmark.Options(config: config)
+        shared.experts = experts
+        let expertsShare = ThroughputBenchmark(options: shared).expertsShareMemory
+        return MemoryEstimate.sum(activations, MemoryEstimate.modelBytes(config), expertsShare ? 0 : MemoryEstimate.modelBytes(moe))
     }
 
     func run() throws {
@@ -117,7 +123,7 @@ struct BenchCommand: ParsableCommand {
             }
             options.decodeSteps = decode
             options.repeats = max(1, repeats)
-            try MemoryEstimate.check(estimatedBytes(config, tokens: options.tokenCounts.max() ?? 0), for: "bench with these shapes")
+            try MemoryEstimate.check(estimatedBytes(config, tokens: options.tokenCounts.max() ?? 0, experts: experts, topK: topK), for: "bench with these shapes")
             options.layerLevel = level == "all" || level == "layer"
             options.modelLevel = level == "all" || level == "model"
             guard layers >= 1, experts >= 2, topK >= 1, topK <= experts else { throw ValidationError("need layers ≥ 1, experts ≥ 2, 1 ≤ top-k ≤ experts") }

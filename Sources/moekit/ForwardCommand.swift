@@ -32,7 +32,7 @@ struct ForwardCommand: ParsableCommand {
     var batchTokens: Int = 4096
 
     func validate() throws {
-        guard (1 ... 1 << 24).contains(batchTokens) else { throw ValidationError("--batch-tokens must be between 1 and \(1 << 24), got \(batchTokens)") }
+        try OptionRanges.check("--batch-tokens", batchTokens, OptionRanges.tokensPerCall)
     }
 
     @OptionGroup var compute: ComputeOptions

@@ -68,13 +68,17 @@ public enum MemoryEstimate {
         return sum(product(4, modelBytes(config)), activations, logits, attention)
     }
 
-    /// A forward pass over `tokens` tokens in sequences of at most `sequence` (inference keeps one
-    /// layer's activations, the KV cache, and the logits).
+    /// A forward pass over `tokens` tokens in sequences of at most `sequence`: one layer's
+    /// activations, the KV cache, the logits, and the weights inference holds in anonymous memory —
+    /// only norm gains and routers in f32; every matrix stays in the checkpoint's memory map (file
+    /// pages the kernel can drop), so the 54 GB an f32 copy of the 8x2B would take is not counted.
+    /// (`bench`'s in-memory models add `modelBytes` themselves.)
     public static func forwardBytes(_ config: MiniCPMConfig, tokens: Int, sequence: Int) -> Int {
         let k = config.numExpertsPerToken ?? 1
         let perToken = sum(product(8, config.hiddenSize), product(3, k, config.intermediateSize), config.vocabSize)
         let cache = product(2, config.numHiddenLayers, sequence, config.hiddenSize)
         let scores = product(config.numAttentionHeads, sequence, sequence)
-        return sum(modelBytes(config), product(4, tokens, perToken), product(4, cache), product(4, scores))
+        let ownedWeights = product(4, config.numHiddenLayers, config.hiddenSize, sum(2, config.numExperts ?? 0))
+        return sum(ownedWeights, product(4, tokens, perToken), product(4, cache), product(4, scores))
     }
 }
