@@ -52,7 +52,7 @@ interop-test:
 # FUZZ_TEST_SECONDS per target. Both fail on a crash, a sanitizer report, an input running longer
 # than FUZZ_TIMEOUT seconds or memory beyond FUZZ_RSS_MB.
 FUZZ_SECONDS ?= 300
-FUZZ_TEST_SECONDS ?= 15
+FUZZ_TEST_SECONDS ?= 10
 
 fuzz: build
 	Fuzz/fuzz.sh run $(FUZZ_SECONDS)

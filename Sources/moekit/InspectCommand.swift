@@ -41,6 +41,12 @@ struct InspectCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            if !IsolatedLogRead.isChild {
+                // The parent: the child does the reading; its exit status is this command's.
+                let status = try IsolatedLogRead.run(Array(CommandLine.arguments.dropFirst()), log: log)
+                if status != 0 { throw ExitCode(status) }
+                return
+            }
             let selection: RoutingLogInspection.StepSelection = step.map { .step($0) } ?? last.map { .last($0) } ?? .all
             let inspection = try ReadDeadline.reading(log) { try RoutingLogInspection(path: log, layer: layer, selection: selection) }
             if let svg { try inspection.writeHeatmapSVG(to: svg) }

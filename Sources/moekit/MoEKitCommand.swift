@@ -66,6 +66,8 @@ func oneLine(_ text: String) -> String {
 /// (outputs are renamed into place only when complete).
 enum CLISignals {
     nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+    /// A child process to end with this one (`IsolatedLogRead`), 0 when none.
+    nonisolated(unsafe) static var childProcess: pid_t = 0
 
     static func installCleanupHandlers() {
         guard sources.isEmpty else { return }
@@ -73,6 +75,7 @@ enum CLISignals {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
             source.setEventHandler {
+                if childProcess > 0 { kill(childProcess, SIGKILL) }
                 TemporaryPaths.removeAll()
                 let message = "moekit: interrupted, temporary files removed\n"
                 message.withCString { _ = write(STDERR_FILENO, $0, strlen($0)) }

@@ -66,9 +66,8 @@ struct TraceCommand: ParsableCommand {
             options.perToken = perToken
             options.logPath = noLog ? nil : log
             options.mode = append ? .append : force ? .replace : .create
-            // The log to append to is read once under the read deadline (HDF5 can loop forever on
-            // damaged metadata) before the writer opens it.
-            if append, let log, FileManager.default.fileExists(atPath: log) { _ = try ReadDeadline.reading(log) { try RoutingLogReader(path: log) } }
+            // The log to append to is first read by a child process (HDF5 can crash or loop on damaged metadata).
+            if append, let log { try IsolatedLogRead.check(log) }
             let tracer = try RoutingTracer(model: model, options: options)
             let terminal = isatty(STDERR_FILENO) == 1
             var lastLine = Date.distantPast

@@ -159,6 +159,8 @@ struct TrainCommand: ParsableCommand {
             try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: "training with --batch \(batch) × --seq \(seq)") {
                 MemoryEstimate.trainingBytes($0, batch: batch, seq: seq)
             }
+            // --resume appends to the log: check it can be read without HDF5 failing on it.
+            if resume, let log { try IsolatedLogRead.check(log) }
             let trainer = try Trainer(modelDirectory: modelDirectory, dataPath: data, outputDirectory: out, logPath: log,
                                       options: try makeOptions(), resume: resume, replaceExisting: force)
             let kind = trainer.model.configurableRouter.map { "MoE, \($0.experts) experts, top-\($0.topK)" } ?? "dense"

@@ -132,8 +132,11 @@ def test_sigterm_ends_a_process_blocked_inside_hdf5(moekit, tmp_path):
     H5_term_library atexit handler then waited for that lock forever."""
     fifo = tmp_path / "log.h5"
     os.mkfifo(fifo)
+    # inspect reads in a child process; MOEKIT_LOG_READER_CHILD makes this process the reader.
+    environment = dict(os.environ, MOEKIT_LOG_READER_CHILD="1")
     for _ in range(2):
-        process = subprocess.Popen([moekit, "inspect", str(fifo)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen([moekit, "inspect", str(fifo)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   env=environment)
         # Wait until the process sleeps in open() of the FIFO, called by HDF5 (wchan fifo_open's wait).
         deadline = time.time() + 20
         while time.time() < deadline and "wait_for_partner" not in open(f"/proc/{process.pid}/wchan").read():
@@ -148,6 +151,15 @@ def test_sigterm_ends_a_process_blocked_inside_hdf5(moekit, tmp_path):
         stderr = process.stderr.read()
         assert status == 128 + signal.SIGTERM, (status, stderr)
         assert "interrupted" in stderr
+    # Without it, SIGTERM to inspect ends its reader child too.
+    process = subprocess.Popen([moekit, "inspect", str(fifo)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=3) == 128 + signal.SIGTERM
+    time.sleep(0.2)
+    assert children and not any(os.path.exists(f"/proc/{child}") and "zombie" not in open(f"/proc/{child}/status").read().lower()
+                                for child in children)
 
 
 def test_sigterm_ends_trace_and_removes_its_temporary_files(moekit, moe_log, tmp_path):
@@ -332,12 +344,22 @@ def test_npy_whose_shape_overflows_says_so(moekit, tiny, tmp_path):
 
 def test_log_on_which_hdf5_itself_loops_gives_an_error(moekit, fixtures_dir, moe_log, tmp_path):
     """Found by the routing-log fuzz target: a damaged global heap makes HDF5's H5Aread of a string
-    attribute spin forever (inside libhdf5, which cannot be interrupted). The CLI's read deadline
-    answers with one error line naming the file, in about 4 s."""
+    attribute spin forever, or crash with SIGSEGV (inside libhdf5, which cannot be interrupted or
+    recovered). inspect reads in a child process under a read deadline and answers with one error
+    line naming the file, in about 4 s."""
     log = os.path.join(fixtures_dir, "damaged-logs", "global-heap-loop.h5")
     result, seconds = run(moekit, "inspect", log, timeout=20)
     assert_clean_failure(result, log, "did not finish")
     assert seconds < 8
+    crash = os.path.join(fixtures_dir, "damaged-logs", "global-heap-crash.h5")
+    result, seconds = run(moekit, "inspect", crash, timeout=20)
+    assert_clean_failure(result, crash, "crashed")
+    for arguments in [["trace", moe_log[0] / "moe", "--tokens-file", moe_log[2], "--log"], ["train", moe_log[0] / "moe", "--data", moe_log[2],
+                      "--steps", 2, "--batch", 1, "--seq", 8, "--lr", 0.01, "--out", tmp_path / "out", "--resume", "--log"]]:
+        copy = tmp_path / "copy.h5"
+        shutil.copy(crash, copy)
+        result, _ = run(moekit, *arguments, copy, *(["--append"] if arguments[0] == "trace" else []), "--quiet", timeout=30)
+        assert_clean_failure(result, copy)
     appended = tmp_path / "append.h5"
     shutil.copy(log, appended)
     root, _, tokens = moe_log
