@@ -56,33 +56,47 @@ func oneLine(_ text: String) -> String {
     return String(scalars)
 }
 
-/// On SIGINT/SIGTERM, removes temporary outputs in progress and then ends the process with
-/// `_exit`, so an interrupted run leaves nothing half-written and always ends.
+/// On SIGINT/SIGTERM, ends any child reader, removes temporary outputs in progress and then ends
+/// the process with `_exit`, so an interrupted run leaves nothing half-written and always ends.
 ///
-/// The handler runs on a dispatch queue thread (not in signal context), so removing files is safe.
+/// A plain `sigaction` handler does the one async-signal-safe thing, writing the signal number to
+/// a pipe; a dedicated thread reads it, cleans up and calls `_exit`. Whichever thread the kernel
+/// picks (OpenBLAS's workers exist before `main`), the signal is caught: ignoring it and listening
+/// with a dispatch signal source lost it when it landed on a thread that had not blocked it, and an
+/// interrupted upcycle then ran to completion (the flaky `test_interrupted_upcycle_leaves_nothing_behind`).
 /// It must not call `exit()`: that runs the atexit handlers, and HDF5's `H5_term_library` then
 /// waits for the library lock that the main thread holds while it is inside an HDF5 call, which
 /// deadlocked `inspect` on a damaged log. `_exit` runs no handlers; nothing else needs flushing
 /// (outputs are renamed into place only when complete).
 enum CLISignals {
-    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+    nonisolated(unsafe) private static var pipeWriteEnd: Int32 = -1
     /// A child process to end with this one (`IsolatedLogRead`), 0 when none.
     nonisolated(unsafe) static var childProcess: pid_t = 0
 
     static func installCleanupHandlers() {
-        guard sources.isEmpty else { return }
+        guard pipeWriteEnd < 0 else { return }
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { return }
+        let readEnd = ends[0]
+        pipeWriteEnd = ends[1]
+        Thread.detachNewThread {
+            var signalNumber: Int32 = 0
+            while read(readEnd, &signalNumber, MemoryLayout<Int32>.size) != MemoryLayout<Int32>.size {}
+            if childProcess > 0 { kill(childProcess, SIGKILL) }
+            TemporaryPaths.removeAll()
+            let message = "moekit: interrupted, temporary files removed\n"
+            message.withCString { _ = write(STDERR_FILENO, $0, strlen($0)) }
+            _exit(128 + signalNumber)
+        }
         for signalNumber in [SIGINT, SIGTERM] {
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler {
-                if childProcess > 0 { kill(childProcess, SIGKILL) }
-                TemporaryPaths.removeAll()
-                let message = "moekit: interrupted, temporary files removed\n"
-                message.withCString { _ = write(STDERR_FILENO, $0, strlen($0)) }
-                _exit(128 + signalNumber)
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { received in
+                var number = received
+                _ = write(CLISignals.pipeWriteEnd, &number, MemoryLayout<Int32>.size)
             }
-            source.resume()
-            sources.append(source)
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = SA_RESTART
+            sigaction(signalNumber, &action, nil)
         }
     }
 }

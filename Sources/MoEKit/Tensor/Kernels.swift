@@ -110,16 +110,21 @@ public enum Kernels {
         let headDim = rotary.headDim
         let half = headDim / 2
         precondition(x.columns == heads * headDim && x.rows == positions.count, "RoPE: shape \(x.shape) vs \(heads)×\(headDim), \(positions.count) positions")
+        // cos/sin of the precomputed table, or computed for exactly these rows' positions (a table
+        // up to the largest position would cost O(max position) per call: a decode step deep into a
+        // long context, or a hostile max_position_embeddings).
         let needed = (positions.max() ?? 0) + 1
-        let table = needed <= rotary.precomputedPositions ? (cos: rotary.cosines, sin: rotary.sines) : rotary.table(upTo: needed)
+        let precomputed = needed <= rotary.precomputedPositions
+        let table = precomputed ? (cos: rotary.cosines, sin: rotary.sines) : rotary.table(for: positions)
         let columns = x.columns
         let sinSign: Float = inverse ? -1 : 1
         x.values.withUnsafeMutableBufferPointer { px in
             table.cos.withUnsafeBufferPointer { pc in
                 table.sin.withUnsafeBufferPointer { ps in
                     for (t, position) in positions.enumerated() {
-                        let c = pc.baseAddress! + position * half
-                        let s = ps.baseAddress! + position * half
+                        let row = precomputed ? position : t
+                        let c = pc.baseAddress! + row * half
+                        let s = ps.baseAddress! + row * half
                         for h in 0 ..< heads {
                             let v = px.baseAddress! + t * columns + h * headDim
                             for i in 0 ..< half {
@@ -163,6 +168,21 @@ public struct RotaryEmbedding: Sendable {
     /// `cat(freqs, freqs)` repeats the first, so half the table suffices).
     public func table(upTo positions: Int) -> (cos: [Float], sin: [Float]) {
         Self.table(upTo: positions, headDim: headDim, inverseFrequencies: inverseFrequencies)
+    }
+
+    /// cos and sin of `positions[r] · inv_freq_i`, `[positions.count, d/2]` each: row r for row r's position.
+    public func table(for positions: [Int]) -> (cos: [Float], sin: [Float]) {
+        let half = headDim / 2
+        var cosines = [Float](repeating: 0, count: positions.count * half)
+        var sines = [Float](repeating: 0, count: positions.count * half)
+        for (row, p) in positions.enumerated() {
+            for i in 0 ..< half {
+                let angle = Float(p) * inverseFrequencies[i]  // f32 product, as torch.outer in f32
+                cosines[row * half + i] = Float(Foundation.cos(Double(angle)))
+                sines[row * half + i] = Float(Foundation.sin(Double(angle)))
+            }
+        }
+        return (cosines, sines)
     }
 
     static func table(upTo positions: Int, headDim: Int, inverseFrequencies: [Float]) -> (cos: [Float], sin: [Float]) {
