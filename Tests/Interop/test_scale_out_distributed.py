@@ -2,7 +2,7 @@
 Trainer on the exported tiny Mixtral with moekit_routing.RoutingLogCallback. The log's counts equal a
 single-process recomputation over the same batches from the same weights (and the language-model
 loss the batch mean of both ranks' tokens), its schema is MoEKit's (h5py with SWMR), and `moekit
-inspect` reads it."""
+inspect` and both notebooks read it."""
 import json
 import os
 import socket
@@ -16,6 +16,7 @@ import torch
 from transformers import MixtralForCausalLM
 
 from scale_out_models import write_minicpm
+from test_train import execute_notebook
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
@@ -96,6 +97,13 @@ def test_torchrun_two_ranks_log_equals_single_process_recomputation(tmp_path, ru
             assert np.array_equal(coactivation[s - 1, layer], coactivation[s - 1, layer].T)
 
     summary = json.loads(run_moekit("inspect", str(log), "--json").stdout)
-    assert len(summary["layers"]) == L
-    text = run_moekit("inspect", str(log)).stdout
-    assert "layer 0" in text.lower() or "layer" in text.lower()
+    assert len(summary["layers"]) == L and summary["training"]
+    assert "MixtralForCausalLM" in run_moekit("inspect", str(log)).stdout
+
+    # Both notebooks read it (the training one without domains plots loss and load, not specialisation).
+    images, text = execute_notebook("training-analysis.ipynb", {"MOEKIT_TRAINING_LOG": str(log),
+                                                                "MOEKIT_DENSE_LOG": str(tmp_path / "absent.h5")}, tmp_path)
+    assert len(images) == 2 and "invariants hold" in text and "no domain counts" in text
+    images, text = execute_notebook("routing-analysis.ipynb", {"MOEKIT_ROUTING_LOG": str(log)}, tmp_path)
+    assert len(images) == 3 and f"{STEPS} complete steps" in text
+

@@ -160,20 +160,32 @@ extension ShardedSafetensorsWriter {
     public func appendTensor(_ name: String, from checkpoint: ModelCheckpoint, as dtype: SafetensorsDType,
                              reporter: ProgressReporter? = nil) throws {
         let info = try checkpoint.info(name)
+        guard info.dtype == dtype else {
+            try appendTensor(name, from: checkpoint, reporter: reporter) { _ in }
+            return
+        }
         defer { checkpoint.release(name) }
-        if info.dtype != dtype && !info.dtype.isConvertibleToFloat { throw checkpoint.unsupportedDType(name) }
         try checkpoint.withBytes(name) { raw in
-            if info.dtype == dtype {
-                let chunkBytes = 64 << 20
-                var start = 0
-                while start < raw.count {
-                    let end = min(raw.count, start + chunkBytes)
-                    try append(UnsafeRawBufferPointer(rebasing: raw[start ..< end]))
-                    reporter?.update(bytesDone: tensorBytesWritten)
-                    start = end
-                }
-                return
+            let chunkBytes = 64 << 20
+            var start = 0
+            while start < raw.count {
+                let end = min(raw.count, start + chunkBytes)
+                try append(UnsafeRawBufferPointer(rebasing: raw[start ..< end]))
+                reporter?.update(bytesDone: tensorBytesWritten)
+                start = end
             }
+        }
+    }
+
+    /// Appends the checkpoint tensor `name` as `nextTensor`, decoded to f32 in 1 M-element chunks,
+    /// each passed to `transform` to change in place (e.g. `moekit export`'s folds) and then
+    /// encoded to the tensor's storage dtype. The source pages are released afterwards.
+    public func appendTensor(_ name: String, from checkpoint: ModelCheckpoint, reporter: ProgressReporter? = nil,
+                             transform: (UnsafeMutableBufferPointer<Float>) throws -> Void) throws {
+        let info = try checkpoint.info(name)
+        defer { checkpoint.release(name) }
+        guard info.dtype.isConvertibleToFloat else { throw checkpoint.unsupportedDType(name) }
+        try checkpoint.withBytes(name) { raw in
             let chunk = 1 << 20
             let count = info.elementCount
             var buffer = [Float](repeating: 0, count: min(chunk, max(count, 1)))
@@ -184,6 +196,7 @@ extension ShardedSafetensorsWriter {
                     let slice = UnsafeMutableBufferPointer(rebasing: values[..<n])
                     SafetensorsFile.decode(UnsafeRawBufferPointer(rebasing: raw[start * info.dtype.size ..< (start + n) * info.dtype.size]),
                                            dtype: info.dtype, into: slice)
+                    try transform(slice)
                     try append(floats: UnsafeBufferPointer(slice))
                 }
                 start += n

@@ -27,7 +27,8 @@ public enum ExportFormat: String, Sendable, CaseIterable {
     }
 }
 
-/// How MoEKit's router maps onto Mixtral's (or Qwen2-MoE's) config, or which setting it cannot express.
+/// How MoEKit's router maps onto the config of a Mixtral, Qwen2-MoE or GLM-4.5-MoE export, or which
+/// setting that format cannot express.
 ///
 /// Mixtral routes exactly as MiniCPM-MoE: softmax over all experts in f32, top-k, the k weights
 /// divided by their sum (`softmax_over_selected` is the same function). Its training loss has one
@@ -36,8 +37,10 @@ public enum ExportFormat: String, Sendable, CaseIterable {
 /// (balanced 1 each). Matching the two at balance gives router_aux_loss_coef = α · L / k (α · L for
 /// MoEKit's `hugging_face` per-layer loss, which scores k itself). Pooling makes the gradients differ
 /// when layers balance differently; see docs/scale-out.md. Qwen2-MoE routes the same way and
-/// also computes softmax → top-k without renormalising (`norm_topk_prob` false), with the same loss.
-public struct MixtralRouting: Sendable, Equatable {
+/// also computes softmax → top-k without renormalising (`norm_topk_prob` false), with the same loss;
+/// GLM-4.5-MoE computes sigmoid → top-k of the scores plus the selection bias → renormalised or not
+/// → × `routed_scaling_factor` (DeepSeek-V3's router, MoEKit's `scoring: sigmoid`).
+public struct ExportRouting: Sendable, Equatable {
     public var routerAuxiliaryLossCoefficient: Double
     /// Mixtral's `router_jitter_noise`: the same multiplicative U(1−ε, 1+ε) input jitter as `input_jitter`.
     public var jitterNoise: Double
@@ -117,7 +120,7 @@ public enum ArchitectureConfigKeys {
     /// The keys beyond `MiniCPMConfig`'s typed fields that make `config` (already neutral: no
     /// MiniCPM scalars) a `format` config. Token ids and `initializer_range` are kept from `keys`.
     public static func otherKeys(_ keys: [String: JSONValue], config: MiniCPMConfig, format: ExportFormat,
-                                 routing: MixtralRouting?) -> [String: JSONValue] {
+                                 routing: ExportRouting?) -> [String: JSONValue] {
         var object = keys.filter { !architectureSpecific.contains($0.key) }
         object["model_type"] = .string(format.architecture.rawValue)
         object["architectures"] = .array([.string(format.architecture.causalLMClassName)])

@@ -105,7 +105,7 @@ public struct ExportPlan: @unchecked Sendable {
 
         // Dense or MoE, and the router.
         var notes: [String] = []
-        var routing: MixtralRouting?
+        var routing: ExportRouting?
         switch format {
         case .llama where config.isMoE:
             throw .wrongKind(directory: directory, format: "llama", reason: "it is an MoE (num_experts \(config.numExperts ?? 0)); use --format mixtral")
@@ -116,7 +116,7 @@ public struct ExportPlan: @unchecked Sendable {
             do { router = try RouterConfiguration(modelConfig: config, path: directory + "/config.json") } catch {
                 throw .checkpoint(.invalidField(path: directory + "/config.json", field: RouterConfiguration.configKey, reason: error.localizedDescription))
             }
-            let mapped = try MixtralRouting(router, layers: config.numHiddenLayers, modelTopK: config.numExpertsPerToken ?? 2,
+            let mapped = try ExportRouting(router, layers: config.numHiddenLayers, modelTopK: config.numExpertsPerToken ?? 2,
                                             biasIsZero: biasIsZero, path: directory + "/config.json", format: format)
             if format == .qwen2MoE && mapped.jitterNoise != 0 { notes.append("input_jitter (training only) is not in Qwen2-MoE's config") }
             notes += mapped.notes
@@ -185,7 +185,7 @@ public struct ExportPlan: @unchecked Sendable {
             }
         }
         // MiniCPM keeps MoEKit's router biases; GLM-4.5-MoE holds them as e_score_correction_bias (f32,
-        // zero when the source has none); the other formats cannot hold them (MixtralRouting refused
+        // zero when the source has none); the other formats cannot hold them (ExportRouting refused
         // a bias that is used).
         if format == .minicpm {
             for name in storedBiases { try plan(name, from: name, scale: 1, fold: nil) }

@@ -90,29 +90,12 @@ public enum Exporter {
     /// Writes `tensor.sourceName · tensor.scale`, each element rounded once from the exact product.
     static func appendFolded(_ tensor: ExportPlan.PlannedTensor, from checkpoint: ModelCheckpoint, to writer: ShardedSafetensorsWriter,
                              accumulator: inout FoldAccumulator, reporter: ProgressReporter) throws {
-        let info = try checkpoint.info(tensor.sourceName)
-        defer { checkpoint.release(tensor.sourceName) }
-        let count = info.elementCount, chunk = 1 << 20
-        var buffer = [Float](repeating: 0, count: min(chunk, max(count, 1)))
         accumulator.tensors += 1
-        try checkpoint.withBytes(tensor.sourceName) { raw in
-            var start = 0
-            while start < count {
-                let n = min(chunk, count - start)
-                try buffer.withUnsafeMutableBufferPointer { (values) in
-                    let slice = UnsafeMutableBufferPointer(rebasing: values[..<n])
-                    SafetensorsFile.decode(UnsafeRawBufferPointer(rebasing: raw[start * info.dtype.size ..< (start + n) * info.dtype.size]),
-                                           dtype: info.dtype, into: slice)
-                    for i in 0 ..< n {
-                        let exact = Double(slice[i]) * tensor.scale
-                        let written = Float(exact)
-                        slice[i] = written
-                        accumulator.add(exact: exact, stored: storedValue(written, as: tensor.dtype))
-                    }
-                    try writer.append(floats: UnsafeBufferPointer(slice))
-                }
-                start += n
-                reporter.update(bytesDone: writer.tensorBytesWritten)
+        try writer.appendTensor(tensor.sourceName, from: checkpoint, reporter: reporter) { values in
+            for i in values.indices {
+                let exact = Double(values[i]) * tensor.scale
+                values[i] = Float(exact)
+                accumulator.add(exact: exact, stored: storedValue(values[i], as: tensor.dtype))
             }
         }
     }
