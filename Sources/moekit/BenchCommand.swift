@@ -140,7 +140,7 @@ struct BenchCommand: ParsableCommand {
             if let denseModel, let moeModel {
                 print("models: \(denseModel) and \(moeModel) (\(config.numHiddenLayers) layers, hidden \(config.hiddenSize), intermediate \(config.intermediateSize), weights mapped in their stored dtype); MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
             } else {
-                print("shapes: \(shapeName) hidden \(config.hiddenSize), intermediate \(config.intermediateSize), \(layers) layers; MoE \(experts) experts, top-\(topK); \(options.repeats) runs per case")
+                print("shapes: \(shapeName) hidden \(config.hiddenSize), intermediate \(config.intermediateSize); MoE \(experts) experts, top-\(topK); \(layers) layers; \(options.repeats) runs per case")
                 if options.modelLevel && ThroughputBenchmark(options: options).expertsShareMemory {
                     print("note: the in-memory MoE's experts share the dense MLP's f32 memory (copies would exceed half the RAM); use --dense-model/--moe-model for real checkpoints")
                 }
