@@ -31,12 +31,16 @@ build() {
     if [[ -x $BINARY ]] && [[ -z $(find Sources/MoEKit Fuzz/FuzzTargets.swift -newer "$BINARY" -name '*.swift' | head -1) ]]; then
         return 0
     fi
-    mkdir -p "$OUT"
+    mkdir -p "$OUT/CMachinePeak"
     echo "fuzz: compiling $BINARY (${#sources[@]} MoEKit sources, -sanitize=fuzzer,address)"
+    # The package's C target, built as SwiftPM builds it: an object file and a module map over its header.
+    printf 'module CMachinePeak {\n  header "%s"\n  export *\n}\n' "$PWD/Sources/CMachinePeak/include/machine_peak.h" > "$OUT/CMachinePeak/module.modulemap"
+    "${CLANG:-$(dirname "$(command -v "$SWIFTC")")/clang}" -O2 -c Sources/CMachinePeak/machine_peak.c -I Sources/CMachinePeak/include \
+        -o "$OUT/CMachinePeak/machine_peak.o"
     # shellcheck disable=SC2046
     "$SWIFTC" -parse-as-library -module-name MoEKit -O -sanitize=fuzzer,address \
-        -I Sources/CHDF5 -I Sources/COpenBLAS $(pkg-config --cflags hdf5 openblas | sed 's/-I/-Xcc -I/g') \
-        "${sources[@]}" Fuzz/FuzzTargets.swift \
+        -I Sources/CHDF5 -I Sources/COpenBLAS -I "$OUT/CMachinePeak" $(pkg-config --cflags hdf5 openblas | sed 's/-I/-Xcc -I/g') \
+        "${sources[@]}" Fuzz/FuzzTargets.swift "$OUT/CMachinePeak/machine_peak.o" \
         $(pkg-config --libs hdf5 openblas) -o "$BINARY.tmp" 2>&1 | grep -v "warning: Cannot export local symbol" || true
     [[ -x $BINARY.tmp ]] || { echo "fuzz: build failed" >&2; exit 1; }
     mv "$BINARY.tmp" "$BINARY"
