@@ -120,6 +120,28 @@ final class WeightBytes {
         #expect(owned.weights.parameterTensors == mapped.weights.parameterTensors)
     }
 
+    /// `logits(for:batchTokens:)` runs whole sequences in batches (a sequence longer than the batch
+    /// alone) and gives the logits of one call over all of them, in input order.
+    @Test(arguments: [1, 5, 9, 1000])
+    func batchedLogitsEqualOneCall(batchTokens: Int) throws {
+        let config = SmallModels.config(experts: 4)
+        let model = try SmallModels.model(config, weights: SmallModels.weights(for: config, seed: 63))
+        let sequences = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15]]
+        let whole = try model.logits(for: sequences)
+        let batched = try model.logits(for: sequences, batchTokens: batchTokens)
+        #expect(batched.shape == whole.shape && isClose(batched, whole, relativeTolerance: 1e-5))
+    }
+
+    /// Inference's memory estimate counts what stays in anonymous memory: at the 8x2B's shapes a
+    /// 4,096-token batch fits in the 6 GB target, where an f32 copy of the weights would need 54 GB.
+    @Test func forwardEstimateLeavesMappedWeightsOut() throws {
+        var config = MiniCPMPreset.minicpm2_4b.config
+        config.numExperts = 8
+        config.numExpertsPerToken = 2
+        #expect(MemoryEstimate.modelBytes(config) > 50_000_000_000)
+        #expect(MemoryEstimate.forwardBytes(config, tokens: 4096, sequence: 128) < 6_000_000_000)
+    }
+
     /// Hugging Face's rule for heads: with tie_word_embeddings the head is the embedding, even
     /// when the checkpoint also stores an lm_head.weight; untied, the stored lm_head.
     @Test func tiedEmbeddingsIgnoreAStoredHead() throws {
