@@ -26,9 +26,12 @@ let package = Package(
         ),
         // FMA-throughput loops (AVX-512F, AVX2+FMA) that measure the CPU's peak f32 FLOP/s for `moekit bench`.
         .target(name: "CMachinePeak"),
+        // Products with bf16/f16 weights read in place (decode GEMV) and AVX512-BF16 dot products
+        // (`--compute bf16`), with AVX-512, AVX2 and portable paths chosen at run time.
+        .target(name: "CMoEKernels"),
         .target(
             name: "MoEKit",
-            dependencies: ["COpenBLAS", "CHDF5", "CMachinePeak"]
+            dependencies: ["COpenBLAS", "CHDF5", "CMachinePeak", "CMoEKernels"]
         ),
         .executableTarget(
             name: "moekit",
@@ -39,7 +42,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MoEKitTests",
-            dependencies: ["MoEKit", "COpenBLAS", "CHDF5"],
+            dependencies: ["MoEKit", "COpenBLAS", "CHDF5", "CMoEKernels"],
             exclude: []
         ),
     ]

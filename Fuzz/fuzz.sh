@@ -28,19 +28,21 @@ MOEKIT=${MOEKIT:-.build/release/moekit}
 build() {
     local sources
     mapfile -t sources < <(find Sources/MoEKit -name '*.swift' | sort)
-    if [[ -x $BINARY ]] && [[ -z $(find Sources/MoEKit Fuzz/FuzzTargets.swift -newer "$BINARY" -name '*.swift' | head -1) ]]; then
+    if [[ -x $BINARY ]] && [[ -z $(find Sources/MoEKit Sources/CMachinePeak Sources/CMoEKernels Fuzz/FuzzTargets.swift -newer "$BINARY" \( -name '*.swift' -o -name '*.[ch]' \) | head -1) ]]; then
         return 0
     fi
-    mkdir -p "$OUT/CMachinePeak"
+    mkdir -p "$OUT/CMachinePeak" "$OUT/CMoEKernels"
     echo "fuzz: compiling $BINARY (${#sources[@]} MoEKit sources, -sanitize=fuzzer,address)"
-    # The package's C target, built as SwiftPM builds it: an object file and a module map over its header.
+    # The package's C targets, built as SwiftPM builds them: an object file and a module map over each header.
+    local clang=${CLANG:-$(dirname "$(command -v "$SWIFTC")")/clang}
     printf 'module CMachinePeak {\n  header "%s"\n  export *\n}\n' "$PWD/Sources/CMachinePeak/include/machine_peak.h" > "$OUT/CMachinePeak/module.modulemap"
-    "${CLANG:-$(dirname "$(command -v "$SWIFTC")")/clang}" -O2 -c Sources/CMachinePeak/machine_peak.c -I Sources/CMachinePeak/include \
-        -o "$OUT/CMachinePeak/machine_peak.o"
+    "$clang" -O2 -c Sources/CMachinePeak/machine_peak.c -I Sources/CMachinePeak/include -o "$OUT/CMachinePeak/machine_peak.o"
+    printf 'module CMoEKernels {\n  header "%s"\n  export *\n}\n' "$PWD/Sources/CMoEKernels/include/moe_kernels.h" > "$OUT/CMoEKernels/module.modulemap"
+    "$clang" -O2 -c Sources/CMoEKernels/moe_kernels.c -I Sources/CMoEKernels/include -o "$OUT/CMoEKernels/moe_kernels.o"
     # shellcheck disable=SC2046
     "$SWIFTC" -parse-as-library -module-name MoEKit -O -sanitize=fuzzer,address \
-        -I Sources/CHDF5 -I Sources/COpenBLAS -I "$OUT/CMachinePeak" $(pkg-config --cflags hdf5 openblas | sed 's/-I/-Xcc -I/g') \
-        "${sources[@]}" Fuzz/FuzzTargets.swift "$OUT/CMachinePeak/machine_peak.o" \
+        -I Sources/CHDF5 -I Sources/COpenBLAS -I "$OUT/CMachinePeak" -I "$OUT/CMoEKernels" $(pkg-config --cflags hdf5 openblas | sed 's/-I/-Xcc -I/g') \
+        "${sources[@]}" Fuzz/FuzzTargets.swift "$OUT/CMachinePeak/machine_peak.o" "$OUT/CMoEKernels/moe_kernels.o" \
         $(pkg-config --libs hdf5 openblas) -o "$BINARY.tmp" 2>&1 | grep -v "warning: Cannot export local symbol" || true
     [[ -x $BINARY.tmp ]] || { echo "fuzz: build failed" >&2; exit 1; }
     mv "$BINARY.tmp" "$BINARY"

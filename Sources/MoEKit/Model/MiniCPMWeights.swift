@@ -228,6 +228,9 @@ public struct MiniCPMWeights: Sendable {
     /// Zeros of every parameter's shape (gradients, optimiser moments).
     public func zeros() -> MiniCPMWeights { mapped(matrix: { $0.zeros() }, vector: { Tensor(shape: $0.shape) }) }
 
+    /// Every matrix for `precision`'s arithmetic (`Weight.forCompute(_:)`; `--compute bf16`).
+    public func forCompute(_ precision: ComputePrecision) -> MiniCPMWeights { mapped(matrix: { $0.forCompute(precision) }, vector: { $0 }) }
+
     /// Every parameter tensor in `MiniCPMLayout` order (a stacked matrix gives one tensor per
     /// stacked checkpoint tensor), as f32: owned tensors as they are (no copy), mapped ones
     /// converted. With `MiniCPMLayout(config:).entries` this pairs each with its checkpoint name.

@@ -1,15 +1,20 @@
+import CMoEKernels
+
 /// A model weight as the model holds it: a `[rows, columns]` matrix (PyTorch's `[out, in]`) or a
 /// `[n]` vector, stored as one or more blocks of whole rows ("segments"). Each segment is either
 ///
 /// - f32 values the model owns (`owned`): trained parameters (training's f32 master copies),
 ///   gradients, and weights built in memory; or
-/// - bf16, f16 or f32 elements read in place from a checkpoint's read-only memory map (`mapped`):
+/// - bf16, f16 or f32 elements read in place (`mapped`) from a checkpoint's read-only memory map
+///   (or from the bf16 copy `forCompute(.bfloat16)` rounds once from f32):
 ///   inference keeps every weight in its stored dtype, so a 27 GB bf16 model needs no 54 GB f32
 ///   copy. The mapping stays alive as long as the weight does.
 ///
-/// Compute is f32: products with a weight (`MatrixMultiply.gemm(…, timesTransposeOf:)` and
-/// `gemm(…, times:)`) convert one block of rows at a time into f32 scratch just before its GEMM,
-/// or use f32 rows in place. Several segments make one weight without copying: gate and up
+/// Compute is f32 by default: products with a weight (`MatrixMultiply.gemm(…, timesTransposeOf:)`
+/// and `gemm(…, times:)`) read bf16/f16 rows in place for a few rows of activations (decode), and
+/// otherwise convert one block of rows at a time into f32 scratch just before its GEMM, or use f32
+/// rows in place. `forCompute(.bfloat16)` opts a weight into bf16 arithmetic (see
+/// `ComputePrecision`). Several segments make one weight without copying: gate and up
 /// projections are stacked once, at load, into the fused `[2I, H]` weight of a SwiGLU layer.
 public struct Weight: @unchecked Sendable {
     /// The element types a mapped segment can hold.
@@ -62,8 +67,10 @@ public struct Weight: @unchecked Sendable {
     /// `[rows, columns]` or `[columns]`.
     public let shape: [Int]
     public private(set) var segments: [Segment]
-    /// What keeps mapped segments' memory alive (their checkpoints).
+    /// What keeps mapped segments' memory alive (their checkpoints, or a rounded bf16 copy).
     private let owners: [AnyObject]
+    /// The arithmetic of products with this weight (`forCompute(_:)`); owned f32 weights are f32.
+    public private(set) var computePrecision = ComputePrecision.float32
 
     public var rows: Int { shape.count <= 1 ? 1 : shape[0] }
     public var columns: Int { shape.last ?? 1 }
@@ -90,9 +97,51 @@ public struct Weight: @unchecked Sendable {
     public init(stacking parts: [Weight]) {
         precondition(!parts.isEmpty && parts.allSatisfy { $0.shape.count == 2 && $0.columns == parts[0].columns },
                      "stacked weights must be matrices with equal columns")
+        precondition(parts.allSatisfy { $0.computePrecision == parts[0].computePrecision }, "stacked weights must compute alike")
         shape = [parts.reduce(0) { $0 + $1.rows }, parts[0].columns]
         segments = parts.flatMap(\.segments)
         owners = parts.flatMap(\.owners)
+        computePrecision = parts[0].computePrecision
+    }
+
+    /// This weight for `precision`'s arithmetic. For `.bfloat16`, bf16 segments stay where they are
+    /// (a checkpoint's memory map) and other segments are rounded once (nearest, ties to even) into
+    /// a bf16 copy the weight keeps; `.float32` only changes the arithmetic (values already rounded
+    /// stay rounded). Vectors are returned unchanged.
+    public func forCompute(_ precision: ComputePrecision) -> Weight {
+        guard shape.count == 2 else { return self }
+        guard precision == .bfloat16 else {
+            var copy = self
+            copy.computePrecision = precision
+            return copy
+        }
+        var newOwners = owners
+        let newSegments: [Segment] = segments.map { segment in
+            if case .mapped(_, _, .bfloat16) = segment { return segment }
+            let storage = BFloat16Storage(count: segment.rows * columns)
+            var floats = [Float].uninitialized(count: max(1, min(segment.rows * columns, 1 << 20)))
+            let rowsPerBlock = max(1, floats.count / max(columns, 1))
+            floats.withUnsafeMutableBufferPointer { scratch in
+                for first in stride(from: 0, to: segment.rows, by: rowsPerBlock) {
+                    let rows = first ..< min(segment.rows, first + rowsPerBlock)
+                    Self.decode(segment, rows: rows, columns: columns, into: scratch.baseAddress!)
+                    moekit_round_to_bf16(scratch.baseAddress!, storage.bits + first * columns, rows.count * columns)
+                }
+            }
+            newOwners.append(storage)
+            return .mapped(base: UnsafeRawPointer(storage.bits), rows: segment.rows, elementType: .bfloat16)
+        }
+        var result = Weight(stackingSegments: newSegments, shape: shape, owners: newOwners)
+        result.computePrecision = .bfloat16
+        return result
+    }
+
+    /// bf16 elements `forCompute(.bfloat16)` rounded from f32, freed with the last weight using them.
+    private final class BFloat16Storage {
+        let bits: UnsafeMutablePointer<UInt16>
+
+        init(count: Int) { bits = .allocate(capacity: max(count, 1)) }
+        deinit { bits.deallocate() }
     }
 
     /// Whether every segment is owned f32 (a trained parameter or a gradient).
@@ -140,10 +189,10 @@ public struct Weight: @unchecked Sendable {
         }, shape: shape)
     }
 
-    private init(stackingSegments segments: [Segment], shape: [Int]) {
+    private init(stackingSegments segments: [Segment], shape: [Int], owners: [AnyObject] = []) {
         self.shape = shape
         self.segments = segments
-        owners = []
+        self.owners = owners
     }
 
     /// The whole weight as one f32 tensor of `shape` (a copy; for tests, I/O and small weights).
@@ -183,12 +232,14 @@ public struct Weight: @unchecked Sendable {
     }
 
     /// Blocks of at most `maximumRows` whole rows, each inside one segment: `(segment, rows in the
-    /// segment, first global row)`.
-    func rowBlocks(maximumRows: Int) -> [(segment: Segment, rows: Range<Int>, globalStart: Int)] {
+    /// segment, first global row)`. In-place f32 segments are one block each, and so are bf16/f16
+    /// segments with `wholeHalfSegments` (read in place by the GEMV kernel).
+    func rowBlocks(maximumRows: Int, wholeHalfSegments: Bool = false) -> [(segment: Segment, rows: Range<Int>, globalStart: Int)] {
         var blocks: [(Segment, Range<Int>, Int)] = []
         var start = 0
         for segment in segments {
-            let size = segment.isInPlaceFloat ? max(segment.rows, 1) : max(1, maximumRows)
+            let whole = segment.isInPlaceFloat || (wholeHalfSegments && segment.elementType != .float32)
+            let size = whole ? max(segment.rows, 1) : max(1, maximumRows)
             for first in stride(from: 0, to: segment.rows, by: size) {
                 let range = first ..< min(segment.rows, first + size)
                 blocks.append((segment, range, start + first))

@@ -1,0 +1,271 @@
+#include "moe_kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+// MARK: CPU features
+
+int moekit_cpu_has_avx512_bf16(void) {
+    __builtin_cpu_init();
+    return (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512bf16")) ? 1 : 0;
+}
+
+int moekit_kernels_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        return MOEKIT_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return MOEKIT_ISA_AVX2;
+    return MOEKIT_ISA_PORTABLE;
+}
+
+// MARK: Portable pieces
+
+static inline uint16_t load_u16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+static inline float bits_to_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float bf16_to_f32(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
+
+// IEEE binary16 → binary32, exact (subnormals, infinities and NaNs included).
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    if (exponent == 0x1f) return bits_to_float(sign | 0x7f800000 | (mantissa << 13));
+    if (exponent == 0) {
+        float value = (float)mantissa * 0x1p-24f;
+        return sign ? -value : value;
+    }
+    return bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+static inline float widen(const unsigned char *p, int type) {
+    uint16_t h = load_u16(p);
+    return type == MOEKIT_WEIGHT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
+static inline void store(float *c, float sum, float alpha, float beta) { *c = beta == 0 ? alpha * sum : alpha * sum + beta * *c; }
+
+void moekit_round_to_bf16(const float *x, uint16_t *out, long count) {
+    for (long i = 0; i < count; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            out[i] = (uint16_t)((u >> 16) | 0x40);
+        } else {
+            out[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+    }
+}
+
+static void gemv_portable(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, const unsigned char *w,
+                          long ldw, int type, float beta, float *c, long ldc) {
+    for (long j = row_begin; j < row_end; j++) {
+        const unsigned char *row = w + 2 * j * ldw;
+        for (long i = 0; i < m; i++) {
+            const float *x = a + i * lda;
+            float sum = 0;
+            for (long p = 0; p < k; p++) sum = fmaf(widen(row + 2 * p, type), x[p], sum);
+            store(c + i * ldc + j, sum, alpha, beta);
+        }
+    }
+}
+
+// MARK: AVX-512 f32 GEMV on 16-bit weights
+
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE AVX512_TARGET __m512 widen16_avx512(__m256i h, int type) {
+    return type == MOEKIT_WEIGHT_BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+}
+
+// An MR × NR tile: MR rows of A against NR rows of W, 16 columns of k at a time. MR, NR and TYPE are
+// constants at every call, so the accumulators live in registers.
+INLINE AVX512_TARGET void gemv_tile_avx512(const int MR, const int NR, const int TYPE, long k, float alpha, const float *a, long lda,
+                                           const unsigned char *w, long ldw_bytes, float beta, float *c, long ldc) {
+    __m512 acc[4][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_ps();
+    long p = 0;
+    for (; p + 16 <= k; p += 16) {
+        __m512 wv[4];
+        for (int j = 0; j < NR; j++) wv[j] = widen16_avx512(_mm256_loadu_si256((const __m256i *)(w + j * ldw_bytes + 2 * p)), TYPE);
+        for (int i = 0; i < MR; i++) {
+            __m512 xv = _mm512_loadu_ps(a + i * lda + p);
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+        }
+    }
+    if (p < k) {
+        __mmask16 mask = (__mmask16)((1u << (k - p)) - 1);
+        __m512 wv[4];
+        for (int j = 0; j < NR; j++) wv[j] = widen16_avx512(_mm256_maskz_loadu_epi16(mask, w + j * ldw_bytes + 2 * p), TYPE);
+        for (int i = 0; i < MR; i++) {
+            __m512 xv = _mm512_maskz_loadu_ps(mask, a + i * lda + p);
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) store(c + i * ldc + j, _mm512_reduce_add_ps(acc[i][j]), alpha, beta);
+}
+
+#define GEMV_TILE(KERNEL, MR, NR, TYPE) KERNEL(MR, NR, TYPE, k, alpha, a + i * lda, lda, w + j * ldw_bytes, ldw_bytes, beta, c + i * ldc + j, ldc)
+
+// Dispatches (mr ∈ 1…4, nr ∈ {4, 1}, type) to a constant instance.
+#define GEMV_DISPATCH(KERNEL, TYPE)                                   \
+    do {                                                              \
+        if (nr == 4) {                                                \
+            switch (mr) {                                             \
+            case 4: GEMV_TILE(KERNEL, 4, 4, TYPE); break;             \
+            case 3: GEMV_TILE(KERNEL, 3, 4, TYPE); break;             \
+            case 2: GEMV_TILE(KERNEL, 2, 4, TYPE); break;             \
+            default: GEMV_TILE(KERNEL, 1, 4, TYPE); break;            \
+            }                                                         \
+        } else {                                                      \
+            switch (mr) {                                             \
+            case 4: GEMV_TILE(KERNEL, 4, 1, TYPE); break;             \
+            case 3: GEMV_TILE(KERNEL, 3, 1, TYPE); break;             \
+            case 2: GEMV_TILE(KERNEL, 2, 1, TYPE); break;             \
+            default: GEMV_TILE(KERNEL, 1, 1, TYPE); break;            \
+            }                                                         \
+        }                                                             \
+    } while (0)
+
+static AVX512_TARGET void gemv_avx512(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
+                                      const unsigned char *w, long ldw, int type, float beta, float *c, long ldc) {
+    const long ldw_bytes = 2 * ldw;
+    for (long j = row_begin; j < row_end;) {
+        const int nr = row_end - j >= 4 ? 4 : 1;
+        for (long i = 0; i < m; i += 4) {
+            const int mr = m - i >= 4 ? 4 : (int)(m - i);
+            if (type == MOEKIT_WEIGHT_BF16) GEMV_DISPATCH(gemv_tile_avx512, MOEKIT_WEIGHT_BF16);
+            else GEMV_DISPATCH(gemv_tile_avx512, MOEKIT_WEIGHT_F16);
+        }
+        j += nr;
+    }
+}
+
+// MARK: AVX2 f32 GEMV on 16-bit weights
+
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+INLINE AVX2_TARGET __m256 widen16_avx2(const unsigned char *p, int type) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return type == MOEKIT_WEIGHT_BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+INLINE AVX2_TARGET float sum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE AVX2_TARGET void gemv_tile_avx2(const int MR, const int NR, const int TYPE, long k, float alpha, const float *a, long lda,
+                                       const unsigned char *w, long ldw_bytes, float beta, float *c, long ldc) {
+    __m256 acc[4][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();
+    long p = 0;
+    for (; p + 8 <= k; p += 8) {
+        __m256 wv[4];
+        for (int j = 0; j < NR; j++) wv[j] = widen16_avx2(w + j * ldw_bytes + 2 * p, TYPE);
+        for (int i = 0; i < MR; i++) {
+            __m256 xv = _mm256_loadu_ps(a + i * lda + p);
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(wv[j], xv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++) {
+        for (int j = 0; j < NR; j++) {
+            float sum = sum_avx2(acc[i][j]);
+            for (long q = p; q < k; q++) sum = fmaf(widen(w + j * ldw_bytes + 2 * q, TYPE), a[i * lda + q], sum);
+            store(c + i * ldc + j, sum, alpha, beta);
+        }
+    }
+}
+
+static AVX2_TARGET void gemv_avx2(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
+                                  const unsigned char *w, long ldw, int type, float beta, float *c, long ldc) {
+    const long ldw_bytes = 2 * ldw;
+    for (long j = row_begin; j < row_end;) {
+        const int nr = row_end - j >= 4 ? 4 : 1;
+        for (long i = 0; i < m; i += 4) {
+            const int mr = m - i >= 4 ? 4 : (int)(m - i);
+            if (type == MOEKIT_WEIGHT_BF16) GEMV_DISPATCH(gemv_tile_avx2, MOEKIT_WEIGHT_BF16);
+            else GEMV_DISPATCH(gemv_tile_avx2, MOEKIT_WEIGHT_F16);
+        }
+        j += nr;
+    }
+}
+
+void moekit_gemv_f32_half(int isa, long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
+                          const void *w, long ldw, int weight_type, float beta, float *c, long ldc) {
+    if (m <= 0 || row_begin >= row_end) return;
+    const int best = moekit_kernels_isa();
+    if (isa > best) isa = best;
+    if (isa == MOEKIT_ISA_AVX512) gemv_avx512(m, row_begin, row_end, k, alpha, a, lda, w, ldw, weight_type, beta, c, ldc);
+    else if (isa == MOEKIT_ISA_AVX2) gemv_avx2(m, row_begin, row_end, k, alpha, a, lda, w, ldw, weight_type, beta, c, ldc);
+    else gemv_portable(m, row_begin, row_end, k, alpha, a, lda, w, ldw, weight_type, beta, c, ldc);
+}
+
+// MARK: AVX512-BF16 GEMM (vdpbf16ps)
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// An MR × NR tile of dot products over the whole k, 32 bf16 pairs' worth of k per step: each of
+// the MR·NR accumulators holds 16 partial sums, added up at the end. Both operands are read
+// k-contiguous as stored (no packing), the W rows from L1 across the A rows of a tile.
+INLINE BF16_TARGET void dpbf16_tile(const int MR, const int NR, long k, float alpha, const uint16_t *a, long lda,
+                                    const unsigned char *w, long ldw_bytes, float beta, float *c, long ldc) {
+    __m512 acc[4][6];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_ps();
+    long p = 0;
+    for (; p + 32 <= k; p += 32) {
+        __m512bh wv[6];
+        for (int j = 0; j < NR; j++) wv[j] = (__m512bh)_mm512_loadu_si512((const void *)(w + j * ldw_bytes + 2 * p));
+        for (int i = 0; i < MR; i++) {
+            __m512bh av = (__m512bh)_mm512_loadu_si512((const void *)(a + i * lda + p));
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, wv[j]);
+        }
+    }
+    if (p < k) {
+        __mmask32 mask = (__mmask32)((k - p) >= 32 ? 0xffffffffu : ((1u << (k - p)) - 1));
+        __m512bh wv[6];
+        for (int j = 0; j < NR; j++) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + j * ldw_bytes + 2 * p);
+        for (int i = 0; i < MR; i++) {
+            __m512bh av = (__m512bh)_mm512_maskz_loadu_epi16(mask, a + i * lda + p);
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, wv[j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) store(c + i * ldc + j, _mm512_reduce_add_ps(acc[i][j]), alpha, beta);
+}
+
+#define DPBF16_TILE(MR, NR) dpbf16_tile(MR, NR, k, alpha, a + i * lda, lda, wb + j * ldw_bytes, ldw_bytes, beta, c + i * ldc + j, ldc)
+
+void BF16_TARGET moekit_gemm_bf16_dpbf16(long m, long row_begin, long row_end, long k, float alpha, const uint16_t *a, long lda,
+                                         const void *w, long ldw, float beta, float *c, long ldc) {
+    const unsigned char *wb = w;
+    const long ldw_bytes = 2 * ldw;
+    for (long j = row_begin; j < row_end;) {
+        const int nr = row_end - j >= 6 ? 6 : 1;
+        for (long i = 0; i < m;) {
+            const int mr = m - i >= 4 ? 4 : 1;
+            if (nr == 6) {
+                if (mr == 4) DPBF16_TILE(4, 6);
+                else DPBF16_TILE(1, 6);
+            } else {
+                if (mr == 4) DPBF16_TILE(4, 1);
+                else DPBF16_TILE(1, 1);
+            }
+            i += mr;
+        }
+        j += nr;
+    }
+}
