@@ -46,6 +46,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Training level: tokens per sequence.")
     var seq: Int = 128
     @OptionGroup var compute: ComputeOptions
+    @Option(name: .customLong("compute"), help: ComputePrecision.help)
+    var computePrecision: ComputePrecision = .float32
     @Option(help: "Timed runs per case.")
     var repeats: Int = 5
     @Option(help: "Write the results as JSON to this file.")
@@ -64,6 +66,8 @@ struct BenchCommand: ParsableCommand {
         try OptionRanges.check("--batch", batch, OptionRanges.batch)
         try OptionRanges.check("--seq", seq, OptionRanges.sequenceLength)
         try OptionRanges.check("--batch × --seq", batch * seq, 1 ... TrainingOptions.maximumTokensPerStep)
+        try computePrecision.validateForThisCPU()
+        if computePrecision != .float32 && level == "training" { throw ValidationError("--compute bf16 is for inference: training computes in f32") }
     }
 
     /// The larger of the dense and the MoE run of the benchmark's shapes, for the memory estimate.
@@ -123,6 +127,7 @@ struct BenchCommand: ParsableCommand {
             }
             options.decodeSteps = decode
             options.repeats = max(1, repeats)
+            options.computePrecision = computePrecision
             try MemoryEstimate.check(estimatedBytes(config, tokens: options.tokenCounts.max() ?? 0, experts: experts, topK: topK), for: "bench with these shapes")
             options.layerLevel = level == "all" || level == "layer"
             options.modelLevel = level == "all" || level == "model"
@@ -145,6 +150,7 @@ struct BenchCommand: ParsableCommand {
                     print("note: the in-memory MoE's experts share the dense MLP's f32 memory (copies would exceed half the RAM); use --dense-model/--moe-model for real checkpoints")
                 }
             }
+            print("compute: \(computePrecision == .float32 ? "f32" : "bf16 (activations rounded to bf16, bf16 weights, f32 sums: vdpbf16ps)")")
             print(BenchTable.header)
             let results = try ThroughputBenchmark(options: options).run { print(BenchTable.row($0, ceilings: ceilings)) }
             print(BenchTable.summary(results))

@@ -31,8 +31,12 @@ struct ForwardCommand: ParsableCommand {
                                discussion: "Weights stay in their stored dtype (bf16 too), read from the memory map; memory holds one batch's activations and the logits."))
     var batchTokens: Int = 4096
 
+    @Option(name: .customLong("compute"), help: ComputePrecision.help)
+    var computePrecision: ComputePrecision = .float32
+
     func validate() throws {
         try OptionRanges.check("--batch-tokens", batchTokens, OptionRanges.tokensPerCall)
+        try computePrecision.validateForThisCPU()
     }
 
     @OptionGroup var compute: ComputeOptions
@@ -47,6 +51,7 @@ struct ForwardCommand: ParsableCommand {
             }
             let start = Date()
             let model = try MiniCPMModel(directory: modelDirectory)
+            if computePrecision != .float32 { model.weights = model.weights.forCompute(computePrecision) }
             if let router {
                 guard model.config.isMoE else { throw ValidationError("--router needs a MiniCPM-MoE model; \(modelDirectory) is dense") }
                 try model.useRouter(RouterConfiguration(text: router))

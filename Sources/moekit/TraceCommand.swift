@@ -39,6 +39,9 @@ struct TraceCommand: ParsableCommand {
     @Flag(help: "Run the same batches without logging (to measure logging overhead).")
     var noLog = false
 
+    @Option(name: .customLong("compute"), help: ComputePrecision.help)
+    var computePrecision: ComputePrecision = .float32
+
     @OptionGroup var compute: ComputeOptions
 
     @Flag(help: "No progress line.")
@@ -49,6 +52,7 @@ struct TraceCommand: ParsableCommand {
         if log == nil && !noLog { throw ValidationError("--log is required (or --no-log to run without one)") }
         if log != nil && noLog { throw ValidationError("--log and --no-log exclude each other") }
         try OptionRanges.check("--batch-tokens", batchTokens, OptionRanges.tokensPerCall)
+        try computePrecision.validateForThisCPU()
     }
 
     func run() throws {
@@ -60,6 +64,7 @@ struct TraceCommand: ParsableCommand {
                 MemoryEstimate.forwardBytes($0, tokens: min(batchTokens, longest), sequence: longest)
             }
             let model = try MiniCPMModel(directory: modelDirectory)
+            if computePrecision != .float32 { model.weights = model.weights.forCompute(computePrecision) }
             if let router { try model.useRouter(RouterConfiguration(text: router)) }
             var options = RoutingTracer.Options()
             options.batchTokens = batchTokens

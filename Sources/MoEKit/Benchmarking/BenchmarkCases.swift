@@ -22,13 +22,15 @@ extension ThroughputBenchmark {
         let gateUpMatrix: Tensor
         let seed: UInt64
 
-        public init(config: MiniCPMConfig, experts: Int, topK: Int, seed: UInt64 = 0) {
+        /// `computePrecision` `.bfloat16` rounds the FFN and expert weights to bf16 once (`--compute bf16`).
+        public init(config: MiniCPMConfig, experts: Int, topK: Int, seed: UInt64 = 0, computePrecision: ComputePrecision = .float32) {
             let hidden = config.hiddenSize
             let std = ModelInitializer.standardDeviation(for: config)
             func ffn(_ name: String, intermediate size: Int) -> SwiGLUWeights {
                 SwiGLUWeights(gate: ThroughputBenchmark.randomMatrix([size, hidden], seed: seed, stream: name + ".gate", standardDeviation: std),
                             up: ThroughputBenchmark.randomMatrix([size, hidden], seed: seed, stream: name + ".up", standardDeviation: std),
                             down: ThroughputBenchmark.randomMatrix([hidden, size], seed: seed, stream: name + ".down", standardDeviation: std))
+                    .forCompute(computePrecision)
             }
             hiddenSize = hidden
             intermediateSize = config.intermediateSize
@@ -86,7 +88,7 @@ extension ThroughputBenchmark {
 
     /// The layer-level operands at this benchmark's shapes.
     public func makeLayerCases() -> LayerCases {
-        LayerCases(config: options.config, experts: options.experts, topK: options.topK, seed: options.seed)
+        LayerCases(config: options.config, experts: options.experts, topK: options.topK, seed: options.seed, computePrecision: options.computePrecision)
     }
 
     /// The router of a routing mode; `learned` is MiniCPM-MoE's routing (softmax top-k of the
@@ -111,6 +113,15 @@ extension ThroughputBenchmark {
     /// weights are still read from DRAM for each GEMM at these sizes, but use real checkpoints for
     /// decode figures.
     public func makeModels() throws -> (dense: MiniCPMModel, moe: MiniCPMModel) {
+        let (dense, moe) = try makeFloat32Models()
+        if options.computePrecision != .float32 {
+            dense.weights = dense.weights.forCompute(options.computePrecision)
+            moe.weights = moe.weights.forCompute(options.computePrecision)
+        }
+        return (dense, moe)
+    }
+
+    private func makeFloat32Models() throws -> (dense: MiniCPMModel, moe: MiniCPMModel) {
         if let denseDirectory = options.denseModelDirectory, let moeDirectory = options.moeModelDirectory {
             return (try MiniCPMModel(directory: denseDirectory), try MiniCPMModel(directory: moeDirectory))
         }

@@ -27,6 +27,8 @@ public struct ThroughputBenchmark {
         /// of random in-memory f32 models of the preset's shapes: both or neither.
         public var denseModelDirectory: String?
         public var moeModelDirectory: String?
+        /// The arithmetic of the products with weights (`--compute`; bf16 rounds in-memory weights once).
+        public var computePrecision = ComputePrecision.float32
 
         public init(config: MiniCPMConfig) { self.config = config }
     }
@@ -230,6 +232,7 @@ public struct ThroughputBenchmark {
                                "layers": .integer(Int64(c.numHiddenLayers)), "heads": .integer(Int64(c.numAttentionHeads)),
                                "kv_heads": .integer(Int64(c.numKeyValueHeads)), "vocab": .integer(Int64(c.vocabSize))]),
             "repeats": .integer(Int64(options.repeats)),
+            "compute": .string(options.computePrecision.rawValue),
             "results": .array(results.map { r in
                 .object([
                     "level": .string(r.level), "kind": .string(r.kind), "phase": optionalString(r.phase),
