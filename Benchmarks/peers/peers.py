@@ -14,7 +14,9 @@ Shapes: MiniCPM-2.4B (hidden 2304, intermediate 5760, 36 heads), MoE E = 8, top-
   torch._grouped_mm where the installed PyTorch runs it on CPU.
 - dense FFN GFLOP/s vs the best sgemm on the machine (n = 2048; OpenBLAS via MoEKit, MKL via PyTorch).
 - prefill pp512 and decode (after 128 prompt tokens), 4 layers, dense and MoE, vs llama.cpp
-  on f32 GGUF (prefill, decode) and bf16 GGUF (decode).
+  on f32 GGUF (prefill, decode) and bf16 GGUF (decode); MoEKit's decode also on the same weights
+  stored as bf16 (`moekit convert --dtype bf16`, read mapped), against llama.cpp's bf16 GGUF.
+- with AVX512-BF16: the MoE layer with `--compute bf16` vs the same PyTorch HF loop (f32).
 - training step (forward + backward + AdamW): tiny 4 layers 8×128 and minicpm-1.2b 2 layers
   2×128, dense and MoE, vs eager PyTorch (SDPA, the HF MoE loop, torch.optim.AdamW).
 """
@@ -121,6 +123,11 @@ def prepare_models(moekit, work):
         run_moekit(moekit, ["upcycle", dense, moe, "--experts", str(EXPERTS), "--top-k", str(TOP_K), "--dtype", "keep",
                             "--verify", "0", "--force", "--quiet"])
     for kind, directory in (("dense", dense), ("moe", moe)):
+        converted = os.path.join(work, f"minicpm-2.4b-4l-{kind}-bf16")
+        if not os.path.exists(os.path.join(converted, "config.json")):
+            log(f"moekit convert {kind} → bf16")
+            run_moekit(moekit, ["convert", directory, converted, "--dtype", "bf16", "--quiet"])
+        paths[(kind, "bf16 checkpoint")] = converted
         for dtype in ("f32", "bf16"):
             path = os.path.join(work, f"minicpm-2.4b-4l-{kind}-{dtype}.gguf")
             if not os.path.exists(path):
@@ -286,6 +293,7 @@ def main():
 
     recorder = Recorder()
     moekit_json = {}
+    bf16_dot_product = "avx512_bf16" in open("/proc/cpuinfo").read()
     trainings = [("tiny", paths["tiny"], 8, 128, 4), ("minicpm-1.2b-2l", paths["minicpm-1.2b-2l"], 2, 128, 2)]
     for round_index in range(args.rounds):
         log(f"round {round_index + 1}/{args.rounds}")
@@ -296,6 +304,12 @@ def main():
             recorder.add(f"moekit moe T={tokens}", find(layer["results"], level="layer", kind="moe", tokens=tokens)["tokens_per_s"]["median"])
             recorder.add(f"moekit dense-ffn GFLOP/s T={tokens}", find(layer["results"], level="layer", kind="dense", tokens=tokens)["gflops"]["median"])
             recorder.add(f"moekit moe GFLOP/s T={tokens}", find(layer["results"], level="layer", kind="moe", tokens=tokens)["gflops"]["median"])
+        if bf16_dot_product:
+            layer_bf16 = moekit_bench(moekit, ["--level", "layer", "--preset", "minicpm-2.4b", "--tokens", "128,512", "--routing", "learned",
+                                               "--experts", str(EXPERTS), "--top-k", str(TOP_K), "--compute", "bf16"], args.repeats)
+            moekit_json["layer bf16"] = layer_bf16
+            for tokens in (128, 512):
+                recorder.add(f"moekit moe bf16 T={tokens}", find(layer_bf16["results"], level="layer", kind="moe", tokens=tokens)["tokens_per_s"]["median"])
         recorder.add("moekit sgemm GFLOP/s n=2048", layer["ceilings"]["sgemm_gflops"])
         recorder.add("moekit FMA peak GFLOP/s", layer["ceilings"]["peak_gflops"] or float("nan"))
         log("  torch layers")
@@ -307,6 +321,11 @@ def main():
         for kind in ("dense", "moe"):
             recorder.add(f"moekit {kind} pp512", find(model["results"], level="model", kind=kind, phase="prefill", tokens=512)["tokens_per_s"]["median"])
             recorder.add(f"moekit {kind} decode", find(model["results"], level="model", kind=kind, phase="decode")["tokens_per_s"]["median"])
+        mapped = moekit_bench(moekit, ["--level", "model", "--dense-model", paths[("dense", "bf16 checkpoint")],
+                                       "--moe-model", paths[("moe", "bf16 checkpoint")], "--tokens", "512", "--decode", str(args.decode)], args.repeats)
+        moekit_json["model bf16 weights"] = mapped
+        for kind in ("dense", "moe"):
+            recorder.add(f"moekit {kind} decode bf16 weights", find(mapped["results"], level="model", kind=kind, phase="decode")["tokens_per_s"]["median"])
         if not args.skip_llama:
             log("  llama.cpp")
             llama_cases(paths, threads, args.decode, args.repeats, recorder)
@@ -337,6 +356,8 @@ def main():
         ratio(f"MoE layer T={tokens}, tokens/s", f"moekit moe T={tokens}", f"torch moe-hf T={tokens}", "PyTorch HF loop")
         if f"torch moe-grouped_mm T={tokens}" in recorder.samples:
             ratio(f"MoE layer T={tokens}, tokens/s", f"moekit moe T={tokens}", f"torch moe-grouped_mm T={tokens}", "PyTorch _grouped_mm")
+        if f"moekit moe bf16 T={tokens}" in recorder.samples:
+            ratio(f"MoE layer T={tokens} --compute bf16, tokens/s", f"moekit moe bf16 T={tokens}", f"torch moe-hf T={tokens}", "PyTorch HF loop")
     for tokens in (128, 512):
         ratio(f"dense FFN T={tokens} GFLOP/s / best sgemm", f"moekit dense-ffn GFLOP/s T={tokens}", best_sgemm, "best sgemm n=2048")
         ratio(f"MoE / dense FFN GFLOP/s T={tokens}", f"moekit moe GFLOP/s T={tokens}", f"moekit dense-ffn GFLOP/s T={tokens}", "MoEKit dense FFN")
@@ -346,6 +367,7 @@ def main():
         for kind in ("dense", "moe"):
             for dtype in ("f32", "bf16"):
                 ratio(f"{kind} decode (MoEKit f32), tokens/s", f"moekit {kind} decode", f"llama.cpp {kind} {dtype} decode", f"llama.cpp {dtype}")
+            ratio(f"{kind} decode (both bf16 weights), tokens/s", f"moekit {kind} decode bf16 weights", f"llama.cpp {kind} bf16 decode", "llama.cpp bf16")
     if not args.skip_training:
         for name, *_ in trainings:
             for kind in ("dense", "moe"):
