@@ -150,7 +150,7 @@ struct BenchCommand: ParsableCommand {
                     print("note: the in-memory MoE's experts share the dense MLP's f32 memory (copies would exceed half the RAM); use --dense-model/--moe-model for real checkpoints")
                 }
             }
-            print("compute: \(computePrecision == .float32 ? "f32" : "bf16 (activations rounded to bf16, bf16 weights, f32 sums: vdpbf16ps)")")
+            print("compute: \(computePrecision == .float32 ? "f32" : "bf16 (activations rounded to bf16, bf16 weights, f32 sums: vdpbf16ps); %peak and %sgemm are shares of the f32 ceilings, which vdpbf16ps can exceed up to 2×")")
             print(BenchTable.header)
             let results = try ThroughputBenchmark(options: options).run { print(BenchTable.row($0, ceilings: ceilings)) }
             print(BenchTable.summary(results))
