@@ -85,7 +85,9 @@ struct BenchCommand: ParsableCommand {
         var shared = ThroughputBenchmark.Options(config: config)
         shared.experts = experts
         let expertsShare = ThroughputBenchmark(options: shared).expertsShareMemory
-        return MemoryEstimate.sum(activations, MemoryEstimate.modelBytes(config), expertsShare ? 0 : MemoryEstimate.modelBytes(moe))
+        // --compute bf16 rounds both in-memory models into bf16 copies (every expert its own).
+        let bf16Copies = computePrecision == .bfloat16 ? MemoryEstimate.sum(MemoryEstimate.modelBytes(config), MemoryEstimate.modelBytes(moe)) / 2 : 0
+        return MemoryEstimate.sum(activations, MemoryEstimate.modelBytes(config), expertsShare ? 0 : MemoryEstimate.modelBytes(moe), bf16Copies)
     }
 
     func run() throws {
