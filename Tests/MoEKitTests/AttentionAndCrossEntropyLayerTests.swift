@@ -57,6 +57,36 @@ import Testing
         #expect(isClose(fast.weights.output.floatTensor(), reference.weights.output.floatTensor(), relativeTolerance: 1e-5))
     }
 
+    /// Sequences longer than one causal query block (`queryBlockRows`), and a KV cache whose past
+    /// is not a multiple of it: forward and backward equal the token-by-token reference.
+    @Test func causalQueryBlocksMatchReferenceAcrossBlocks() {
+        let block = CausalAttentionLayer.queryBlockRows
+        let lengths = [block + 6, 2 * block + 3, 1]
+        let rows = lengths.reduce(0, +)
+        let x = randomTensor([rows, 16], seed: 70, standardDeviation: 0.5), w = Self.weights(seed: 71), dy = randomTensor([rows, 16], seed: 72)
+        let (output, cache) = CausalAttentionLayer.forward(x, weights: w, geometry: Self.geometry, sequenceLengths: lengths)
+        #expect(isClose(output, CausalAttentionLayer.referenceForward(x, weights: w, geometry: Self.geometry, sequenceLengths: lengths), relativeTolerance: 1e-5))
+        let fast = CausalAttentionLayer.backward(dy, cache: cache, weights: w, geometry: Self.geometry)
+        let reference = CausalAttentionLayer.referenceBackward(dy, input: x, weights: w, geometry: Self.geometry, sequenceLengths: lengths)
+        #expect(isClose(fast.input, reference.input, relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.query.floatTensor(), reference.weights.query.floatTensor(), relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.key.floatTensor(), reference.weights.key.floatTensor(), relativeTolerance: 1e-5))
+        #expect(isClose(fast.weights.value.floatTensor(), reference.weights.value.floatTensor(), relativeTolerance: 1e-5))
+        // The second sequence run as a prefix of block + 5 rows, then the rest from the KV cache.
+        var config = MiniCPMConfig(hiddenSize: 16, intermediateSize: 8, numHiddenLayers: 1, numAttentionHeads: 4, numKeyValueHeads: 2, vocabSize: 4)
+        config.maxPositionEmbeddings = 256
+        let kv = KVCache(config: config)
+        let second = x.rows(lengths[0] ..< lengths[0] + lengths[1]), split = block + 5
+        let head = CausalAttentionLayer.forward(second.rows(0 ..< split), weights: w, geometry: Self.geometry, spans: [.init(length: split, cache: kv)],
+                                                layer: 0, keepCache: false).output
+        kv.advance(by: split)
+        let tail = CausalAttentionLayer.forward(second.rows(split ..< lengths[1]), weights: w, geometry: Self.geometry,
+                                                spans: [.init(length: lengths[1] - split, cache: kv)], layer: 0, keepCache: false).output
+        let whole = output.rows(lengths[0] ..< lengths[0] + lengths[1])
+        #expect(isClose(head, whole.rows(0 ..< split), relativeTolerance: 1e-5))
+        #expect(isClose(tail, whole.rows(split ..< lengths[1]), relativeTolerance: 1e-5))
+    }
+
     @Test func attentionBackwardMatchesFiniteDifferences() {
         let x = randomTensor([8, 16], seed: 25), w = Self.weights(seed: 26), r = randomTensor([8, 16], seed: 27)
         let geometry = Self.geometry, lengths = Self.sequenceLengths

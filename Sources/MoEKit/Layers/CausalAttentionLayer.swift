@@ -17,8 +17,11 @@ import Foundation
 ///     dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √d
 ///     dq_h = dS · k_g,    dk_g += dSᵀ · q_h         (heads sharing g sum into it)
 ///
-/// then RoPE's inverse on dq, dk, and the four projections' GEMMs. Every product is one GEMM per
-/// (sequence, head), as in `CausalSelfAttention`.
+/// then RoPE's inverse on dq, dk, and the four projections' GEMMs. The products run per (sequence,
+/// head) in causal query blocks (`attendCausally`: a block of rows reads only the keys it can see,
+/// about half the full T×T work at long T), the (sequence, head) pairs — (sequence, kv head) in
+/// the backward, whose heads sum into one dk, dv — as one pool of tiles over the cores
+/// (`ParallelTiles`), each tile's GEMMs single-threaded.
 public enum CausalAttentionLayer {
     /// The four projections; see `AttentionWeights`.
     public typealias Weights = AttentionWeights
@@ -108,57 +111,58 @@ public enum CausalAttentionLayer {
         let keys = RotaryLayer.forward(LinearLayer.forward(x, weight: weights.key), heads: geometry.keyValueHeads, positions: positions, rotary: geometry.rotary)
         let values = LinearLayer.forward(x, weight: weights.value)
         let scale = 1 / Float(d).squareRoot()
-        var probabilities = [Float].uninitialized(count: keepCache ? spans.reduce(0) { $0 + heads * $1.length * $1.length } : 0)
-        let largestScores = spans.map { $0.length * ((($0.cache?.length) ?? 0) + $0.length) }.max() ?? 0
-        var scratch = [Float].uninitialized(count: keepCache ? 0 : largestScores)
-        var context = Tensor(uninitializedShape: [rows, hidden])
-        var start = 0, block = 0
+        // Each span's first row, and the offset of its probability blocks (training keeps them).
+        var starts: [Int] = [], probabilityOffsets: [Int] = []
+        var start = 0, offset = 0
         for span in spans {
-            let length = span.length, past = span.cache?.length ?? 0, keyCount = past + length
+            starts.append(start)
+            probabilityOffsets.append(offset)
             if let cache = span.cache {
                 keys.values.withUnsafeBufferPointer { k in
                     values.values.withUnsafeBufferPointer { v in
-                        cache.append(layer: layer, keys: UnsafeBufferPointer(rebasing: k[start * kvWidth ..< (start + length) * kvWidth]),
-                                     values: UnsafeBufferPointer(rebasing: v[start * kvWidth ..< (start + length) * kvWidth]))
+                        cache.append(layer: layer, keys: UnsafeBufferPointer(rebasing: k[start * kvWidth ..< (start + span.length) * kvWidth]),
+                                     values: UnsafeBufferPointer(rebasing: v[start * kvWidth ..< (start + span.length) * kvWidth]))
                     }
                 }
             }
-            // Keys and values: the cache's (past + new rows) or this span's rows of the batch.
-            func withKeysAndValues(_ body: (UnsafePointer<Float>, UnsafePointer<Float>) -> Void) {
-                if let cache = span.cache {
-                    cache.keys[layer].withUnsafeBufferPointer { k in cache.values[layer].withUnsafeBufferPointer { v in body(k.baseAddress!, v.baseAddress!) } }
-                } else {
-                    keys.values.withUnsafeBufferPointer { k in
-                        values.values.withUnsafeBufferPointer { v in body(k.baseAddress! + start * kvWidth, v.baseAddress! + start * kvWidth) }
-                    }
-                }
-            }
-            withKeysAndValues { k, v in
-                queries.values.withUnsafeBufferPointer { q in
+            start += span.length
+            offset += heads * span.length * span.length
+        }
+        var probabilities = [Float].uninitialized(count: keepCache ? offset : 0)
+        let longestKeys = spans.map { ($0.cache?.length ?? 0) + $0.length }.max() ?? 0
+        let workers = ParallelTiles.workerCount
+        let scratchPerWorker = keepCache ? 0 : queryBlockRows * longestKeys
+        var scratch = [Float].uninitialized(count: max(1, workers * scratchPerWorker))
+        var context = Tensor(uninitializedShape: [rows, hidden])
+        queries.values.withUnsafeBufferPointer { q in
+            keys.values.withUnsafeBufferPointer { batchKeys in
+                values.values.withUnsafeBufferPointer { batchValues in
                     context.values.withUnsafeMutableBufferPointer { c in
                         probabilities.withUnsafeMutableBufferPointer { p in
                             scratch.withUnsafeMutableBufferPointer { s in
-                                for head in 0 ..< heads {
-                                    let kvHead = head / groupSize
-                                    let attention = keepCache ? p.baseAddress! + block : s.baseAddress!
-                                    // S [T, past + T] = q_h · k_gᵀ / √d, then the causal softmax
-                                    MatrixMultiply.gemm(m: length, n: keyCount, k: d, alpha: scale,
-                                                        a: q.baseAddress! + start * hidden + head * d, lda: hidden,
-                                                        b: k + kvHead * d, ldb: kvWidth, transposeB: true,
-                                                        c: attention, ldc: keyCount)
-                                    causalSoftmax(attention, queries: length, keys: keyCount, past: past)
-                                    // c_h [T, d] = P · v_g
-                                    MatrixMultiply.gemm(m: length, n: d, k: keyCount, a: attention, lda: keyCount,
-                                                        b: v + kvHead * d, ldb: kvWidth,
-                                                        c: c.baseAddress! + start * hidden + head * d, ldc: hidden)
-                                    if keepCache { block += length * length }
+                                // One tile per (span, head); in each, causal query blocks (see `attendCausally`).
+                                ParallelTiles.run(tiles: spans.count * heads, workers: workers) { tile, worker in
+                                    let index = tile / heads, head = tile % heads, span = spans[index]
+                                    let length = span.length, past = span.cache?.length ?? 0, first = starts[index]
+                                    let probabilityBlock = keepCache ? p.baseAddress! + probabilityOffsets[index] + head * length * length : nil
+                                    func attend(_ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>) {
+                                        attendCausally(queries: q.baseAddress! + first * hidden + head * d, queryStride: hidden, length: length, past: past,
+                                                       keys: k + (head / groupSize) * d, values: v + (head / groupSize) * d, keyStride: kvWidth, headDim: d,
+                                                       scale: scale, probabilities: probabilityBlock, scratch: s.baseAddress! + worker * scratchPerWorker,
+                                                       context: c.baseAddress! + first * hidden + head * d, contextStride: hidden)
+                                    }
+                                    // Keys and values: the cache's (past + new rows) or this span's rows of the batch.
+                                    if let cache = span.cache {
+                                        cache.keys[layer].withUnsafeBufferPointer { k in cache.values[layer].withUnsafeBufferPointer { v in attend(k.baseAddress!, v.baseAddress!) } }
+                                    } else {
+                                        attend(batchKeys.baseAddress! + first * kvWidth, batchValues.baseAddress! + first * kvWidth)
+                                    }
                                 }
                             }
                         }
                     }
                 }
             }
-            start += length
         }
         let output = LinearLayer.forward(context, weight: weights.output)
         guard keepCache else { return (output, nil) }
@@ -166,10 +170,43 @@ public enum CausalAttentionLayer {
                               context: context, sequenceLengths: spans.map(\.length), positions: positions))
     }
 
-    /// Row i (the token at position past + i) keeps keys 0 ... past + i: softmax over those, zeros after.
-    static func causalSoftmax(_ scores: UnsafeMutablePointer<Float>, queries: Int, keys: Int, past: Int) {
+    /// Query rows per block of the causal kernel: block i₀ ..< i₁ reads keys 0 ..< past + i₁ only,
+    /// so the scores and P·V GEMMs cost about half of the full T×T block at long T.
+    static let queryBlockRows = 64
+
+    /// One head of one sequence: `length` query rows at positions past ..< past + length against
+    /// keys and values 0 ..< past + length (row strides `queryStride`, `keyStride`), in causal query
+    /// blocks: S = q·kᵀ·scale on the visible keys, P = softmax, c = P·v. With `probabilities`
+    /// (`[length, length]`, past = 0: training) P is kept there, zeros above the diagonal; without,
+    /// each block's scores live in `scratch` (`queryBlockRows · (past + length)` floats).
+    static func attendCausally(queries q: UnsafePointer<Float>, queryStride: Int, length: Int, past: Int,
+                               keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>, keyStride: Int, headDim d: Int, scale: Float,
+                               probabilities: UnsafeMutablePointer<Float>?, scratch: UnsafeMutablePointer<Float>,
+                               context c: UnsafeMutablePointer<Float>, contextStride: Int) {
+        precondition(probabilities == nil || past == 0, "kept probabilities are for whole sequences")
+        let stride = probabilities == nil ? past + length : length
+        for blockStart in Swift.stride(from: 0, to: length, by: queryBlockRows) {
+            let blockEnd = min(length, blockStart + queryBlockRows), blockRows = blockEnd - blockStart, visible = past + blockEnd
+            let scores = probabilities.map { $0 + blockStart * length } ?? scratch
+            // S [rows, visible] = q · kᵀ / √d
+            MatrixMultiply.gemm(m: blockRows, n: visible, k: d, alpha: scale, a: q + blockStart * queryStride, lda: queryStride,
+                                b: k, ldb: keyStride, transposeB: true, c: scores, ldc: stride)
+            causalSoftmax(scores, queries: blockRows, keys: visible, past: past + blockStart, stride: stride)
+            if probabilities != nil {
+                for r in 0 ..< blockRows { (scores + r * stride + visible).update(repeating: 0, count: stride - visible) }
+            }
+            // c [rows, d] = P · v
+            MatrixMultiply.gemm(m: blockRows, n: d, k: visible, a: scores, lda: stride, b: v, ldb: keyStride,
+                                c: c + blockStart * contextStride, ldc: contextStride)
+        }
+    }
+
+    /// Row i (the token at position past + i) keeps keys 0 ... past + i: softmax over those, zeros
+    /// up to `keys`. Rows are `stride` apart.
+    static func causalSoftmax(_ scores: UnsafeMutablePointer<Float>, queries: Int, keys: Int, past: Int, stride: Int? = nil) {
+        let stride = stride ?? keys
         for i in 0 ..< queries {
-            let row = scores + i * keys
+            let row = scores + i * stride
             let visible = past + i + 1
             Kernels.softmaxRows(UnsafeMutableBufferPointer(start: row, count: visible), columns: visible)
             for j in visible ..< keys { row[j] = 0 }
@@ -187,7 +224,16 @@ public enum CausalAttentionLayer {
         var keyGradient = Tensor(shape: [rows, kvWidth])
         var valueGradient = Tensor(shape: [rows, kvWidth])
         let longest = cache.sequenceLengths.max() ?? 0
-        var scratch = [Float].uninitialized(count: longest * longest)
+        let workers = ParallelTiles.workerCount, scratchPerWorker = queryBlockRows * longest
+        var scratch = [Float].uninitialized(count: workers * scratchPerWorker)
+        var starts: [Int] = [], probabilityOffsets: [Int] = []
+        var start = 0, offset = 0
+        for length in cache.sequenceLengths {
+            starts.append(start)
+            probabilityOffsets.append(offset)
+            start += length
+            offset += heads * length * length
+        }
         contextGradient.values.withUnsafeBufferPointer { dc in
             cache.queries.values.withUnsafeBufferPointer { q in
                 cache.keys.values.withUnsafeBufferPointer { k in
@@ -197,33 +243,21 @@ public enum CausalAttentionLayer {
                                 keyGradient.values.withUnsafeMutableBufferPointer { dk in
                                     valueGradient.values.withUnsafeMutableBufferPointer { dv in
                                         scratch.withUnsafeMutableBufferPointer { s in
-                                            var start = 0, block = 0
-                                            for length in cache.sequenceLengths {
-                                                for head in 0 ..< heads {
-                                                    let kvHead = head / groupSize
-                                                    let attention = p.baseAddress! + block
-                                                    let scores = s.baseAddress!
-                                                    let dcHead = dc.baseAddress! + start * hidden + head * d
-                                                    // dP [T, T] = dc_h · v_gᵀ
-                                                    MatrixMultiply.gemm(m: length, n: length, k: d, a: dcHead, lda: hidden,
-                                                                        b: v.baseAddress! + start * kvWidth + kvHead * d, ldb: kvWidth, transposeB: true,
-                                                                        c: scores, ldc: length)
-                                                    // dv_g [T, d] += Pᵀ · dc_h
-                                                    MatrixMultiply.gemm(m: length, n: d, k: length, a: attention, lda: length, transposeA: true,
-                                                                        b: dcHead, ldb: hidden, beta: 1,
-                                                                        c: dv.baseAddress! + start * kvWidth + kvHead * d, ldc: kvWidth)
-                                                    softmaxBackward(probabilities: attention, gradient: scores, size: length, scale: scale)
-                                                    // dq_h [T, d] = dS · k_g
-                                                    MatrixMultiply.gemm(m: length, n: d, k: length, a: scores, lda: length,
-                                                                        b: k.baseAddress! + start * kvWidth + kvHead * d, ldb: kvWidth,
-                                                                        c: dq.baseAddress! + start * hidden + head * d, ldc: hidden)
-                                                    // dk_g [T, d] += dSᵀ · q_h
-                                                    MatrixMultiply.gemm(m: length, n: d, k: length, a: scores, lda: length, transposeA: true,
-                                                                        b: q.baseAddress! + start * hidden + head * d, ldb: hidden, beta: 1,
-                                                                        c: dk.baseAddress! + start * kvWidth + kvHead * d, ldc: kvWidth)
-                                                    block += length * length
+                                            // One tile per (sequence, kv head): the heads sharing it sum into dk_g and dv_g.
+                                            ParallelTiles.run(tiles: cache.sequenceLengths.count * kvHeads, workers: workers) { tile, worker in
+                                                let sequence = tile / kvHeads, kvHead = tile % kvHeads
+                                                let length = cache.sequenceLengths[sequence], first = starts[sequence]
+                                                let kvOffset = first * kvWidth + kvHead * d
+                                                for head in kvHead * groupSize ..< (kvHead + 1) * groupSize {
+                                                    let headOffset = first * hidden + head * d
+                                                    attendCausallyBackward(probabilities: p.baseAddress! + probabilityOffsets[sequence] + head * length * length,
+                                                                           length: length, contextGradient: dc.baseAddress! + headOffset,
+                                                                           queries: q.baseAddress! + headOffset, queryStride: hidden,
+                                                                           keys: k.baseAddress! + kvOffset, values: v.baseAddress! + kvOffset, keyStride: kvWidth,
+                                                                           headDim: d, scale: scale, scratch: s.baseAddress! + worker * scratchPerWorker,
+                                                                           queryGradient: dq.baseAddress! + headOffset, keyGradient: dk.baseAddress! + kvOffset,
+                                                                           valueGradient: dv.baseAddress! + kvOffset)
                                                 }
-                                                start += length
                                             }
                                         }
                                     }
@@ -246,16 +280,40 @@ public enum CausalAttentionLayer {
         return (inputGradient, gradients)
     }
 
-    /// Causal softmax backward in place: `gradient` holds dP `[T, T]` and becomes
-    /// dS = scale · P ⊙ (dP − Σ_j P_ij dP_ij); entries above the diagonal (P = 0) become 0.
-    static func softmaxBackward(probabilities: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, size: Int, scale: Float) {
-        for i in 0 ..< size {
-            let p = probabilities + i * size
-            let g = gradient + i * size
-            var dot: Float = 0
-            for j in 0 ... i { dot += p[j] * g[j] }
-            for j in 0 ... i { g[j] = scale * p[j] * (g[j] - dot) }
-            for j in (i + 1) ..< size { g[j] = 0 }
+    /// The backward of `attendCausally` for one head of one sequence (past = 0), in the same causal
+    /// query blocks: for block rows i₀ ..< i₁ and visible keys 0 ..< i₁,
+    ///
+    ///     dP = dc·vᵀ,  dv += Pᵀ·dc,  dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale,  dq = dS·k,  dk += dSᵀ·q
+    ///
+    /// dq is written; dk and dv are accumulated (+=). `scratch` holds `queryBlockRows · length` floats.
+    static func attendCausallyBackward(probabilities: UnsafePointer<Float>, length: Int, contextGradient dc: UnsafePointer<Float>,
+                                       queries q: UnsafePointer<Float>, queryStride: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>,
+                                       keyStride: Int, headDim d: Int, scale: Float, scratch: UnsafeMutablePointer<Float>,
+                                       queryGradient dq: UnsafeMutablePointer<Float>, keyGradient dk: UnsafeMutablePointer<Float>,
+                                       valueGradient dv: UnsafeMutablePointer<Float>) {
+        for blockStart in Swift.stride(from: 0, to: length, by: queryBlockRows) {
+            let blockEnd = min(length, blockStart + queryBlockRows), blockRows = blockEnd - blockStart, visible = blockEnd
+            let attention = probabilities + blockStart * length
+            let dcBlock = dc + blockStart * queryStride
+            // dP [rows, visible] = dc · vᵀ
+            MatrixMultiply.gemm(m: blockRows, n: visible, k: d, a: dcBlock, lda: queryStride, b: v, ldb: keyStride, transposeB: true,
+                                c: scratch, ldc: visible)
+            // dv [visible, d] += Pᵀ · dc
+            MatrixMultiply.gemm(m: visible, n: d, k: blockRows, a: attention, lda: length, transposeA: true, b: dcBlock, ldb: queryStride,
+                                beta: 1, c: dv, ldc: keyStride)
+            for r in 0 ..< blockRows {
+                let i = blockStart + r, p = attention + r * length, g = scratch + r * visible
+                var dot: Float = 0
+                for j in 0 ... i { dot += p[j] * g[j] }
+                for j in 0 ... i { g[j] = scale * p[j] * (g[j] - dot) }
+                for j in (i + 1) ..< visible { g[j] = 0 }
+            }
+            // dq [rows, d] = dS · k
+            MatrixMultiply.gemm(m: blockRows, n: d, k: visible, a: scratch, lda: visible, b: k, ldb: keyStride,
+                                c: dq + blockStart * queryStride, ldc: queryStride)
+            // dk [visible, d] += dSᵀ · q
+            MatrixMultiply.gemm(m: visible, n: d, k: blockRows, a: scratch, lda: visible, transposeA: true, b: q + blockStart * queryStride,
+                                ldb: queryStride, beta: 1, c: dk, ldc: keyStride)
         }
     }
 

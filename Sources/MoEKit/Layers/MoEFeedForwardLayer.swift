@@ -36,7 +36,8 @@ import Foundation
 /// 1. Experts. For assignment a (token t, expert e, weight w): the combine weight's gradient
 ///    ∂L/∂w_a = ⟨dy_t, expert_e(x_t)⟩ (the expert's unweighted output is cached), and the expert's
 ///    output gradient w_a · dy_t. Each expert's rows are gathered in one block (the forward's
-///    `ExpertDispatchPlan`) and run through `SwiGLULayer`'s GEMM backward; the blocks' input
+///    `ExpertDispatchPlan`) and run through the SwiGLU GEMM backward (`GroupedSwiGLU`, one pool of
+///    tiles over all experts); the blocks' input
 ///    gradients are scattered back (summed) into ∂L/∂x. Dropped slots have no expert output, so
 ///    ∂L/∂w is 0 for them.
 /// 2. Combine weights → selection scores/logits, per token (dw_j = ∂L/∂w_j, 0 for dropped slots):
@@ -187,21 +188,20 @@ public enum MoEFeedForwardLayer {
 
     static let emptyDecision = RoutingDecision(tokens: 0, experts: 0, slotsPerToken: 0, selectedExperts: [], combineWeights: [], probabilities: [])
 
-    /// Gather → per-expert SwiGLU forward on its block → weighted scatter (megablocks' and
-    /// llama.cpp's grouping: no per-token loop over experts, no work for unused experts). With a
-    /// cache, the blocks' activations and outputs are kept in it; without, they live in scratch
-    /// the size of the largest block.
+    /// Gather → the experts' SwiGLU on their blocks as one pool of tiles (`GroupedSwiGLU`) →
+    /// weighted scatter (megablocks' grouping, llama.cpp's schedule: no per-token loop over
+    /// experts, no work for unused experts). With a cache, the blocks' activations and outputs are
+    /// kept in it.
     private static func runExperts(_ x: Tensor, decision: RoutingDecision, experts: [SwiGLUWeights], intermediate: Int,
                                    cache: inout Cache?, timer: StageTimer?) -> Tensor {
         let hidden = x.columns
         let plan = timer.measure(.dispatch) { ExpertDispatchPlan(decision) }
         let assignments = plan.assignmentCount
         let keep = cache != nil
-        let largestBlock = (0 ..< experts.count).map { plan.range(of: $0).count }.max() ?? 0
-        let activationRows = keep ? assignments : largestBlock
+        let blocks = (0 ..< experts.count).map { plan.range(of: $0) }
         var gathered = [Float].uninitialized(count: assignments * hidden)
-        var gateUp = [Float].uninitialized(count: activationRows * 2 * intermediate)
-        var activated = [Float].uninitialized(count: activationRows * intermediate)
+        var gateUp = [Float].uninitialized(count: keep ? assignments * 2 * intermediate : 0)
+        var activated = [Float].uninitialized(count: assignments * intermediate)
         var expertOutputs = [Float].uninitialized(count: assignments * hidden)
         var output = Tensor(shape: [x.rows, hidden])
         if assignments > 0 {
@@ -215,15 +215,8 @@ public enum MoEFeedForwardLayer {
                     activated.withUnsafeMutableBufferPointer { h in
                         expertOutputs.withUnsafeMutableBufferPointer { y in
                             timer.measure(.expertGEMM) {
-                                for (e, expert) in experts.enumerated() {
-                                    let block = plan.range(of: e)
-                                    guard !block.isEmpty else { continue }
-                                    let start = block.lowerBound, activationStart = keep ? start : 0
-                                    SwiGLULayer.forwardBlock(rows: block.count, input: g.baseAddress! + start * hidden, weights: expert,
-                                                             gateUp: f.baseAddress! + activationStart * 2 * intermediate,
-                                                             activated: h.baseAddress! + activationStart * intermediate,
-                                                             output: y.baseAddress! + start * hidden)
-                                }
+                                GroupedSwiGLU.forward(blocks: blocks, input: g.baseAddress!, experts: experts, gateUp: keep ? f.baseAddress! : nil,
+                                                      activated: h.baseAddress!, output: y.baseAddress!)
                             }
                             timer.measure(.combine) {
                                 output.values.withUnsafeMutableBufferPointer { out in
@@ -272,8 +265,7 @@ public enum MoEFeedForwardLayer {
         let plan = cache.plan, assignments = plan.assignmentCount
         var combineWeightGradient = [Float](repeating: 0, count: tokens * cache.routed.decision.slotsPerToken)
         var inputGradient = Tensor(shape: [tokens, hidden])
-        var expertGradients = experts.map { $0.zeros() }
-        guard assignments > 0 else { return (inputGradient, expertGradients, combineWeightGradient) }
+        guard assignments > 0 else { return (inputGradient, experts.map { $0.zeros() }, combineWeightGradient) }
 
         // Per assignment: ∂L/∂w_a = ⟨dy_t, expert_e(x_t)⟩, and the expert's output gradient w_a · dy_t.
         var expertOutputGradient = [Float].uninitialized(count: assignments * hidden)
@@ -296,26 +288,19 @@ public enum MoEFeedForwardLayer {
             }
         }
 
-        // Per expert: SwiGLU backward on its gathered block.
-        var groupedInputGradient = [Float](repeating: 0, count: assignments * hidden)
-        let largestBlock = (0 ..< experts.count).map { plan.range(of: $0).count }.max() ?? 0
-        var scratch = [Float].uninitialized(count: largestBlock * 2 * intermediate)
-        expertOutputGradient.withUnsafeBufferPointer { dy in
+        // The experts' SwiGLU backward on their gathered blocks, as one pool of tiles.
+        var groupedInputGradient = [Float].uninitialized(count: assignments * hidden)
+        var gateUpGradient = [Float].uninitialized(count: assignments * 2 * intermediate)
+        let blocks = (0 ..< experts.count).map { plan.range(of: $0) }
+        let expertGradients = expertOutputGradient.withUnsafeBufferPointer { dy in
             cache.gathered.withUnsafeBufferPointer { x in
                 cache.gateUp.withUnsafeBufferPointer { f in
                     cache.activated.withUnsafeBufferPointer { h in
                         groupedInputGradient.withUnsafeMutableBufferPointer { dx in
-                            scratch.withUnsafeMutableBufferPointer { s in
-                                for (e, expert) in experts.enumerated() {
-                                    let block = plan.range(of: e)
-                                    guard !block.isEmpty else { continue }
-                                    let start = block.lowerBound
-                                    SwiGLULayer.backwardBlock(rows: block.count, outputGradient: dy.baseAddress! + start * hidden,
-                                                              input: x.baseAddress! + start * hidden, gateUp: f.baseAddress! + start * 2 * intermediate,
-                                                              activated: h.baseAddress! + start * intermediate, weights: expert,
-                                                              inputGradient: dx.baseAddress! + start * hidden, weightGradients: &expertGradients[e],
-                                                              gateUpGradient: s.baseAddress!)
-                                }
+                            gateUpGradient.withUnsafeMutableBufferPointer { s in
+                                GroupedSwiGLU.backward(blocks: blocks, outputGradient: dy.baseAddress!, input: x.baseAddress!, gateUp: f.baseAddress!,
+                                                       activated: h.baseAddress!, experts: experts, inputGradient: dx.baseAddress!,
+                                                       gateUpGradient: s.baseAddress!)
                             }
                         }
                     }

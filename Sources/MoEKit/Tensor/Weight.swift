@@ -195,6 +195,20 @@ public struct Weight: @unchecked Sendable {
         self.owners = owners
     }
 
+    /// Rows `rows` of a mapped segment as a weight of their own, sharing the mapping (no copy; the
+    /// same owners keep it alive): a tile of a stored-dtype matrix for `MatrixMultiply`'s products.
+    /// The rows must lie inside one mapped segment.
+    func mappedRows(_ rows: Range<Int>) -> Weight {
+        let (segment, local) = locate(rows.lowerBound)
+        guard case .mapped(let base, let segmentRows, let type) = segment, local + rows.count <= segmentRows else {
+            preconditionFailure("rows \(rows) of a \(shape) weight are not inside one mapped segment")
+        }
+        let start = base + local * columns * type.byteSize
+        var tile = Weight(stackingSegments: [.mapped(base: start, rows: rows.count, elementType: type)], shape: [rows.count, columns], owners: owners)
+        tile.computePrecision = computePrecision
+        return tile
+    }
+
     /// The whole weight as one f32 tensor of `shape` (a copy; for tests, I/O and small weights).
     public func floatTensor() -> Tensor {
         var tensor = Tensor(uninitializedShape: shape)

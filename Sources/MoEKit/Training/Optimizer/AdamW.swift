@@ -122,6 +122,9 @@ public struct AdamW: Sendable {
         return norm
     }
 
+    /// Elements per work item of the update's loop (memory-bound: large chunks, run on every core).
+    static let elementsPerChunk = 1 << 16
+
     /// The element loop of `step` for one tensor (bias corrections precomputed as 1 − βᵗ).
     ///
     /// Arranged as PyTorch's AdamW arranges it, with the same value as the formula but one square
@@ -140,14 +143,18 @@ public struct AdamW: Sendable {
             firstMoment.withUnsafeMutableBufferPointer { m in
                 secondMoment.withUnsafeMutableBufferPointer { v in
                     gradient.withUnsafeBufferPointer { g in
-                        for i in 0 ..< count {
-                            let gi = g[i] * gradientScale
-                            let mi = beta1 * m[i] + oneMinusBeta1 * gi
-                            let vi = beta2 * v[i] + oneMinusBeta2 * gi * gi
-                            m[i] = mi
-                            v[i] = vi
-                            let denominator = vi.squareRoot() * inverseSqrtBiasCorrection2 + epsilon
-                            p[i] = p[i] * decayFactor - stepSize * mi / denominator
+                        // Element-wise, so chunks on both cores give exactly the serial loop's values.
+                        let chunks = (count + elementsPerChunk - 1) / elementsPerChunk
+                        ParallelTiles.run(tiles: chunks) { chunk, _ in
+                            for i in chunk * elementsPerChunk ..< min(count, (chunk + 1) * elementsPerChunk) {
+                                let gi = g[i] * gradientScale
+                                let mi = beta1 * m[i] + oneMinusBeta1 * gi
+                                let vi = beta2 * v[i] + oneMinusBeta2 * gi * gi
+                                m[i] = mi
+                                v[i] = vi
+                                let denominator = vi.squareRoot() * inverseSqrtBiasCorrection2 + epsilon
+                                p[i] = p[i] * decayFactor - stepSize * mi / denominator
+                            }
                         }
                     }
                 }

@@ -5,14 +5,23 @@
 /// `maxNorm / (‖g‖ + 1e-6)`; otherwise nothing changes. The 1e-6 is PyTorch's, so a clipped
 /// norm comes out a hair under `maxNorm`.
 public enum GradientClipping {
-    /// The global L2 norm of all gradients, in order (f64 accumulation).
+    /// The global L2 norm of all gradients (f64 accumulation): each tensor summed in fixed chunks
+    /// on every core, the chunks' sums added in order (so the value does not depend on the cores).
     public static func globalNorm(_ gradients: [Tensor]) -> Float {
+        let chunk = 1 << 16
         var sumOfSquares = 0.0
         for gradient in gradients {
             gradient.values.withUnsafeBufferPointer { values in
-                var partial = 0.0
-                for value in values { partial += Double(value) * Double(value) }
-                sumOfSquares += partial
+                let chunks = (values.count + chunk - 1) / chunk
+                var partials = [Double](repeating: 0, count: chunks)
+                partials.withUnsafeMutableBufferPointer { sums in
+                    ParallelTiles.run(tiles: chunks) { index, _ in
+                        var partial = 0.0
+                        for i in index * chunk ..< min(values.count, (index + 1) * chunk) { partial += Double(values[i]) * Double(values[i]) }
+                        sums[index] = partial
+                    }
+                }
+                for partial in partials { sumOfSquares += partial }
             }
         }
         return Float(sumOfSquares.squareRoot())
