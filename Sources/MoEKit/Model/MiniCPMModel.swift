@@ -295,7 +295,7 @@ public final class MiniCPMModel {
 
     private enum FeedForwardCache {
         case dense(SwiGLULayer.Cache)
-        case mixture(MoEFeedForwardLayer.Cache)
+        case mixture(MoEFeedForwardLayer.Cache, shared: SwiGLULayer.Cache?)
     }
 
     private struct LayerCache {
@@ -347,8 +347,10 @@ public final class MiniCPMModel {
                 moeLayer += 1
                 let result = MoEFeedForwardLayer.forward(mlpInput, weights: moe, router: router, layer: index, loss: loss,
                                                          sequenceLengths: sequenceLengths, keepCache: keepCaches, timer: timer)
-                mlpOutput = result.output
-                feedForward = result.cache.map { .mixture($0) }
+                var output = result.output
+                let sharedCache = MoEFeedForwardLayer.addSharedExperts(mlpInput, weights: moe.shared, to: &output, keepCache: keepCaches, timer: timer)
+                mlpOutput = output
+                feedForward = result.cache.map { .mixture($0, shared: sharedCache) }
                 if training {
                     pass.routed.append(result.routed)
                     if let loss = result.auxiliaryLoss { pass.routerLosses.append(loss) }
@@ -416,10 +418,12 @@ public final class MiniCPMModel {
                 let result = SwiGLULayer.backward(mlpGradient, cache: ffnCache, weights: swiGLU)
                 mlpInputGradient = result.input
                 feedForwardGradient = .dense(result.weights)
-            case (.mixture(let moeCache), .mixture(let moe)):
+            case (.mixture(let moeCache, let sharedCache), .mixture(let moe)):
                 let result = MoEFeedForwardLayer.backward(mlpGradient, cache: moeCache, weights: moe)
-                mlpInputGradient = result.input
-                feedForwardGradient = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts))
+                var inputGradient = result.input
+                let shared = MoEFeedForwardLayer.sharedExpertsBackward(mlpGradient, cache: sharedCache, weights: moe.shared, addingInputGradientTo: &inputGradient)
+                mlpInputGradient = inputGradient
+                feedForwardGradient = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts, shared: shared))
             default:
                 preconditionFailure("layer \(index): cache and weights disagree on the MLP kind")
             }
