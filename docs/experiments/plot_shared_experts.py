@@ -59,9 +59,9 @@ seeds = sorted({n.rsplit("-s", 1)[1] for n in names})
 for seed in seeds:
     a, b = runs.get(f"shared1-routed7-top1-s{seed}"), runs.get(f"routed8-top2-s{seed}")
     if a is not None and b is not None:
-        left.plot(a["step"][19:], smooth(a["lm_loss"] - b["lm_loss"]), label=f"shared 1 + top-1 of 7 − top-2 of 8, seed {seed}")
+        line, = left.plot(a["step"][19:], smooth(a["lm_loss"] - b["lm_loss"]), label=f"shared 1 + top-1 of 7 − top-2 of 8, seed {seed}")
         ev = ~np.isnan(a["val_loss"])
-        left.plot(a["step"][ev], a["val_loss"][ev] - b["val_loss"][ev], "o")
+        left.plot(a["step"][ev], a["val_loss"][ev] - b["val_loss"][ev], "o", color=line.get_color())
 for name, d in runs.items():
     right.plot(d["mi_steps"], d["mi"].mean(axis=1), "o-", label=name)
 left.axhline(0, color="grey", linewidth=0.8)
