@@ -189,6 +189,27 @@ def test_aux_free_router_saves_its_bias(workspace, run_moekit):
     assert {name: tensor.shape for name, tensor in trained.items()} == expected_shapes(config)
 
 
+def test_accumulated_global_balancing_run_logs_the_global_batch(workspace, run_moekit):
+    """--accumulate 2 --balance global: one log row per optimiser step covering all 4 sequences; the
+    state records both options, and a resume with another --balance is refused by name."""
+    out, log = workspace / "global-out", workspace / "global.h5"
+    options = ["--data", workspace / "corpus.bin", "--steps", 3, "--batch", 4, "--seq", 16, "--lr", PEAK,
+               "--accumulate", 2, "--balance", "global", "--threads", 1, "--quiet"]
+    run_moekit("train", workspace / "moe", *options, "--out", out, "--log", log)
+    with h5py.File(log, "r") as f:
+        assert list(f["steps/step"][:]) == [0, 1, 2]
+        assert all(t == 64 for t in f["steps/tokens"][:])
+        assert np.all(f["routing/expert_counts"][:].sum(axis=2) == 64 * 2)
+    state = json.loads((out / "training_state" / "trainer_state.json").read_text())
+    assert "accumulate" in json.dumps(state) and "global" in json.dumps(state)
+    changed = [o if o != "global" else "micro" for o in options]
+    line = error_line(run_moekit("train", workspace / "moe", *changed, "--out", out, "--resume", check=False))
+    assert "--balance" in line
+    odd = ["--data", workspace / "corpus.bin", "--steps", 3, "--batch", 4, "--seq", 16, "--lr", PEAK, "--accumulate", 3, "--quiet"]
+    result = run_moekit("train", workspace / "moe", *odd, "--out", workspace / "e-acc", check=False)
+    assert result.returncode not in (0, 1) and "--accumulate" in result.stderr
+
+
 def test_resumed_run_matches_uninterrupted_run_bitwise(workspace, run_moekit, moekit):
     """Run A: 4 steps. Run C: the same with saves every 2 steps, killed (SIGKILL) right after the step-2
     save; resumed with --resume it must end with A's weights and optimiser state, bit for bit."""
