@@ -52,7 +52,7 @@ import Testing
         case miniCPMDefault, unnormalizedWithZAndImportanceLoss, softmaxOverSelectedScaled, sigmoidRenormalizedScaled,
              sigmoidUnnormalizedWithBias, capacityByProbability, capacityByPosition, softmaxOverSelectedWithCapacity,
              expertChoiceSoftmax, expertChoiceSigmoidScaled, inputJitterAndLogitNoise, noisyTopKWithLoadLoss,
-             noisyTopKWithJitterAndLoadLoss, perSequenceLoss
+             noisyTopKWithJitterAndLoadLoss, perSequenceLoss, reluRouting, reluRoutingScaledWithJitter
 
         var setup: Setup {
             var setup = Setup()
@@ -91,6 +91,11 @@ import Testing
             case .perSequenceLoss:
                 c.loadBalancingLoss = .perSequence; c.loadBalancingCoefficient = 0.2
                 setup.sequenceLengths = [2, 4]
+            case .reluRouting:
+                c.mode = .relu; c.scoring = .relu; c.l1InitialCoefficient = 0.3; c.zLossCoefficient = 0.05
+            case .reluRoutingScaledWithJitter:
+                c.mode = .relu; c.scoring = .relu; c.l1InitialCoefficient = 0.2; c.weightScale = 2; c.inputJitter = 0.2; c.noiseSeed = 2
+                setup.training = true
             }
             setup.configuration = c
             return setup

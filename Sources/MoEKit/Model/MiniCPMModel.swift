@@ -322,7 +322,7 @@ public final class MiniCPMModel {
                          microBatch: MicroBatch = .whole, detail: RoutingRecord.Detail = .none, timer: StageTimer? = nil) -> DecoderPass {
         let epsilon = Float(config.rmsNormEps), residualScale = config.residualScale
         let sequenceLengths = spans.map(\.length)
-        let routerLoss = training ? configurableRouter.map { RouterLoss(configuration: $0.configuration) } : nil
+        let routerLoss = training ? configurableRouter.map { RouterLoss(router: $0) } : nil
         var moeLayer = 0
         var h = timer.measure(.other) { EmbeddingLayer.forward(tokens: tokens, embedding: weights.embedding, scale: Float(config.scaleEmb)) }
         var pass = DecoderPass(hidden: Tensor(shape: [0, 0]))
@@ -356,7 +356,8 @@ public final class MiniCPMModel {
                     if let loss = result.auxiliaryLoss { pass.routerLosses.append(loss) }
                 } else if detail != .none {
                     pass.records.append(timer.measure(.routingStatistics) {
-                        RoutingStatistics.record(result.routed, topK: router.slotsPerToken, detail: detail)
+                        RoutingStatistics.record(result.routed, topK: configurableRouter?.configuration.mode == .relu ? configurableRouter?.topK ?? 1 : router.slotsPerToken,
+                                                 detail: detail, variableActiveExperts: configurableRouter?.configuration.mode == .relu)
                     })
                 }
             }

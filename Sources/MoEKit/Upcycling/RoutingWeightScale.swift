@@ -43,6 +43,7 @@ public enum RoutingWeightScale {
         case (_, .renormalized), (_, .softmaxOverSelected): weightSum = 1
         case (.softmax, .unnormalized): weightSum = k / Double(experts)
         case (.sigmoid, .unnormalized): weightSum = k / 2
+        case (.relu, .unnormalized): preconditionFailure("ReLU routing is not token choice")
         }
         return Float(1 / (weightSum * Double(router.weightScale)))
     }

@@ -8,7 +8,9 @@ public struct RouterLoss: Sendable, Equatable {
     public var zLossCoefficient: Float
     public var importanceCoefficient: Float
     public var loadCoefficient: Float
-    /// The router's scoring function (the sequence-wise loss normalises its scores).
+    /// The router's scoring function (the sequence-wise loss normalises its scores). With `.relu`
+    /// (ReMoE) the load-balancing term is ReMoE's L1 penalty `ReLURouting.l1Regularization`, and
+    /// `loadBalancingCoefficient` holds its adaptive coefficient λ (see `init(router:)`).
     public var scoring: RouterConfiguration.Scoring
     /// Over which tokens the load-balancing statistics are pooled (`moekit train --balance`).
     public var balance: Balance = .micro
@@ -37,6 +39,14 @@ public struct RouterLoss: Sendable, Equatable {
         importanceCoefficient = configuration.importanceCoefficient
         loadCoefficient = configuration.loadCoefficient
         scoring = configuration.scoring
+        if configuration.mode == .relu { loadBalancingCoefficient = configuration.l1InitialCoefficient }
+    }
+
+    /// The loss of a router as it stands: with ReLU routing, the L1 penalty's coefficient is the
+    /// router's current λ (`ConfigurableRouter.l1Coefficient`) instead of `load_balancing_coefficient`.
+    public init(router: ConfigurableRouter) {
+        self.init(configuration: router.configuration)
+        if router.configuration.mode == .relu { loadBalancingCoefficient = router.l1Coefficient }
     }
 
     /// The loss with every coefficient multiplied by `share`: one micro-batch's part of a global
@@ -80,6 +90,13 @@ public struct RouterLoss: Sendable, Equatable {
         let tokens = decision.tokens, experts = decision.experts
         let balancing: LossAndGradient
         switch (balance, loadBalancingLoss) {
+        case _ where scoring == .relu:
+            var fractions: [Float]?
+            if balance == .global, let counts = globalExpertCounts {
+                precondition(counts.count == experts && globalTokens > 0, "global balancing: \(counts.count) counts over \(globalTokens) tokens for \(experts) experts")
+                fractions = counts.map { Float($0) / Float(globalTokens * topK) }
+            }
+            balancing = ReLURouting.l1Regularization(logits: routed.logits, tokens: tokens, experts: experts, topK: topK, fractions: fractions)
         case (.sequence, _):
             balancing = RouterLosses.sequenceWiseLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts, scoring: scoring,
                                                                selectedExperts: decision.selectedExperts, topK: topK,

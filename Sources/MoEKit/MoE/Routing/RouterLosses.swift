@@ -165,6 +165,8 @@ public enum RouterLosses {
                         let s = scores[t * experts + j]
                         gradient[t * experts + j] = scoreGradient[j] * s * (1 - s)
                     }
+                case .relu:
+                    for j in 0 ..< experts where scores[t * experts + j] > 0 { gradient[t * experts + j] = scoreGradient[j] }
                 }
             }
         }
