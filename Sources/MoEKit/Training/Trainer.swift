@@ -146,6 +146,13 @@ public final class Trainer {
                 throw TrainingError.invalidOption(name: "balance", reason: "sequence is DeepSeek-V3's sequence-wise loss (f_i = E·count_i/(k·T_s)); the router's load_balancing_loss \(configuration.loadBalancingLoss.rawValue) would be ignored, so set it to switch")
             default: break
             }
+            if configuration.mode == .relu, options.balance == .sequence {
+                throw TrainingError.invalidOption(name: "balance", reason: "sequence is DeepSeek-V3's sequence-wise loss on normalised scores; ReLU routing (ReMoE) balances with its L1 penalty, use micro or global")
+            }
+            if configuration.mode == .relu, let router = model.configurableRouter {
+                // ReMoE's λ continues where the saved run stood (the configured λ₀ only starts a run).
+                if let coefficient = state?.l1Coefficient { router.l1Coefficient = coefficient }
+            }
             if logPath != nil, configuration.mode == .expertChoice {
                 throw TrainingError.unsupportedRouter(reason: "expert-choice routing has no fixed k per token, which routing logs need; train without --log or with a top-k router")
             }
@@ -203,9 +210,10 @@ public final class Trainer {
         guard let router = model.configurableRouter else {
             return RoutingLogHeader(numLayers: 0, numExperts: 0, topK: 0, router: "dense", modelConfig: configText, source: source, training: true)
         }
-        return RoutingLogHeader(numLayers: router.layers, numExperts: router.experts, topK: router.slotsPerToken,
+        let relu = router.configuration.mode == .relu
+        return RoutingLogHeader(numLayers: router.layers, numExperts: router.experts, topK: relu ? router.topK : router.slotsPerToken,
                                 router: router.configuration.description, modelConfig: configText, source: source,
-                                training: true, domains: domains)
+                                training: true, domains: domains, variableActiveExperts: relu)
     }
 
     /// Runs the steps from `startStep` to `options.steps`, saving OUT_DIR at the save interval and
@@ -230,6 +238,7 @@ public final class Trainer {
             if let router = model.configurableRouter, router.configuration.auxiliaryLossFreeBalancing {
                 router.updateBalancingBias(expertCounts: result.expertCounts)
             }
+            model.configurableRouter?.updateL1Coefficient(expertCounts: result.expertCounts, tokens: batch.tokenCount)
             trainingSeconds += Date().timeIntervalSince(stepStart)
             tokensThisRun += batch.tokenCount
             tokensSeen += batch.tokenCount
@@ -381,9 +390,12 @@ public final class Trainer {
             let unlabelled = domainNames.count - 1
             domainOfToken = domains.flatMap { $0.map { $0 >= 0 && $0 < domainNames.count ? $0 : unlabelled } }
         }
-        let topK = model.router?.slotsPerToken ?? 0
+        // ReLU routing logs k, the target (its aux_loss column is then ReMoE's L_reg, f_e = count_e/(T·k)).
+        let relu = model.configurableRouter?.configuration.mode == .relu
+        let topK = relu ? model.configurableRouter?.topK ?? 0 : model.router?.slotsPerToken ?? 0
         let layers = result.routing.map {
-            TrainingRoutingStatistics.layerStatistics($0, topK: topK, domainOfToken: domainOfToken, domains: domainNames.count)
+            TrainingRoutingStatistics.layerStatistics($0, topK: topK, domainOfToken: domainOfToken, domains: domainNames.count,
+                                                      variableActiveExperts: relu)
         }
         try logWriter.append(RoutingLogStep(step: step, tokens: batch.tokenCount, loss: result.loss, learningRate: learningRate, layers: layers,
                                             training: RoutingLogTrainingColumns(languageModelLoss: result.languageModelLoss, gradientNorm: gradientNorm,
@@ -428,7 +440,8 @@ public final class Trainer {
         }
         try optimizer.save(to: stateDirectory + "/" + Self.optimizerFileName)
         let state = TrainerState(completedSteps: completedSteps, options: options.resumeSignature, data: dataPath, initialModel: initialModel,
-                                 tokensSeen: tokensSeen, lastLoss: loss, lastLanguageModelLoss: languageModelLoss, lastValidationLoss: validationLoss)
+                                 tokensSeen: tokensSeen, lastLoss: loss, lastLanguageModelLoss: languageModelLoss, lastValidationLoss: validationLoss,
+                                 l1Coefficient: model.configurableRouter.flatMap { $0.configuration.mode == .relu ? $0.l1Coefficient : nil })
         try AtomicFileWriter.write(state.serialized(), to: stateDirectory + "/" + TrainerState.fileName)
         try directory.commit()
     }
