@@ -189,6 +189,27 @@ def test_aux_free_router_saves_its_bias(workspace, run_moekit):
     assert {name: tensor.shape for name, tensor in trained.items()} == expected_shapes(config)
 
 
+def test_relu_router_trains_with_adaptive_l1_and_logs_active_experts(workspace, run_moekit):
+    """--router remoe: the log is schema 3 with the active-experts histogram (Σ n·h_n = Σ counts),
+    trainer_state.json holds λ = λ0 · 1.2^(±1 per step) ≠ λ0 after 3 steps, --balance sequence is refused."""
+    out, log = workspace / "remoe-out", workspace / "remoe.h5"
+    options = ["--data", workspace / "corpus.bin", "--steps", 3, "--batch", 2, "--seq", 16, "--lr", PEAK,
+               "--router", "remoe:l1-init=1e-4", "--threads", 1, "--quiet"]
+    run_moekit("train", workspace / "moe", *options, "--out", out, "--log", log)
+    with h5py.File(log, "r") as f:
+        assert int(f.attrs["version"]) == 3 and int(f.attrs["variable_k"]) == 1
+        h = f["routing/active_experts"][:]
+        assert np.array_equal((h * np.arange(h.shape[2])).sum(axis=2), f["routing/expert_counts"][:].sum(axis=2))
+        assert np.all(h.sum(axis=2) == 32)
+    state = json.loads((out / "training_state" / "trainer_state.json").read_text())
+    exponent = math.log(state["relu_l1_coefficient"] / 1e-4, 1.2)
+    assert abs(exponent - round(exponent)) < 1e-4 and round(exponent) in (-3, -1, 1, 3)
+    config = json.loads((out / "config.json").read_text())
+    assert config["moekit_router"]["mode"] == "relu"
+    result = run_moekit("train", workspace / "moe", *options, "--balance", "sequence", "--out", workspace / "remoe-seq", check=False)
+    assert result.returncode != 0 and "--balance" in result.stderr
+
+
 def test_accumulated_global_balancing_run_logs_the_global_batch(workspace, run_moekit):
     """--accumulate 2 --balance global: one log row per optimiser step covering all 4 sequences; the
     state records both options, and a resume with another --balance is refused by name."""
