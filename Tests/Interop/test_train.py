@@ -191,7 +191,8 @@ def test_aux_free_router_saves_its_bias(workspace, run_moekit):
 
 def test_relu_router_trains_with_adaptive_l1_and_logs_active_experts(workspace, run_moekit):
     """--router remoe: the log is schema 3 with the active-experts histogram (Σ n·h_n = Σ counts),
-    trainer_state.json holds λ = λ0 · 1.2^(±1 per step) ≠ λ0 after 3 steps, --balance sequence is refused."""
+    trainer_state.json holds λ = λ0 · 1.2^(±1 per step) ≠ λ0 after 3 steps, --balance sequence and
+    --aux-loss are refused."""
     out, log = workspace / "remoe-out", workspace / "remoe.h5"
     options = ["--data", workspace / "corpus.bin", "--steps", 3, "--batch", 2, "--seq", 16, "--lr", PEAK,
                "--router", "remoe:l1-init=1e-4", "--threads", 1, "--quiet"]
@@ -208,6 +209,8 @@ def test_relu_router_trains_with_adaptive_l1_and_logs_active_experts(workspace, 
     assert config["moekit_router"]["mode"] == "relu"
     result = run_moekit("train", workspace / "moe", *options, "--balance", "sequence", "--out", workspace / "remoe-seq", check=False)
     assert result.returncode != 0 and "--balance" in result.stderr
+    result = run_moekit("train", workspace / "moe", *options, "--aux-loss", 0.01, "--out", workspace / "remoe-aux", check=False)
+    assert result.returncode != 0 and "--aux-loss" in result.stderr and "l1-init" in result.stderr
 
 
 def test_accumulated_global_balancing_run_logs_the_global_batch(workspace, run_moekit):

@@ -133,6 +133,11 @@ import Testing
         #expect(jittered.inputJitterFactors != nil && jittered.noisyTopKSamples != nil && jittered.noiseStandardDeviations != nil)
         #expect(try Case.noisyTopKWithLoadLoss.setup.forward().auxiliaryLoss?.load != nil)
         #expect(try Case.expertChoiceSoftmax.setup.forward().routed.decision.slotsPerToken == Self.experts)
+        for relu in [Case.reluRouting, .reluRoutingScaledWithJitter] {
+            let decision = try relu.setup.forward().routed.decision
+            let active = (0 ..< Self.tokens).map { t in (0 ..< Self.experts).filter { decision.selectedExperts[t * Self.experts + $0] >= 0 }.count }
+            #expect(Set(active).count > 1, "\(relu): active experts per token vary, got \(active)")
+        }
         let biased = Case.sigmoidUnnormalizedWithBias.setup
         var unbiased = biased
         unbiased.bias = nil

@@ -1,15 +1,16 @@
 import Foundation
 
 /// Runs `moekit train`: trains a dense or MoE MiniCPM checkpoint on a token file with AdamW under a
-/// learning-rate schedule, logs every step to an HDF5 routing log (schema version 2), and saves the
+/// learning-rate schedule, logs every step to an HDF5 routing log (schema version 2; 3 for ReLU routers), and saves the
 /// result as a Hugging Face directory with its training state beside it.
 ///
 /// One step s: batch(s) = `BatchSampler.batch(at: s)` (a pure function of seed and step) →
 /// router noise reseeded for s → loss and gradients (`MiniCPMModel.lossAndGradients`) → AdamW with
 /// η_s = schedule(s) × the tensor-program multipliers, gradient clipped by global norm → the
-/// auxiliary-loss-free bias updated from the step's expert counts (when configured) → log row.
-/// Because nothing else carries state between steps, a run resumed from a save at step s computes
-/// exactly what the uninterrupted run computes.
+/// auxiliary-loss-free bias updated from the step's expert counts (when configured) → ReMoE's L1
+/// coefficient λ updated from the step's realised sparsity (ReLU routing; saved in
+/// `trainer_state.json`) → log row. Because nothing else carries state between steps, a run resumed
+/// from a save at step s computes exactly what the uninterrupted run computes.
 ///
 /// OUT_DIR layout: `config.json` (with the `moekit_router` used), `model.safetensors` (f32, and
 /// `mlp.gate.moekit_bias` per layer when the router keeps a bias), the source's other files
@@ -145,6 +146,9 @@ public final class Trainer {
             case (.sequence, .huggingFace), (.sequence, .perSequence):
                 throw TrainingError.invalidOption(name: "balance", reason: "sequence is DeepSeek-V3's sequence-wise loss (f_i = E·count_i/(k·T_s)); the router's load_balancing_loss \(configuration.loadBalancingLoss.rawValue) would be ignored, so set it to switch")
             default: break
+            }
+            if configuration.mode == .relu, options.auxiliaryLossCoefficient != nil {
+                throw TrainingError.invalidOption(name: "aux-loss", reason: "ReLU routing (ReMoE) replaces the load-balancing loss by its L1 penalty with an adaptive coefficient; set its start and rate in --router (l1-init, l1-multiplier)")
             }
             if configuration.mode == .relu, options.balance == .sequence {
                 throw TrainingError.invalidOption(name: "balance", reason: "sequence is DeepSeek-V3's sequence-wise loss on normalised scores; ReLU routing (ReMoE) balances with its L1 penalty, use micro or global")

@@ -32,7 +32,7 @@ public enum RoutingWeightScale {
     /// choice has no per-token weight sum to match and is refused.
     public static func factor(router: RouterConfiguration, experts: Int, topK: Int) throws(UpcycleError) -> Float {
         guard router.mode == .tokenChoice else {
-            throw .invalidOption(option: "--weight-scale", reason: "auto has no expected-output factor for expert-choice routing (tokens get a varying number of experts)")
+            throw .invalidOption(option: "--weight-scale", reason: "auto has no expected-output factor for expert-choice or ReLU routing (tokens get a varying number of experts)")
         }
         guard router.weightScale > 0 else {
             throw .invalidOption(option: "--weight-scale", reason: "auto needs a positive router weight scale, got \(router.weightScale)")
