@@ -7,7 +7,7 @@ struct TraceCommand: ParsableCommand {
         commandName: "trace",
         abstract: "Run a MiniCPM-MoE model over token ids or text and log its routing to HDF5, one step per batch.",
         discussion: """
-        The log (schema 1, docs/routing-log.md) is written with HDF5's SWMR mode and flushed after \
+        The log (schema 1; schema 3 for ReLU routers such as remoe, docs/routing-log.md) is written with HDF5's SWMR mode and flushed after \
         every step: h5py (swmr=True), notebooks and `moekit inspect` can read it while it grows, and \
         a killed run keeps every completed step.
         """

@@ -61,8 +61,14 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Router z-loss coefficient (default: the router's, 0).")
     var zLoss: Float?
 
-    @Option(help: "Router to train with instead of the model's (see docs/routers.md).")
+    @Option(help: "Router to train with instead of the model's (e.g. switch, sigmoid, remoe; see docs/routers.md).")
     var router: String?
+
+    @Option(help: "Gradient accumulation: split each step's --batch sequences into N equal micro-batches, run one after another; the summed gradient is the global batch's exactly.")
+    var accumulate: Int = 1
+
+    @Option(help: "Load-balancing granularity: micro (the loss per micro-batch), global (f_i counted over the whole step's batch; Qwen, Megatron global_aux_loss) or sequence (DeepSeek-V3's sequence-wise loss on s/Σs). See docs/routers.md.")
+    var balance: String = "micro"
 
     @Option(help: "AdamW decoupled weight decay.")
     var weightDecay: Float = 0.1
@@ -112,6 +118,10 @@ struct TrainCommand: ParsableCommand {
         if resume && force { throw ValidationError("--resume and --force exclude each other") }
         guard TrainingOptions.ScheduleKind(rawValue: schedule) != nil else { throw ValidationError("--schedule must be wsd, cosine or constant, got '\(schedule)'") }
         guard LearningRateSchedule.DecayShape(rawValue: decay) != nil else { throw ValidationError("--decay must be exponential or linear, got '\(decay)'") }
+        guard RouterLoss.Balance(rawValue: balance) != nil else { throw ValidationError("--balance must be micro, global or sequence, got '\(balance)'") }
+        guard accumulate >= 1, accumulate <= batch, batch % accumulate == 0 else {
+            throw ValidationError("--accumulate must divide --batch \(batch) into equal micro-batches, got \(accumulate)")
+        }
         if let dataDtype, TokenDataType(rawValue: dataDtype) == nil { throw ValidationError("--data-dtype must be uint16 or uint32, got '\(dataDtype)'") }
         if clip < 0 || !clip.isFinite { throw ValidationError("--clip must be a finite number ≥ 0") }
         try OptionRanges.check("--steps", steps, OptionRanges.steps)
@@ -141,6 +151,8 @@ struct TrainCommand: ParsableCommand {
         options.auxiliaryLossCoefficient = auxLoss
         options.zLossCoefficient = zLoss
         options.router = try router.map { try RouterConfiguration(text: $0) }
+        options.accumulationSteps = accumulate
+        options.balance = RouterLoss.Balance(rawValue: balance) ?? .micro
         options.weightDecay = weightDecay
         options.maxGradientNorm = clip > 0 ? clip : nil
         options.seed = seed
@@ -157,7 +169,7 @@ struct TrainCommand: ParsableCommand {
         try reportingErrors {
             compute.apply()
             try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: "training with --batch \(batch) × --seq \(seq)") {
-                MemoryEstimate.trainingBytes($0, batch: batch, seq: seq)
+                MemoryEstimate.trainingBytes($0, batch: batch / max(accumulate, 1), seq: seq)
             }
             // --resume appends to the log: check it can be read without HDF5 failing on it.
             if resume, let log { try IsolatedLogRead.check(log) }

@@ -41,6 +41,9 @@ struct UpcycleCommand: ParsableCommand {
     @Option(name: .customLong("drop-ratio"), help: "drop: share r of each expert's intermediate neurons redrawn (0…1, default 0.5).")
     var dropRatio: Double?
 
+    @Option(name: .customLong("shared-experts"), help: "Shared experts per layer (DeepSeekMoE): always active, never routed, each a copy of the dense MLP; every W2 is scaled by 1/(S+1) so the output keeps the dense function (copy, noise, drop).")
+    var sharedExperts: Int = 0
+
     @Option(name: .customLong("router-init"), help: "normal, uniform (±1/sqrt(hidden)), uniform-std (mean 0, std --router-std) or zero (default: normal; drop: uniform-std).")
     var routerInit: String?
 
@@ -111,6 +114,7 @@ struct UpcycleCommand: ParsableCommand {
         options.routerInitialization = routerInit.flatMap(RouterInitialization.init(rawValue:)) ?? paper.initialization
         options.routerStandardDeviation = routerStd ?? paper.standardDeviation
         options.dropRatio = dropRatio ?? DropUpcycling.defaultRatio
+        options.sharedExperts = sharedExperts
         options.router = try router.map { try RouterConfiguration(text: $0) }
         options.weightScaling = WeightScaling(rawValue: weightScale) ?? WeightScaling.none
         options.noiseStandardDeviation = noiseStd

@@ -9,8 +9,9 @@ from safetensors.numpy import save_file, load_file
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB = 32, 48, 2, 4, 2, 64
 
 
-def write_minicpm(directory, *, experts=None, top_k=2, tied=False, seed=0, router=None, selection_bias=False):
-    """A MiniCPM (-MoE) with random weights in f32: scale_emb 12, scale_depth 1.4, dim_model_base 8."""
+def write_minicpm(directory, *, experts=None, top_k=2, tied=False, seed=0, router=None, selection_bias=False, shared_experts=0):
+    """A MiniCPM (-MoE) with random weights in f32: scale_emb 12, scale_depth 1.4, dim_model_base 8; with
+    shared_experts S, DeepSeek-style mlp.shared_experts.* of S·intermediate neurons and n_shared_experts S."""
     rng = np.random.default_rng(seed)
     os.makedirs(directory)
     kv = KV_HEADS * HIDDEN // HEADS
@@ -37,6 +38,10 @@ def write_minicpm(directory, *, experts=None, top_k=2, tied=False, seed=0, route
                 tensors[p + f"mlp.experts.{e}.w1.weight"] = matrix(INTERMEDIATE, HIDDEN)
                 tensors[p + f"mlp.experts.{e}.w3.weight"] = matrix(INTERMEDIATE, HIDDEN)
                 tensors[p + f"mlp.experts.{e}.w2.weight"] = matrix(HIDDEN, INTERMEDIATE)
+            if shared_experts:
+                tensors[p + "mlp.shared_experts.gate_proj.weight"] = matrix(shared_experts * INTERMEDIATE, HIDDEN)
+                tensors[p + "mlp.shared_experts.up_proj.weight"] = matrix(shared_experts * INTERMEDIATE, HIDDEN)
+                tensors[p + "mlp.shared_experts.down_proj.weight"] = matrix(HIDDEN, shared_experts * INTERMEDIATE)
         else:
             tensors[p + "mlp.gate_proj.weight"] = matrix(INTERMEDIATE, HIDDEN)
             tensors[p + "mlp.up_proj.weight"] = matrix(INTERMEDIATE, HIDDEN)
@@ -49,6 +54,8 @@ def write_minicpm(directory, *, experts=None, top_k=2, tied=False, seed=0, route
               "tie_word_embeddings": tied, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
     if experts:
         config.update(num_experts=experts, num_experts_per_tok=top_k)
+        if shared_experts:
+            config["n_shared_experts"] = shared_experts
     if router:
         config["moekit_router"] = router
     with open(os.path.join(directory, "config.json"), "w") as f:

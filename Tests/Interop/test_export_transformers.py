@@ -63,6 +63,26 @@ def test_export_loads_in_transformers_with_minicpm_logits(tmp_path, run_moekit, 
     assert relative_difference(moekit_logits(run_moekit, out, tmp_path, "reimported"), expected) <= 1e-5
 
 
+@pytest.mark.parametrize("kind", ["qwen2_moe", "glm4_moe"])
+def test_shared_experts_export_with_minicpm_logits(tmp_path, run_moekit, kind):
+    """MoEKit's shared experts (n_shared_experts 2, DeepSeek's mlp.shared_experts.*) exported: Qwen2-MoE's
+    sigmoid-gated shared expert (gate 0, down × 2) and GLM-4.5-MoE's shared experts give MoEKit's logits."""
+    source = write_minicpm(str(tmp_path / "minicpm"), experts=4, seed=5, router=ROUTERS.get(kind), shared_experts=2)
+    out = str(tmp_path / kind)
+    run_moekit("export", source, out, "--format", kind, "--dtype", "f32", "--quiet")
+    config = json.loads((tmp_path / kind / "config.json").read_text())
+    if kind == "qwen2_moe":
+        assert config["shared_expert_intermediate_size"] == 2 * 48
+    else:
+        assert config["n_shared_experts"] == 2
+    expected = moekit_logits(run_moekit, source, tmp_path, "minicpm")
+    actual, _ = transformers_logits(out, CLASSES[kind])
+    assert relative_difference(actual, expected) <= 1e-5
+    # Without the shared experts the logits differ: the comparison can fail.
+    plain = write_minicpm(str(tmp_path / "plain"), experts=4, seed=5, router=ROUTERS.get(kind))
+    assert relative_difference(moekit_logits(run_moekit, plain, tmp_path, "plain"), expected) > 1e-3
+
+
 def test_mixtral_written_by_transformers_runs_in_every_moekit_command(tmp_path, run_moekit):
     config = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,

@@ -48,6 +48,36 @@ def test_writer_schema_is_read_by_moekit_inspect_and_refuses_bad_steps(tmp_path,
     assert "top-2 softmax" in run_moekit("inspect", path).stdout
 
 
+def test_variable_k_log_is_version_3_and_inspect_reports_active_experts(tmp_path, run_moekit):
+    """A ReLU-routed (variable-k) log: 4 tokens, 4 experts, target k = 1; per layer the active-experts
+    histogram must count the tokens and Σ n·h_n must equal the expert counts' sum."""
+    path = str(tmp_path / "relu.h5")
+    E = 4
+
+    def relu_row(step, counts, histogram):
+        layer = row(step, [counts], tokens=4).layers[0]
+        layer.active_experts = np.asarray(histogram, np.int64)
+        return StepRow(step=step, tokens=4, layers=[layer], loss=3.0, lr=1e-3, lm_loss=2.9, grad_norm=0.5)
+
+    with RoutingLogWriter(path, 1, E, 1, router="remoe", variable_k=True) as writer:
+        writer.append(relu_row(0, [2, 2, 1, 1], [0, 2, 2, 0, 0]))  # 2 tokens × 1 + 2 × 2 = 6
+        with pytest.raises(RoutingLogError, match="Σ n·active_experts"):
+            writer.append(relu_row(1, [2, 2, 1, 1], [0, 4, 0, 0, 0]))
+        with pytest.raises(RoutingLogError, match="does not count 4 tokens"):
+            writer.append(relu_row(1, [1, 1, 1, 1], [0, 3, 0, 0, 0]))
+        writer.append(relu_row(1, [1, 1, 1, 1], [0, 4, 0, 0, 0]))
+    with h5py.File(path, "r") as f:
+        assert f.attrs["version"] == 3 and f.attrs["variable_k"] == 1
+        assert f["routing/active_experts"].shape == (2, 1, E + 1)
+    summary = json.loads(run_moekit("inspect", path, "--json").stdout)
+    assert summary["variable_k"] is True and summary["version"] == 3
+    active = summary["active_experts"][0]
+    assert active["histogram"] == [0, 6, 2, 0, 0]
+    assert active["mean_per_step"] == [1.5, 1.0]
+    assert abs(active["sparsity"] - (1 - 1.25 / 4)) < 1e-12
+    assert "active experts per token" in run_moekit("inspect", path).stdout
+
+
 WRITER = """
 import sys, time
 import numpy as np

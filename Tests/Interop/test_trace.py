@@ -140,3 +140,29 @@ def test_trace_refuses_a_dense_model(run_moekit, moe, tmp_path):
     result = run_moekit("trace", model.parent / "dense", "--tokens-file", tokens, "--log", tmp_path / "x.h5", check=False)
     assert result.returncode == 1 and "MiniCPM-MoE" in result.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_relu_router_trace_is_schema_3_with_active_experts(moe, run_moekit, tmp_path):
+    """`trace --router remoe --per-token`: ReLU routing writes schema 3 (variable_k), every layer row's
+    active-experts histogram counts the step's tokens and gives Σ n·h_n = Σ counts, the per-token
+    rows have E slots whose filled entries are exactly the positive-weight ones, and inspect reports
+    the realised active experts."""
+    model, tokens = moe
+    log = tmp_path / "relu.h5"
+    run_moekit("trace", model, "--tokens-file", tokens, "--log", log, "--batch-tokens", 256, "--per-token",
+               "--router", "remoe", "--quiet")
+    with h5py.File(log, "r", swmr=True) as f:
+        assert int(f.attrs["version"]) == 3 and int(f.attrs["variable_k"]) == 1 and int(f.attrs["top_k"]) == 2
+        E = int(f.attrs["num_experts"])
+        histogram = f["routing/active_experts"][:]                     # [S, L, E + 1]
+        counts = f["routing/expert_counts"][:]
+        steps_tokens = f["steps/tokens"][:]
+        assert np.array_equal(histogram.sum(axis=2), np.broadcast_to(steps_tokens[:, None], histogram.shape[:2]))
+        assert np.array_equal((histogram * np.arange(E + 1)).sum(axis=2), counts.sum(axis=2))
+        experts, weights = f["tokens/experts"][:], f["tokens/weights"][:]
+        assert experts.shape[2] == E
+        assert np.array_equal(experts >= 0, weights > 0)
+        per_token = (experts[:, 0, :] >= 0).sum(axis=1)                # layer 0, tokens of every step
+        assert np.array_equal(np.bincount(per_token, minlength=E + 1), histogram[:, 0, :].sum(axis=0))
+    report = run_moekit("inspect", log).stdout
+    assert "active experts per token (target k = 2 of 8" in report

@@ -189,6 +189,51 @@ def test_aux_free_router_saves_its_bias(workspace, run_moekit):
     assert {name: tensor.shape for name, tensor in trained.items()} == expected_shapes(config)
 
 
+def test_relu_router_trains_with_adaptive_l1_and_logs_active_experts(workspace, run_moekit):
+    """--router remoe: the log is schema 3 with the active-experts histogram (Σ n·h_n = Σ counts),
+    trainer_state.json holds λ = λ0 · 1.2^(±1 per step) ≠ λ0 after 3 steps, --balance sequence and
+    --aux-loss are refused."""
+    out, log = workspace / "remoe-out", workspace / "remoe.h5"
+    options = ["--data", workspace / "corpus.bin", "--steps", 3, "--batch", 2, "--seq", 16, "--lr", PEAK,
+               "--router", "remoe:l1-init=1e-4", "--threads", 1, "--quiet"]
+    run_moekit("train", workspace / "moe", *options, "--out", out, "--log", log)
+    with h5py.File(log, "r") as f:
+        assert int(f.attrs["version"]) == 3 and int(f.attrs["variable_k"]) == 1
+        h = f["routing/active_experts"][:]
+        assert np.array_equal((h * np.arange(h.shape[2])).sum(axis=2), f["routing/expert_counts"][:].sum(axis=2))
+        assert np.all(h.sum(axis=2) == 32)
+    state = json.loads((out / "training_state" / "trainer_state.json").read_text())
+    exponent = math.log(state["relu_l1_coefficient"] / 1e-4, 1.2)
+    assert abs(exponent - round(exponent)) < 1e-4 and round(exponent) in (-3, -1, 1, 3)
+    config = json.loads((out / "config.json").read_text())
+    assert config["moekit_router"]["mode"] == "relu"
+    result = run_moekit("train", workspace / "moe", *options, "--balance", "sequence", "--out", workspace / "remoe-seq", check=False)
+    assert result.returncode != 0 and "--balance" in result.stderr
+    result = run_moekit("train", workspace / "moe", *options, "--aux-loss", 0.01, "--out", workspace / "remoe-aux", check=False)
+    assert result.returncode != 0 and "--aux-loss" in result.stderr and "l1-init" in result.stderr
+
+
+def test_accumulated_global_balancing_run_logs_the_global_batch(workspace, run_moekit):
+    """--accumulate 2 --balance global: one log row per optimiser step covering all 4 sequences; the
+    state records both options, and a resume with another --balance is refused by name."""
+    out, log = workspace / "global-out", workspace / "global.h5"
+    options = ["--data", workspace / "corpus.bin", "--steps", 3, "--batch", 4, "--seq", 16, "--lr", PEAK,
+               "--accumulate", 2, "--balance", "global", "--threads", 1, "--quiet"]
+    run_moekit("train", workspace / "moe", *options, "--out", out, "--log", log)
+    with h5py.File(log, "r") as f:
+        assert list(f["steps/step"][:]) == [0, 1, 2]
+        assert all(t == 64 for t in f["steps/tokens"][:])
+        assert np.all(f["routing/expert_counts"][:].sum(axis=2) == 64 * 2)
+    state = json.loads((out / "training_state" / "trainer_state.json").read_text())
+    assert "accumulate" in json.dumps(state) and "global" in json.dumps(state)
+    changed = [o if o != "global" else "micro" for o in options]
+    line = error_line(run_moekit("train", workspace / "moe", *changed, "--out", out, "--resume", check=False))
+    assert "--balance" in line
+    odd = ["--data", workspace / "corpus.bin", "--steps", 3, "--batch", 4, "--seq", 16, "--lr", PEAK, "--accumulate", 3, "--quiet"]
+    result = run_moekit("train", workspace / "moe", *odd, "--out", workspace / "e-acc", check=False)
+    assert result.returncode not in (0, 1) and "--accumulate" in result.stderr
+
+
 def test_resumed_run_matches_uninterrupted_run_bitwise(workspace, run_moekit, moekit):
     """Run A: 4 steps. Run C: the same with saves every 2 steps, killed (SIGKILL) right after the step-2
     save; resumed with --resume it must end with A's weights and optimiser state, bit for bit."""

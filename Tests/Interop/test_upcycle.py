@@ -60,6 +60,33 @@ def test_copy_upcycle_is_read_by_safetensors_and_preserves_logits(tmp_path):
     assert report["verification"]["passed"] is True and report["verification"]["tokens"] == 16
 
 
+def test_shared_experts_upcycle_is_read_and_traced_as_routed_experts_only(tmp_path):
+    """--shared-experts 2: DeepSeek's mlp.shared_experts.* of 2·I neurons (two copies of the dense MLP,
+    down × 1/3, as every routed w2), n_shared_experts in config.json, the dense logits kept; a trace
+    log and inspect count the 4 routed experts only (Σ counts = tokens · k)."""
+    dense, moe = str(tmp_path / "dense"), str(tmp_path / "moe")
+    run("init", dense, "--preset", "tiny", "--dtype", "f32", "--layers", "2", "--quiet")
+    run("upcycle", dense, moe, "--experts", "4", "--top-k", "2", "--shared-experts", "2", "--quiet")
+    config = json.loads((tmp_path / "moe" / "config.json").read_text())
+    assert config["n_shared_experts"] == 2 and config["num_experts"] == 4
+    source, upcycled = load_file(os.path.join(dense, "model.safetensors")), load_dir(moe)
+    gate, down = source["model.layers.1.mlp.gate_proj.weight"], source["model.layers.1.mlp.down_proj.weight"]
+    assert np.array_equal(upcycled["model.layers.1.mlp.shared_experts.gate_proj.weight"], np.concatenate([gate, gate]))
+    third = np.float32(1) / np.float32(3)
+    assert np.array_equal(upcycled["model.layers.1.mlp.shared_experts.down_proj.weight"], np.concatenate([down * third, down * third], axis=1))
+    assert np.array_equal(upcycled["model.layers.1.mlp.experts.2.w2.weight"], down * third)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("1 5 9 33 2 17 60 8\n1 40 22 7\n")
+    for name, directory in (("dense", dense), ("moe", moe)):
+        run("forward", directory, "--tokens-file", str(tokens), "--output", str(tmp_path / f"{name}.safetensors"))
+    a, b = load_file(str(tmp_path / "dense.safetensors"))["logits"], load_file(str(tmp_path / "moe.safetensors"))["logits"]
+    assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a))
+    run("trace", moe, "--tokens-file", str(tokens), "--log", str(tmp_path / "trace.h5"), "--quiet")
+    summary = json.loads(run("inspect", str(tmp_path / "trace.h5"), "--json").stdout)
+    assert summary["num_experts"] == 4 and summary["top_k"] == 2
+    assert all(sum(layer["expert_counts"]) == 12 * 2 and len(layer["expert_counts"]) == 4 for layer in summary["layers"])
+
+
 def test_bad_input_leaves_no_output(tmp_path):
     dense, moe = str(tmp_path / "dense"), str(tmp_path / "moe")
     run("init", dense, "--preset", "tiny", "--layers", "1", "--quiet")

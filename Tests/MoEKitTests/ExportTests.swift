@@ -137,6 +137,7 @@ private func storedBytes(_ directory: String) throws -> [String: [UInt8]] {
         (.object(["weighting": .string("unnormalized")]), "weighting: unnormalized"),
         (.object(["capacity_factor": .number(1.25)]), "capacity_factor"),
         (.object(["mode": .string("expert_choice"), "capacity_factor": .number(1)]), "mode: expert_choice"),
+        (.object(["mode": .string("relu"), "scoring": .string("relu")]), "mode: relu"),
         (.object(["aux_loss_free_balancing": .bool(true)]), "aux_loss_free_balancing"),
         (.object(["weight_scale": .number(2.5)]), "weight_scale"),
     ]

@@ -52,7 +52,7 @@ import Testing
         case miniCPMDefault, unnormalizedWithZAndImportanceLoss, softmaxOverSelectedScaled, sigmoidRenormalizedScaled,
              sigmoidUnnormalizedWithBias, capacityByProbability, capacityByPosition, softmaxOverSelectedWithCapacity,
              expertChoiceSoftmax, expertChoiceSigmoidScaled, inputJitterAndLogitNoise, noisyTopKWithLoadLoss,
-             noisyTopKWithJitterAndLoadLoss, perSequenceLoss
+             noisyTopKWithJitterAndLoadLoss, perSequenceLoss, reluRouting, reluRoutingScaledWithJitter
 
         var setup: Setup {
             var setup = Setup()
@@ -91,6 +91,11 @@ import Testing
             case .perSequenceLoss:
                 c.loadBalancingLoss = .perSequence; c.loadBalancingCoefficient = 0.2
                 setup.sequenceLengths = [2, 4]
+            case .reluRouting:
+                c.mode = .relu; c.scoring = .relu; c.l1InitialCoefficient = 0.3; c.zLossCoefficient = 0.05
+            case .reluRoutingScaledWithJitter:
+                c.mode = .relu; c.scoring = .relu; c.l1InitialCoefficient = 0.2; c.weightScale = 2; c.inputJitter = 0.2; c.noiseSeed = 2
+                setup.training = true
             }
             setup.configuration = c
             return setup
@@ -128,6 +133,11 @@ import Testing
         #expect(jittered.inputJitterFactors != nil && jittered.noisyTopKSamples != nil && jittered.noiseStandardDeviations != nil)
         #expect(try Case.noisyTopKWithLoadLoss.setup.forward().auxiliaryLoss?.load != nil)
         #expect(try Case.expertChoiceSoftmax.setup.forward().routed.decision.slotsPerToken == Self.experts)
+        for relu in [Case.reluRouting, .reluRoutingScaledWithJitter] {
+            let decision = try relu.setup.forward().routed.decision
+            let active = (0 ..< Self.tokens).map { t in (0 ..< Self.experts).filter { decision.selectedExperts[t * Self.experts + $0] >= 0 }.count }
+            #expect(Set(active).count > 1, "\(relu): active experts per token vary, got \(active)")
+        }
         let biased = Case.sigmoidUnnormalizedWithBias.setup
         var unbiased = biased
         unbiased.bias = nil

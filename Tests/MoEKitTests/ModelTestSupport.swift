@@ -119,6 +119,17 @@ enum PerTokenReference {
                                        down: w[MiniCPMTensorNames.expertDown(layer, e)]!)
                         for j in 0 ..< hidden { output[j] += probabilities[e] / total * y[j] }
                     }
+                    // Shared experts, each its own slice of the stored S·I neurons: Σ_s FFN_s(x).
+                    let size = c.intermediateSize
+                    for s in 0 ..< c.numSharedExperts {
+                        let gate = w[MiniCPMTensorNames.sharedExpertsGate(layer)]!.rows(s * size ..< (s + 1) * size)
+                        let up = w[MiniCPMTensorNames.sharedExpertsUp(layer)]!.rows(s * size ..< (s + 1) * size)
+                        let fullDown = w[MiniCPMTensorNames.sharedExpertsDown(layer)]!
+                        var down = Tensor(shape: [hidden, size])
+                        for r in 0 ..< hidden { for i in 0 ..< size { down[r, i] = fullDown[r, s * size + i] } }
+                        let y = swiGLU(x, gate: gate, up: up, down: down)
+                        for j in 0 ..< hidden { output[j] += y[j] }
+                    }
                 } else {
                     output = swiGLU(x, gate: w[MiniCPMTensorNames.gateProjection(layer)]!, up: w[MiniCPMTensorNames.upProjection(layer)]!,
                                     down: w[MiniCPMTensorNames.downProjection(layer)]!)

@@ -308,3 +308,97 @@ import Testing
         #expect(jittered.noisyLogits != nil && jittered.noiseStandardDeviations == nil)
     }
 }
+
+/// Balancing granularity (`train --balance`): the Switch loss with fractions counted elsewhere
+/// (global-batch balancing) and DeepSeek-V3's sequence-wise loss on normalised scores.
+@Suite struct BalancingGranularityTests {
+    static let tokens = RouterLossTests.tokens, experts = RouterLossTests.experts, topK = RouterLossTests.topK
+
+    /// The fractions-given loss is the Switch loss when the fractions are the batch's own; split
+    /// into micro-batches of 2 and 4 tokens with the global fractions, the share-weighted parts add
+    /// up to the global value, and each part's share-weighted gradient is the global gradient's rows.
+    @Test func globalFractionsMakeMicroBatchPartsAddUpToTheGlobalLoss() {
+        let (logits, selection) = RouterLossTests.fixture
+        let global = RouterLosses.switchLoadBalancing(logits: logits, tokens: Self.tokens, experts: Self.experts, selectedExperts: selection,
+                                                      topK: Self.topK)
+        var counts = [Float](repeating: 0, count: Self.experts)
+        for e in selection where e >= 0 { counts[Int(e)] += 1 }
+        let fractions = counts.map { $0 / Float(Self.tokens * Self.topK) }
+        let own = RouterLosses.loadBalancing(logits: logits, tokens: Self.tokens, experts: Self.experts, fractions: fractions)
+        #expect(abs(own.value - global.value) <= 1e-6 * global.value)
+        #expect(isClose(own.gradient, global.gradient, relativeTolerance: 1e-6))
+        var value: Float = 0, gradient: [Float] = []
+        for range in [0 ..< 2, 2 ..< Self.tokens] {
+            let part = RouterLosses.loadBalancing(logits: Array(logits[range.lowerBound * Self.experts ..< range.upperBound * Self.experts]),
+                                                  tokens: range.count, experts: Self.experts, fractions: fractions)
+            let share = Float(range.count) / Float(Self.tokens)
+            value += share * part.value
+            gradient += part.gradient.map { share * $0 }
+        }
+        #expect(abs(value - global.value) <= 1e-6 * global.value)
+        #expect(isClose(gradient, global.gradient, relativeTolerance: 1e-5))
+    }
+
+    /// ∂/∂z of the fractions-given loss (f fixed) against central finite differences.
+    @Test func globalLoadBalancingGradientMatchesFiniteDifferences() {
+        let fractions: [Float] = [0.4, 0.1, 0.3, 0.2]
+        RouterLossTests.checkGradient {
+            RouterLosses.loadBalancing(logits: $0, tokens: Self.tokens, experts: Self.experts, fractions: fractions)
+        }
+    }
+
+    /// By hand, E = 2, k = 1, one sequence of two tokens, both routed to expert 0, sigmoid scores:
+    /// z_0 = (0, 0) → s = (½, ½), s' = (½, ½); z_1 = (ln 3, −ln 3) → s = (¾, ¼), s' = (¾, ¼).
+    /// f = E/(k·T)·count = (2, 0), P = (⅝, ⅜), L = 2 · ⅝ = 1.25. The softmax per-sequence loss on
+    /// the same logits uses p_1 = softmax(ln 3, −ln 3) = (9/10, 1/10): P = (0.7, 0.3), L = 1.4.
+    @Test func sequenceWiseLossOnNormalisedSigmoidScoresEqualsItsFormula() {
+        let logits: [Float] = [0, 0, logf(3), -logf(3)]
+        let sequenceWise = RouterLosses.sequenceWiseLoadBalancing(logits: logits, tokens: 2, experts: 2, scoring: .sigmoid,
+                                                                  selectedExperts: [0, 0], topK: 1, sequenceLengths: [2])
+        #expect(abs(sequenceWise.value - 1.25) <= 1e-6)
+        let softmax = RouterLosses.perSequenceLoadBalancing(logits: logits, tokens: 2, experts: 2, selectedExperts: [0, 0], topK: 1,
+                                                            sequenceLengths: [2])
+        #expect(abs(softmax.value - 1.4) <= 1e-6)
+        // Balanced inside each of two sequences gives 1 under sigmoid scores too.
+        let balanced = RouterLosses.sequenceWiseLoadBalancing(logits: [1, 1, 1, 1, -2, -2, -2, -2], tokens: 4, experts: 2, scoring: .sigmoid,
+                                                              selectedExperts: [0, 1, 1, 0], topK: 1, sequenceLengths: [2, 2])
+        #expect(abs(balanced.value - 1) <= 1e-6)
+    }
+
+    /// With softmax scores s' = s, so the sequence-wise loss is the per-sequence Switch loss, value and gradient.
+    @Test func sequenceWiseLossWithSoftmaxIsThePerSequenceLoss() {
+        let (logits, selection) = RouterLossTests.fixture
+        let a = RouterLosses.sequenceWiseLoadBalancing(logits: logits, tokens: Self.tokens, experts: Self.experts, scoring: .softmax,
+                                                       selectedExperts: selection, topK: Self.topK, sequenceLengths: [2, 0, 4])
+        let b = RouterLosses.perSequenceLoadBalancing(logits: logits, tokens: Self.tokens, experts: Self.experts, selectedExperts: selection,
+                                                      topK: Self.topK, sequenceLengths: [2, 0, 4])
+        #expect(abs(a.value - b.value) <= 1e-6 * b.value)
+        #expect(isClose(a.gradient, b.gradient, relativeTolerance: 1e-5))
+    }
+
+    /// The sequence-wise gradient (through s' = s/Σs and the scoring function) against finite differences.
+    @Test(arguments: RouterConfiguration.Scoring.allCases)
+    func sequenceWiseLossGradientMatchesFiniteDifferences(scoring: RouterConfiguration.Scoring) {
+        let selection = RouterLossTests.fixture.selection
+        RouterLossTests.checkGradient {
+            RouterLosses.sequenceWiseLoadBalancing(logits: $0, tokens: Self.tokens, experts: Self.experts, scoring: scoring,
+                                                   selectedExperts: selection, topK: Self.topK, sequenceLengths: [2, 0, 4])
+        }
+    }
+
+    /// `RouterLoss.scaled(by:)` multiplies every coefficient, so the total and its gradient scale too.
+    @Test func scaledLossScalesTotalAndGradient() throws {
+        var configuration = RouterConfiguration()
+        configuration.zLossCoefficient = 0.25
+        let (logits, selection) = RouterLossTests.fixture
+        let decision = RoutingDecision(tokens: Self.tokens, experts: Self.experts, slotsPerToken: Self.topK, selectedExperts: selection,
+                                       combineWeights: [Float](repeating: 0, count: selection.count),
+                                       probabilities: RoutingFunctions.scores(logits, columns: Self.experts, scoring: .softmax))
+        let routed = RoutedTokens(decision: decision, logits: logits)
+        let loss = RouterLoss(configuration: configuration)
+        let full = loss.evaluate(routed, topK: Self.topK), third = loss.scaled(by: 1.0 / 3).evaluate(routed, topK: Self.topK)
+        #expect(abs(third.total - full.total / 3) <= 1e-6 * full.total)
+        #expect(third.loadBalancing == full.loadBalancing)
+        #expect(isClose(third.gradient, full.gradient.map { $0 / 3 }, relativeTolerance: 1e-6))
+    }
+}

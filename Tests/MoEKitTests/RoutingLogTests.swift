@@ -211,9 +211,9 @@ import Testing
         let path = directory.file("future.h5")
         let file = try HDF5File.create(actualPath: path, displayPath: path)
         try file.writeAttribute("format", "moekit-routing")
-        try file.writeAttribute("version", Int64(3))
+        try file.writeAttribute("version", Int64(4))
         try file.flush()
-        #expect(throws: RoutingLogError.newerVersion(file: path, found: 3, supported: 2)) { try RoutingLogReader(path: path) }
+        #expect(throws: RoutingLogError.newerVersion(file: path, found: 4, supported: 3)) { try RoutingLogReader(path: path) }
     }
 
     /// A routing log with a dataset of the wrong shape names the dataset.

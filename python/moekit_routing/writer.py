@@ -22,6 +22,8 @@ import numpy as np
 
 FORMAT = "moekit-routing"
 VERSION = 2
+# Version 3: routers whose active experts vary per token (ReLU routing), `variable_k` = 1.
+VARIABLE_K_VERSION = 3
 
 # name, dtype, trailing shape (in terms of L, E), as RoutingLogSchema.datasets lists them.
 _ROUTING = [
@@ -59,6 +61,8 @@ class LayerRow:
     entropy: float  # mean per-token entropy of the probabilities, nats
     dropped: int = 0
     coactivation: Optional[np.ndarray] = None  # [E, E] int64, symmetric, diagonal 0
+    # [E + 1] int64: tokens with exactly n active experts; required exactly in variable-k logs (v3)
+    active_experts: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -82,11 +86,13 @@ def _chunk_rows(trailing: Sequence[int], element_bytes: int) -> int:
 class RoutingLogWriter:
     """Writes a training routing log (schema version 2, `training` = 1) one step at a time.
 
-    `mode`: "create" refuses an existing path, "replace" replaces it.
+    `mode`: "create" refuses an existing path, "replace" replaces it. `variable_k=True` (a router
+    whose active experts vary per token, e.g. ReMoE's ReLU routing) writes schema version 3: `top_k`
+    is then the target k, and each layer row carries its `active_experts` histogram.
     """
 
     def __init__(self, path: str, num_layers: int, num_experts: int, top_k: int, *, router: str = "",
-                 model_config: str = "{}", source: str = "", mode: str = "create"):
+                 model_config: str = "{}", source: str = "", mode: str = "create", variable_k: bool = False):
         if not (num_layers >= 1 and 1 <= num_experts <= 32767 and 1 <= top_k <= num_experts):
             raise RoutingLogError(f"{path}: {num_layers} layers, {num_experts} experts, top-{top_k} is not a valid MoE shape")
         if mode not in ("create", "replace"):
@@ -95,16 +101,17 @@ class RoutingLogWriter:
             raise RoutingLogError(f"{path}: already exists")
         self.path = path
         self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
+        self.variable_k = variable_k
         self.last_step: Optional[int] = None
         self.step_count = 0
         directory, name = os.path.split(os.path.abspath(path))
         temporary = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{random.getrandbits(32)}")
-        sizes = {"L": num_layers, "E": num_experts}
+        sizes = {"L": num_layers, "E": num_experts, "E+1": num_experts + 1}
         try:
             self._file = h5py.File(temporary, "w", libver=("v110", "v110"))
             attrs = self._file.attrs
             attrs["format"] = FORMAT
-            attrs["version"] = np.int64(VERSION)
+            attrs["version"] = np.int64(VARIABLE_K_VERSION if variable_k else VERSION)
             attrs["num_layers"] = np.int64(num_layers)
             attrs["num_experts"] = np.int64(num_experts)
             attrs["top_k"] = np.int64(top_k)
@@ -113,10 +120,13 @@ class RoutingLogWriter:
             attrs["source"] = source
             attrs["created"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             attrs["training"] = np.int64(1)
+            if variable_k:
+                attrs["variable_k"] = np.int64(1)
             self._file.create_group("routing")
             self._file.create_group("steps")
             self._datasets = []
-            for dataset_name, dtype, axes in _ROUTING + _STEPS:
+            extra = [("routing/active_experts", "<i8", ("L", "E+1"))] if variable_k else []
+            for dataset_name, dtype, axes in _ROUTING + extra + _STEPS:
                 trailing = tuple(sizes[a] for a in axes)
                 element = np.dtype(dtype).itemsize
                 dataset = self._file.create_dataset(
@@ -136,7 +146,8 @@ class RoutingLogWriter:
             raise
 
     def validate(self, row: StepRow) -> None:
-        """Checks sizes and the invariant Σ_i expert_counts[l, i] = tokens·k − dropped[l]."""
+        """Checks sizes and the invariant Σ_i expert_counts[l, i] = tokens·k − dropped[l]; in a
+        variable-k log Σ_i expert_counts[l, i] = Σ_n n·active_experts[l, n] with Σ_n active_experts[l, n] = tokens."""
         L, E, k = self.num_layers, self.num_experts, self.top_k
         if self.last_step is not None and row.step <= self.last_step:
             raise RoutingLogError(f"{self.path}: step {row.step} is not after the last step {self.last_step}")
@@ -148,10 +159,22 @@ class RoutingLogWriter:
             counts = np.asarray(layer.expert_counts)
             if counts.shape != (E,) or np.asarray(layer.prob_mean).shape != (E,):
                 raise RoutingLogError(f"{self.path}: step {row.step}, layer {index}: expected {E} experts")
-            expected = row.tokens * k - int(layer.dropped)
+            if self.variable_k:
+                if layer.active_experts is None or np.asarray(layer.active_experts).shape != (E + 1,):
+                    raise RoutingLogError(f"{self.path}: step {row.step}, layer {index}: a variable-k log needs active_experts of {E + 1} values")
+                histogram = np.asarray(layer.active_experts, dtype=np.int64)
+                if np.any(histogram < 0) or int(histogram.sum()) != row.tokens:
+                    raise RoutingLogError(f"{self.path}: step {row.step}, layer {index}: active_experts does not count {row.tokens} tokens")
+                expected = int((np.arange(E + 1) * histogram).sum())
+                what = "Σ n·active_experts[n]"
+            else:
+                if layer.active_experts is not None:
+                    raise RoutingLogError(f"{self.path}: step {row.step}, layer {index}: active_experts given, but the log is not variable-k")
+                expected = row.tokens * k - int(layer.dropped)
+                what = "tokens·k − dropped"
             if int(counts.sum()) != expected:
                 raise RoutingLogError(f"{self.path}: step {row.step}, layer {index}: expert counts sum to {int(counts.sum())}, "
-                                      f"expected tokens·k − dropped = {expected}")
+                                      f"expected {what} = {expected}")
             if layer.coactivation is not None:
                 co = np.asarray(layer.coactivation)
                 if co.shape != (E, E) or np.any(np.diag(co) != 0):
@@ -171,6 +194,8 @@ class RoutingLogWriter:
             "routing/dropped": np.array([l.dropped for l in layers], dtype=np.int64),
             "routing/coactivation": np.stack([np.zeros((E, E), np.int64) if l.coactivation is None
                                               else np.asarray(l.coactivation, dtype=np.int64) for l in layers]),
+            **({"routing/active_experts": np.stack([np.asarray(l.active_experts, dtype=np.int64) for l in layers])}
+               if self.variable_k else {}),
             "steps/step": np.int64(row.step),
             "steps/tokens": np.int64(row.tokens),
             "steps/loss": np.float32(row.loss),

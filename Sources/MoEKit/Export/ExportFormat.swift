@@ -77,6 +77,7 @@ public struct ExportRouting: Sendable, Equatable {
         if c.weightScale != 1 && !glm { throw refuse("weight_scale: \(c.weightScale)", "\(format.rawValue) has no routed scaling factor; use --format glm4_moe") }
         weightScale = Double(c.weightScale)
         if c.mode == .expertChoice { throw refuse("mode: expert_choice", "its tokens choose their experts") }
+        if c.mode == .relu { throw refuse("mode: relu", "ReMoE's ReLU gates activate a varying number of experts per token, which its top-k router cannot express") }
         if let factor = c.capacityFactor { throw refuse("capacity_factor: \(factor)", "it is dropless; capacity drops change the function") }
         if c.auxiliaryLossFreeBalancing && !glm {
             throw refuse("aux_loss_free_balancing", "\(format.rawValue)'s router has no selection bias; use --format glm4_moe")

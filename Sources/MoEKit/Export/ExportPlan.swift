@@ -111,6 +111,8 @@ public struct ExportPlan: @unchecked Sendable {
             throw .wrongKind(directory: directory, format: "llama", reason: "it is an MoE (num_experts \(config.numExperts ?? 0)); use --format mixtral")
         case .mixtral where !config.isMoE, .qwen2MoE where !config.isMoE, .glm4MoE where !config.isMoE:
             throw .wrongKind(directory: directory, format: format.rawValue, reason: "it is a dense model; use --format llama")
+        case .mixtral where config.numSharedExperts > 0:
+            throw .wrongKind(directory: directory, format: "mixtral", reason: "it has \(config.numSharedExperts) shared expert\(config.numSharedExperts == 1 ? "" : "s") (n_shared_experts), which Mixtral cannot hold; use --format qwen2_moe, glm4_moe or minicpm")
         case .mixtral, .qwen2MoE, .glm4MoE:
             let router: RouterConfiguration
             do { router = try RouterConfiguration(modelConfig: config, path: directory + "/config.json") } catch {
@@ -138,6 +140,10 @@ public struct ExportPlan: @unchecked Sendable {
         output.scaleDepth = Double(config.numHiddenLayers).squareRoot()
         output.tieWordEmbeddings = tied
         if let routing { output.numExpertsPerToken = routing.topK }
+        // Shared experts: MiniCPM keeps them under its own names (the layout below); Qwen2-MoE and
+        // GLM-4.5-MoE hold them in their own tensors, planned with the formats' other extras.
+        let sharedExperts = config.numSharedExperts
+        if format != .minicpm { output.numSharedExperts = 0 }
 
         let target = format.architecture
         var planned: [PlannedTensor] = []
@@ -162,7 +168,14 @@ public struct ExportPlan: @unchecked Sendable {
             }
         }
         if !tied { try plan(MiniCPMTensorNames.lmHead, from: headSource, scale: 1 / divisor, fold: .head) }
-        if format == .glm4MoE {
+        if format == .glm4MoE && sharedExperts > 0 {
+            // GLM-4.5-MoE's shared experts are DeepSeek's: mlp.shared_experts.* of n_shared_experts · moe_intermediate_size neurons, no gate.
+            for layer in 0 ..< config.numHiddenLayers {
+                try plan(MiniCPMTensorNames.sharedExpertsGate(layer), from: MiniCPMTensorNames.sharedExpertsGate(layer), scale: 1, fold: nil)
+                try plan(MiniCPMTensorNames.sharedExpertsUp(layer), from: MiniCPMTensorNames.sharedExpertsUp(layer), scale: 1, fold: nil)
+                try plan(MiniCPMTensorNames.sharedExpertsDown(layer), from: MiniCPMTensorNames.sharedExpertsDown(layer), scale: residual, fold: .residual)
+            }
+        } else if format == .glm4MoE {
             let dtype = options.dtype ?? (try? checkpoint.info(MiniCPMTensorNames.expertGate(0, 0)).dtype) ?? .float32
             let size = config.intermediateSize, hidden = config.hiddenSize
             for layer in 0 ..< config.numHiddenLayers {
@@ -173,7 +186,23 @@ public struct ExportPlan: @unchecked Sendable {
                 }
             }
         }
-        if format == .qwen2MoE {
+        if format == .qwen2MoE && sharedExperts > 0 {
+            // Qwen2-MoE's one shared expert of S·I neurons is gated by sigmoid(x·w_gate): w_gate = 0
+            // gives exactly ½, which down_proj × 2 undoes (exact in binary floating point).
+            let dtype = options.dtype ?? (try? checkpoint.info(MiniCPMTensorNames.router(0)).dtype) ?? .float32
+            for layer in 0 ..< config.numHiddenLayers {
+                let prefix = MiniCPMTensorNames.layer(layer) + ".mlp.shared_expert"
+                func planShared(_ suffix: String, from source: String, scale: Double, fold: Fold?) throws(ExportError) {
+                    try plan(source, from: source, scale: scale, fold: fold)
+                    planned[planned.count - 1].outputName = prefix + suffix
+                }
+                try planShared(".gate_proj.weight", from: MiniCPMTensorNames.sharedExpertsGate(layer), scale: 1, fold: nil)
+                try planShared(".up_proj.weight", from: MiniCPMTensorNames.sharedExpertsUp(layer), scale: 1, fold: nil)
+                try planShared(".down_proj.weight", from: MiniCPMTensorNames.sharedExpertsDown(layer), scale: 2 * residual, fold: .residual)
+                planned.append(PlannedTensor(outputName: prefix + "_gate.weight", sourceName: "", shape: [1, config.hiddenSize], dtype: dtype,
+                                             sourceDType: dtype, scale: 0, fold: nil))
+            }
+        } else if format == .qwen2MoE {
             let dtype = options.dtype ?? (try? checkpoint.info(MiniCPMTensorNames.router(0)).dtype) ?? .float32
             for layer in 0 ..< config.numHiddenLayers {
                 let prefix = MiniCPMTensorNames.layer(layer) + ".mlp.shared_expert"
@@ -209,6 +238,11 @@ public struct ExportPlan: @unchecked Sendable {
         for tensor in planned { bytesByType[tensor.dtype, default: 0] += tensor.byteCount }
         output.torchDtype = bytesByType.max { ($0.value, $0.key.rawValue) < ($1.value, $1.key.rawValue) }?.key.torchName ?? config.torchDtype
         output.otherKeys = ArchitectureConfigKeys.otherKeys(config.otherKeys, config: output, format: format, routing: routing)
+        if sharedExperts > 0 && format == .qwen2MoE {
+            output.otherKeys["shared_expert_intermediate_size"] = .integer(Int64(sharedExperts * config.intermediateSize))
+        } else if sharedExperts > 0 && format == .glm4MoE {
+            output.otherKeys["n_shared_experts"] = .integer(Int64(sharedExperts))
+        }
         do { try output.validate(path: "config.json (output)") } catch { throw .checkpoint(error) }
         outputConfig = output
         if untied { notes.append("tied embeddings untied: lm_head.weight is embed_tokens ÷ \(Self.format(divisor)), embed_tokens × \(Self.format(config.scaleEmb))") }
@@ -233,6 +267,7 @@ public struct ExportPlan: @unchecked Sendable {
     static func isResidualOutput(_ name: String, config: MiniCPMConfig) -> Bool {
         guard name.hasPrefix("model.layers."), name.hasSuffix(".weight") else { return false }
         return name.hasSuffix(".self_attn.o_proj.weight") || name.hasSuffix(".mlp.down_proj.weight")
+            || name.hasSuffix(".mlp.shared_experts.down_proj.weight")
             || (name.contains(".mlp.experts.") && name.hasSuffix(".w2.weight"))
     }
 

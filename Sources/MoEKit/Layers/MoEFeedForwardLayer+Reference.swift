@@ -23,7 +23,7 @@ extension MoEFeedForwardLayer {
     /// accumulators, for tests. Independent of the fast path where it matters: each (token, expert)
     /// pair recomputes the expert with `SwiGLULayer.referenceForward`/`referenceBackward`, and the
     /// router's part multiplies ∂L/∂w by the explicit Jacobian ∂w_t,j/∂z̃_t,m built from the
-    /// scoring function's Jacobian (softmax s_i(δ_im − s_m), sigmoid δ_im s_i(1 − s_i)) and the
+    /// scoring function's Jacobian (softmax s_i(δ_im − s_m), sigmoid δ_im s_i(1 − s_i), ReLU δ_im·1[z_i > 0]) and the
     /// weighting's ∂w/∂s, rather than by the vector formulas of `selectionLogitGradient`.
     /// Reads from `cache` only the input, the routing (with its noise), the router state the
     /// forward saw and the auxiliary loss's logit gradients.
@@ -78,6 +78,9 @@ extension MoEFeedForwardLayer {
             case .sigmoid:
                 s = z.map { 1 / (1 + exp(-$0)) }
                 for i in 0 ..< expertCount { scoreJacobian[i][i] = s[i] * (1 - s[i]) }
+            case .relu:
+                s = z.map { max($0, 0) }
+                for i in 0 ..< expertCount { scoreJacobian[i][i] = z[i] > 0 ? 1 : 0 }
             }
             // The experts the weights were computed over: the router's top-k before capacity drops.
             var chosen = (0 ..< slots).map { Int(decision.selectedExperts[t * slots + $0]) }
@@ -94,7 +97,7 @@ extension MoEFeedForwardLayer {
                 let e = Int(decision.selectedExperts[t * slots + slot])
                 var jacobian = [Double](repeating: 0, count: expertCount)  // ∂w_slot/∂z̃_m
                 switch (configuration.mode, configuration.weighting) {
-                case (.expertChoice, _), (.tokenChoice, .unnormalized):
+                case (.expertChoice, _), (.relu, _), (.tokenChoice, .unnormalized):
                     for m in 0 ..< expertCount { jacobian[m] = scale * scoreJacobian[e][m] }
                 case (.tokenChoice, .renormalized):
                     let sum = chosen.reduce(0.0) { $0 + s[$1] }

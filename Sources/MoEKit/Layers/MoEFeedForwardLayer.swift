@@ -43,10 +43,10 @@ import Foundation
 /// 2. Combine weights → selection scores/logits, per token (dw_j = ∂L/∂w_j, 0 for dropped slots):
 ///    - renormalized: ∂w_j/∂s̃_i = c(δ_ij/S − s̃_c_j/S²) for i ∈ K (including a dropped expert,
 ///      whose score is still in S), so ∂L/∂s̃_i = (c/S) · (dw_i − Σ_j dw_j · s̃_c_j/S), 0 outside K;
-///    - unnormalized and expert choice: ∂L/∂s̃_c_j = c · dw_j;
+///    - unnormalized, expert choice and ReLU routing: ∂L/∂s̃_c_j = c · dw_j;
 ///    - softmaxOverSelected: ∂L/∂z̃_c_i = c · q_i · (dw_i − Σ_j q_j dw_j), 0 outside K (no scores);
 ///    - then the scoring function: softmax ∂L/∂z̃_t = s̃_t ⊙ (∂L/∂s̃_t − ⟨∂L/∂s̃_t, s̃_t⟩);
-///      sigmoid ∂L/∂z̃ = ∂L/∂s̃ ⊙ s̃ ⊙ (1 − s̃).
+///      sigmoid ∂L/∂z̃ = ∂L/∂s̃ ⊙ s̃ ⊙ (1 − s̃); ReLU (ReMoE) ∂L/∂z̃ = ∂L/∂s̃ ⊙ 1[z̃ > 0].
 /// 3. Auxiliary losses: `RouterLoss.evaluate`'s gradient g = ∂aux/∂z (weight 1, coefficients
 ///    already inside). Its load term (noisy top-k only) is split with
 ///    `RouterLosses.loadLossPartials`: the numerator part stays on z, the threshold part θ = z̃_j*
@@ -406,7 +406,7 @@ public enum MoEFeedForwardLayer {
                 }
             }
         } else {
-            // Unnormalised token choice and expert choice: w = c · s̃ for every filled slot.
+            // Unnormalised token choice, expert choice and ReLU routing: w = c · s̃ for every filled slot.
             for t in 0 ..< tokens {
                 for j in 0 ..< slots {
                     let expert = Int(decision.selectedExperts[t * slots + j])
@@ -425,6 +425,8 @@ public enum MoEFeedForwardLayer {
             }
         case .sigmoid:
             for i in logitGradient.indices { logitGradient[i] = scoreGradient[i] * scores[i] * (1 - scores[i]) }
+        case .relu:
+            for i in logitGradient.indices where logits[i] > 0 { logitGradient[i] = scoreGradient[i] }
         }
         return logitGradient
     }

@@ -33,10 +33,13 @@ public struct RoutingRecord: Sendable, Equatable {
     public var selectedExperts: [Int32]?
     /// `[tokens, topK]` combine weights; only with `.perToken`.
     public var combineWeights: [Float]?
+    /// `[experts + 1]`: tokens with exactly n active experts (filled slots), n = 0…E; only for
+    /// routers whose active experts vary per token (ReLU routing), else nil.
+    public var activeExperts: [Int]?
 
     public init(tokens: Int, experts: Int, topK: Int, expertCounts: [Int], probabilityMean: [Float], droppedAssignments: Int,
                 loadBalancingLoss: Float, zLoss: Float, entropy: Float, coactivation: [Int],
-                selectedExperts: [Int32]? = nil, combineWeights: [Float]? = nil) {
+                selectedExperts: [Int32]? = nil, combineWeights: [Float]? = nil, activeExperts: [Int]? = nil) {
         self.tokens = tokens
         self.experts = experts
         self.topK = topK
@@ -49,5 +52,6 @@ public struct RoutingRecord: Sendable, Equatable {
         self.coactivation = coactivation
         self.selectedExperts = selectedExperts
         self.combineWeights = combineWeights
+        self.activeExperts = activeExperts
     }
 }

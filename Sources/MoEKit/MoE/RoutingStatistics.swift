@@ -11,7 +11,8 @@ import Foundation
 /// `RouterLosses.switchLoadBalancing`, and the z-loss `RouterLosses.zLoss` (a test pins both); they
 /// are computed here without the gradients those functions also return.
 public enum RoutingStatistics {
-    public static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail) -> RoutingRecord {
+    /// `variableActiveExperts` (ReLU routing) adds the histogram of active experts per token.
+    public static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail, variableActiveExperts: Bool = false) -> RoutingRecord {
         let decision = routed.decision
         let tokens = decision.tokens, experts = decision.experts, slots = decision.slotsPerToken
         let counts = decision.expertCounts
@@ -47,6 +48,12 @@ public enum RoutingStatistics {
                 }
             }
         }
+        var activeExperts: [Int]?
+        if variableActiveExperts {
+            var histogram = [Int](repeating: 0, count: experts + 1)
+            for t in 0 ..< tokens { histogram[(0 ..< slots).reduce(0) { $0 + (decision.selectedExperts[t * slots + $1] >= 0 ? 1 : 0) }] += 1 }
+            activeExperts = histogram
+        }
         let tokenCount = Float(max(tokens, 1))
         var loadBalancing: Float = 0
         for e in 0 ..< experts {
@@ -58,6 +65,6 @@ public enum RoutingStatistics {
             droppedAssignments: decision.droppedAssignments, loadBalancingLoss: Float(experts) * loadBalancing,
             zLoss: zSum / tokenCount, entropy: max(0, entropySum / tokenCount), coactivation: coactivation,
             selectedExperts: detail == .perToken ? decision.selectedExperts : nil,
-            combineWeights: detail == .perToken ? decision.combineWeights : nil)
+            combineWeights: detail == .perToken ? decision.combineWeights : nil, activeExperts: activeExperts)
     }
 }

@@ -27,6 +27,8 @@ public struct MiniCPMConfig: Sendable, Equatable {
     public var numExperts: Int?
     /// MiniCPM-MoE: experts chosen per token (`num_experts_per_tok`).
     public var numExpertsPerToken: Int?
+    /// Shared experts per MoE layer (`n_shared_experts`, DeepSeekMoE): always active, never routed; 0 when absent.
+    public var numSharedExperts: Int = 0
     /// Every key of the file that is not a typed field above, kept as read.
     public var otherKeys: [String: JSONValue] = [:]
 
@@ -106,6 +108,12 @@ public struct MiniCPMConfig: Sendable, Equatable {
             numExpertsPerToken = try integer("num_experts_per_tok", default: 2)
         }
         otherKeys = object.filter { !Self.typedKeys.contains($0.key) }
+        // MiniCPM-MoE with shared experts (MoEKit's convention, DeepSeek's key). Other architectures
+        // keep the key as read (GLM-4.5-MoE's own shared expert is handled by its import).
+        if numExperts != nil && ModelArchitecture(modelType: object["model_type"]?.stringValue) == .minicpm {
+            numSharedExperts = try integer("n_shared_experts", default: 0, minimum: 0)
+            otherKeys["n_shared_experts"] = nil
+        }
         try adoptArchitectureFields(object, path: path)  // Llama, Mixtral: ModelArchitecture.swift
         try validate(path: path)
     }
@@ -129,6 +137,9 @@ public struct MiniCPMConfig: Sendable, Equatable {
             let topK = numExpertsPerToken ?? 0
             guard topK >= 1 && topK <= experts else {
                 throw .invalidField(path: path, field: "num_experts_per_tok", reason: "(\(topK)) must be between 1 and num_experts (\(experts))")
+            }
+            guard numSharedExperts >= 0 && numSharedExperts <= ConfigLimits.numExperts else {
+                throw .invalidField(path: path, field: "n_shared_experts", reason: "(\(numSharedExperts)) must be between 0 and \(ConfigLimits.numExperts)")
             }
         }
     }
@@ -154,6 +165,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
         if let numExperts {
             object["num_experts"] = .integer(Int64(numExperts))
             object["num_experts_per_tok"] = .integer(Int64(numExpertsPerToken ?? 2))
+            if numSharedExperts > 0 { object["n_shared_experts"] = .integer(Int64(numSharedExperts)) }
         }
         return architectureJSONObject(object)
     }

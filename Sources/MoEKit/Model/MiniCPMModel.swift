@@ -215,18 +215,74 @@ public final class MiniCPMModel {
     /// The loss of a batch and its gradient with respect to every weight; the router is in
     /// training mode (noise on, when configured) during the pass. The weights must be owned f32
     /// (`init(directory:ownedFloat32Weights: true)` or `weights.owned()`).
-    public func lossAndGradients(_ batch: TrainingBatch) throws -> StepResult {
-        try step(batch, routerTraining: true, gradients: true)
+    ///
+    /// With `microBatch`, the batch is one micro-batch of a global batch (gradient accumulation):
+    /// the loss and gradients are this micro-batch's part of the global objective (see
+    /// `MicroBatch`), so the parts of all micro-batches add up to the global batch's.
+    public func lossAndGradients(_ batch: TrainingBatch, microBatch: MicroBatch = .whole) throws -> StepResult {
+        try step(batch, routerTraining: true, gradients: true, microBatch: microBatch)
     }
 
-    private func step(_ batch: TrainingBatch, routerTraining: Bool, gradients: Bool) throws -> StepResult {
+    /// The routing of a batch as `lossAndGradients` would route it (router in training mode, so
+    /// with the same noise when its stream is at the same point), forward only: what global-batch
+    /// balancing counts before the micro-batches' backward passes.
+    public func trainingRouting(_ batch: TrainingBatch) throws -> [RoutedTokens] {
+        try step(batch, routerTraining: true, gradients: false, microBatch: .whole).routing
+    }
+
+    /// How one micro-batch enters a global batch's objective under gradient accumulation.
+    ///
+    /// The global objective is J = Σ_m w_m · CE_m + Σ_layers aux, with w_m = counted_m / counted_G
+    /// (so Σ_m w_m · CE_m is the mean cross-entropy over every target of the global batch), and the
+    /// router losses weighted by share_m = T_m / T_G (a mean over tokens, like the z-loss, becomes
+    /// the global mean). Global balancing replaces each micro-batch's f_i by the global batch's,
+    /// which makes Σ_m share_m · E·Σ_i f_i·P^m_i = E·Σ_i f_i·P^G_i exactly. Values and gradients of
+    /// the returned `StepResult` are already weighted (`loss`, `routerLosses`); `languageModelLoss`
+    /// is the micro-batch's own mean.
+    public struct MicroBatch: Sendable {
+        /// w_m, the weight of this micro-batch's mean cross-entropy.
+        public var languageModelWeight: Float
+        /// share_m = T_m / T_G, the weight of every router loss term.
+        public var share: Float
+        public var balance: RouterLoss.Balance
+        /// `.global`: per MoE layer, the expert counts over the whole global batch (`nil`: this batch's own).
+        public var globalExpertCounts: [[Int]]?
+        /// T_G, the global batch's tokens.
+        public var globalTokens: Int
+
+        public init(languageModelWeight: Float, share: Float, balance: RouterLoss.Balance, globalExpertCounts: [[Int]]? = nil, globalTokens: Int = 0) {
+            self.languageModelWeight = languageModelWeight
+            self.share = share
+            self.balance = balance
+            self.globalExpertCounts = globalExpertCounts
+            self.globalTokens = globalTokens
+        }
+
+        /// The whole batch is the global batch, balanced per batch.
+        public static let whole = MicroBatch(languageModelWeight: 1, share: 1, balance: .micro)
+
+        /// The router loss of MoE layer `index` (counted among MoE layers) for this micro-batch.
+        func routerLoss(_ base: RouterLoss, moeLayer index: Int) -> RouterLoss {
+            var loss = base.scaled(by: share)
+            loss.balance = balance
+            if balance == .global, let counts = globalExpertCounts {
+                precondition(index < counts.count, "global balancing: no counts for MoE layer \(index)")
+                loss.globalExpertCounts = counts[index]
+                loss.globalTokens = globalTokens
+            }
+            return loss
+        }
+    }
+
+    private func step(_ batch: TrainingBatch, routerTraining: Bool, gradients: Bool, microBatch: MicroBatch = .whole) throws -> StepResult {
         let router = try trainingRouter()
         let wasTraining = router?.isTraining ?? false
         router?.isTraining = routerTraining
         defer { router?.isTraining = wasTraining }
-        let pass = try trainingForward(batch, keepCaches: gradients)
+        let pass = try trainingForward(batch, keepCaches: gradients, microBatch: microBatch)
         return StepResult(loss: pass.loss, languageModelLoss: pass.crossEntropy.loss, countedTokens: pass.crossEntropy.countedTokens,
-                          routerLosses: pass.decoder.routerLosses, routing: pass.decoder.routed, gradients: gradients ? backward(pass) : nil)
+                          routerLosses: pass.decoder.routerLosses, routing: pass.decoder.routed,
+                          gradients: gradients ? backward(pass, languageModelWeight: microBatch.languageModelWeight) : nil)
     }
 
     private func trainingRouter() throws(ModelError) -> ConfigurableRouter? {
@@ -239,7 +295,7 @@ public final class MiniCPMModel {
 
     private enum FeedForwardCache {
         case dense(SwiGLULayer.Cache)
-        case mixture(MoEFeedForwardLayer.Cache)
+        case mixture(MoEFeedForwardLayer.Cache, shared: SwiGLULayer.Cache?)
     }
 
     private struct LayerCache {
@@ -263,10 +319,11 @@ public final class MiniCPMModel {
     /// The decoder stack over `tokens`, the rows of each span one sequence. Training passes
     /// `training` (auxiliary losses evaluated; with `keepCaches`, every layer's backward cache kept).
     private func decoder(tokens: [Int], spans: [CausalAttentionLayer.Span], training: Bool, keepCaches: Bool = false,
-                         detail: RoutingRecord.Detail = .none, timer: StageTimer? = nil) -> DecoderPass {
+                         microBatch: MicroBatch = .whole, detail: RoutingRecord.Detail = .none, timer: StageTimer? = nil) -> DecoderPass {
         let epsilon = Float(config.rmsNormEps), residualScale = config.residualScale
         let sequenceLengths = spans.map(\.length)
-        let routerLoss = training ? configurableRouter.map { RouterLoss(configuration: $0.configuration) } : nil
+        let routerLoss = training ? configurableRouter.map { RouterLoss(router: $0) } : nil
+        var moeLayer = 0
         var h = timer.measure(.other) { EmbeddingLayer.forward(tokens: tokens, embedding: weights.embedding, scale: Float(config.scaleEmb)) }
         var pass = DecoderPass(hidden: Tensor(shape: [0, 0]))
         for (index, layer) in weights.layers.enumerated() {
@@ -286,16 +343,21 @@ public final class MiniCPMModel {
                 feedForward = result.cache.map { .dense($0) }
             case .mixture(let moe):
                 guard let router else { preconditionFailure("a MoE model without a router") }
-                let result = MoEFeedForwardLayer.forward(mlpInput, weights: moe, router: router, layer: index, loss: routerLoss,
+                let loss = routerLoss.map { microBatch.routerLoss($0, moeLayer: moeLayer) }
+                moeLayer += 1
+                let result = MoEFeedForwardLayer.forward(mlpInput, weights: moe, router: router, layer: index, loss: loss,
                                                          sequenceLengths: sequenceLengths, keepCache: keepCaches, timer: timer)
-                mlpOutput = result.output
-                feedForward = result.cache.map { .mixture($0) }
+                var output = result.output
+                let sharedCache = MoEFeedForwardLayer.addSharedExperts(mlpInput, weights: moe.shared, to: &output, keepCache: keepCaches, timer: timer)
+                mlpOutput = output
+                feedForward = result.cache.map { .mixture($0, shared: sharedCache) }
                 if training {
                     pass.routed.append(result.routed)
                     if let loss = result.auxiliaryLoss { pass.routerLosses.append(loss) }
                 } else if detail != .none {
                     pass.records.append(timer.measure(.routingStatistics) {
-                        RoutingStatistics.record(result.routed, topK: router.slotsPerToken, detail: detail)
+                        RoutingStatistics.record(result.routed, topK: configurableRouter?.configuration.mode == .relu ? configurableRouter?.topK ?? 1 : router.slotsPerToken,
+                                                 detail: detail, variableActiveExperts: configurableRouter?.configuration.mode == .relu)
                     })
                 }
             }
@@ -316,7 +378,7 @@ public final class MiniCPMModel {
         var loss: Float
     }
 
-    private func trainingForward(_ batch: TrainingBatch, keepCaches: Bool) throws -> TrainingPass {
+    private func trainingForward(_ batch: TrainingBatch, keepCaches: Bool, microBatch: MicroBatch) throws -> TrainingPass {
         for (index, sequence) in batch.inputs.enumerated() { try check(sequence, sequence: index, past: 0, source: "batch") }
         guard !batch.inputs.isEmpty else { throw ModelError.emptyInput(source: "batch") }
         for (index, targets) in batch.targets.enumerated() {
@@ -326,17 +388,23 @@ public final class MiniCPMModel {
         }
         let tokens = batch.inputs.flatMap { $0 }
         let pass = decoder(tokens: tokens, spans: batch.inputs.map { CausalAttentionLayer.Span(length: $0.count) }, training: true,
-                           keepCaches: keepCaches)
+                           keepCaches: keepCaches, microBatch: microBatch)
         let crossEntropy = CrossEntropyLayer.forward(pass.hidden, normWeight: weights.finalNorm, head: weights.head,
                                                      targets: batch.targets.flatMap { $0 }, divisor: config.logitDivisor,
                                                      epsilon: Float(config.rmsNormEps), keepLogitGradient: keepCaches)
-        let loss = crossEntropy.loss + pass.routerLosses.reduce(0) { $0 + $1.total }
+        let loss = microBatch.languageModelWeight * crossEntropy.loss + pass.routerLosses.reduce(0) { $0 + $1.total }
         return TrainingPass(tokens: tokens, decoder: pass, crossEntropy: crossEntropy, loss: loss)
     }
 
-    private func backward(_ pass: TrainingPass) -> MiniCPMWeights {
+    /// ∂/∂weights of languageModelWeight · CE + Σ router losses (their weights are inside them).
+    private func backward(_ pass: TrainingPass, languageModelWeight: Float) -> MiniCPMWeights {
         let residualScale = config.residualScale
-        let output = CrossEntropyLayer.backward(cache: pass.crossEntropy.cache, normWeight: weights.finalNorm, head: weights.head)
+        var output = CrossEntropyLayer.backward(cache: pass.crossEntropy.cache, normWeight: weights.finalNorm, head: weights.head)
+        if languageModelWeight != 1 {
+            Kernels.scale(&output.input, by: languageModelWeight)
+            Kernels.scale(&output.head, by: languageModelWeight)
+            Kernels.scale(&output.normWeight, by: languageModelWeight)
+        }
         var layerGradients: [DecoderLayerWeights] = []
         var dh = output.input
         for index in weights.layers.indices.reversed() {
@@ -351,10 +419,12 @@ public final class MiniCPMModel {
                 let result = SwiGLULayer.backward(mlpGradient, cache: ffnCache, weights: swiGLU)
                 mlpInputGradient = result.input
                 feedForwardGradient = .dense(result.weights)
-            case (.mixture(let moeCache), .mixture(let moe)):
+            case (.mixture(let moeCache, let sharedCache), .mixture(let moe)):
                 let result = MoEFeedForwardLayer.backward(mlpGradient, cache: moeCache, weights: moe)
-                mlpInputGradient = result.input
-                feedForwardGradient = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts))
+                var inputGradient = result.input
+                let shared = MoEFeedForwardLayer.sharedExpertsBackward(mlpGradient, cache: sharedCache, weights: moe.shared, addingInputGradientTo: &inputGradient)
+                mlpInputGradient = inputGradient
+                feedForwardGradient = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts, shared: shared))
             default:
                 preconditionFailure("layer \(index): cache and weights disagree on the MLP kind")
             }

@@ -21,6 +21,12 @@ public enum MiniCPMTensorNames {
     public static func expertGate(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w1.weight" }
     public static func expertUp(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w3.weight" }
     public static func expertDown(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w2.weight" }
+    /// Shared experts (DeepSeekMoE), stored as DeepSeek-V2/V3 store them (vLLM's `deepseek_v2.py`,
+    /// transformers' `DeepseekV3MoE`): the S shared FFNs as one SwiGLU of S·I neurons,
+    /// `mlp.shared_experts.gate_proj`/`up_proj` `[S·I, hidden]` and `down_proj` `[hidden, S·I]`.
+    public static func sharedExpertsGate(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.gate_proj.weight" }
+    public static func sharedExpertsUp(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.up_proj.weight" }
+    public static func sharedExpertsDown(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.down_proj.weight" }
     /// MoEKit's auxiliary-loss-free balancing bias, `[experts]` f32 (ignored by other loaders).
     public static func routerBias(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate.moekit_bias" }
 }
@@ -56,6 +62,12 @@ public struct MiniCPMLayout: Sendable {
                     result.append(Entry(name: MiniCPMTensorNames.expertUp(layer, expert), shape: [c.intermediateSize, hidden]))
                     result.append(Entry(name: MiniCPMTensorNames.expertDown(layer, expert), shape: [hidden, c.intermediateSize]))
                 }
+                if c.numSharedExperts > 0 {
+                    let shared = c.numSharedExperts * c.intermediateSize
+                    result.append(Entry(name: MiniCPMTensorNames.sharedExpertsGate(layer), shape: [shared, hidden]))
+                    result.append(Entry(name: MiniCPMTensorNames.sharedExpertsUp(layer), shape: [shared, hidden]))
+                    result.append(Entry(name: MiniCPMTensorNames.sharedExpertsDown(layer), shape: [hidden, shared]))
+                }
             } else {
                 result.append(Entry(name: MiniCPMTensorNames.gateProjection(layer), shape: [c.intermediateSize, hidden]))
                 result.append(Entry(name: MiniCPMTensorNames.upProjection(layer), shape: [c.intermediateSize, hidden]))
@@ -68,7 +80,7 @@ public struct MiniCPMLayout: Sendable {
     }
 
     /// Parameter counts: all, without the embedding (and untied head), and active per token (an MoE
-    /// token uses the router and k of the E experts).
+    /// token uses the router, k of the E routed experts and every shared expert).
     public struct ParameterCounts: Sendable, Equatable, Codable {
         public var total: Int
         public var nonEmbedding: Int

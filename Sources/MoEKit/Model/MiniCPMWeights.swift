@@ -77,11 +77,15 @@ public struct SwiGLUWeights: Sendable {
 public struct MoEWeights: Sendable {
     public var router: Tensor
     public var experts: [SwiGLUWeights]
+    /// The S shared experts as one SwiGLU of S·I neurons (Σ_s FFN_s(x) is that SwiGLU of x);
+    /// `nil` without shared experts.
+    public var shared: SwiGLUWeights?
 
-    public init(router: Tensor, experts: [SwiGLUWeights]) {
+    public init(router: Tensor, experts: [SwiGLUWeights], shared: SwiGLUWeights? = nil) {
         precondition(router.rank == 2 && router.rows == experts.count, "router \(router.shape) for \(experts.count) experts")
         self.router = router
         self.experts = experts
+        self.shared = shared
     }
 }
 
@@ -175,7 +179,14 @@ public struct MiniCPMWeights: Sendable {
                     try swiGLU(gate: MiniCPMTensorNames.expertGate(layer, expert), up: MiniCPMTensorNames.expertUp(layer, expert),
                                down: MiniCPMTensorNames.expertDown(layer, expert))
                 }
-                feedForward = .mixture(MoEWeights(router: router, experts: blocks))
+                var shared: SwiGLUWeights?
+                if c.numSharedExperts > 0 {
+                    let size = c.numSharedExperts * intermediate
+                    shared = SwiGLUWeights(gate: try matrix(MiniCPMTensorNames.sharedExpertsGate(layer), [size, hidden]),
+                                           up: try matrix(MiniCPMTensorNames.sharedExpertsUp(layer), [size, hidden]),
+                                           down: try matrix(MiniCPMTensorNames.sharedExpertsDown(layer), [hidden, size]))
+                }
+                feedForward = .mixture(MoEWeights(router: router, experts: blocks, shared: shared))
             } else {
                 feedForward = .dense(try swiGLU(gate: MiniCPMTensorNames.gateProjection(layer), up: MiniCPMTensorNames.upProjection(layer),
                                                 down: MiniCPMTensorNames.downProjection(layer)))
@@ -215,7 +226,8 @@ public struct MiniCPMWeights: Sendable {
                 feedForward: {
                     switch layer.feedForward {
                     case .dense(let w): return .dense(swiGLU(w))
-                    case .mixture(let moe): return .mixture(MoEWeights(router: vector(moe.router), experts: moe.experts.map(swiGLU)))
+                    case .mixture(let moe):
+                        return .mixture(MoEWeights(router: vector(moe.router), experts: moe.experts.map(swiGLU), shared: moe.shared.map(swiGLU)))
                     }
                 }())
         }
@@ -268,6 +280,7 @@ public struct MiniCPMWeights: Sendable {
             case .mixture(let moe):
                 vector(moe.router)
                 for w in moe.experts { matrix(w.gateUp); matrix(w.down) }
+                if let w = moe.shared { matrix(w.gateUp); matrix(w.down) }
             }
         }
         vector(finalNorm)
@@ -294,6 +307,7 @@ public struct MiniCPMWeights: Sendable {
                 layers[index].feedForward = .dense(.placeholder)
                 body(&moe.router)
                 for e in moe.experts.indices { matrix(&moe.experts[e].gateUp); matrix(&moe.experts[e].down) }
+                if moe.shared != nil { matrix(&moe.shared!.gateUp); matrix(&moe.shared!.down) }
                 layers[index].feedForward = .mixture(moe)
             }
         }

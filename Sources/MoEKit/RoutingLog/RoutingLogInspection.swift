@@ -117,6 +117,8 @@ public struct RoutingLogInspection: Sendable {
     public let domainSpecialization: [DomainSpecialization]
     /// The selected steps' loss, learning rate and training columns (training logs; else empty).
     public let training: [RoutingLogStep]
+    /// Per inspected layer, realised active experts per token (variable-k logs, schema 3; else empty).
+    public let activeExperts: [ActiveExpertsSummary]
 
     public init(path: String, layer: Int? = nil, selection: StepSelection = .all) throws {
         try self.init(reader: RoutingLogReader(path: path), layer: layer, selection: selection)
@@ -174,6 +176,7 @@ public struct RoutingLogInspection: Sendable {
             }
             return DomainSpecialization(layer: index, counts: counts)
         }
+        activeExperts = ActiveExpertsSummary.summaries(selected, header: header, layerIndices: layerIndices)
         trend = selected.map { step in
             TrendPoint(step: step.step,
                        coefficientOfVariation: layerIndices.map { ExpertLoadStatistics(expertCounts: step.layers[$0].expertCounts, tokens: step.tokens, topK: topK).coefficientOfVariation },
@@ -223,6 +226,8 @@ public struct RoutingLogInspection: Sendable {
                     "aux_loss": .array(point.auxLoss.map(number)),
                 ])
             }),
+            "variable_k": .bool(header.variableActiveExperts),
+            "active_experts": activeExpertsJSON,
             "domains": .array(header.domains.map(JSONValue.string)),
             "domain_specialization": .array(domainSpecialization.map { summary in
                 .object([
@@ -287,6 +292,10 @@ public struct RoutingLogInspection: Sendable {
         lines.append("tokens per expert")
         for summary in layers {
             lines.append("  layer \(summary.layer): " + summary.load.expertCounts.enumerated().map { "e\($0.offset) \($0.element)" }.joined(separator: "  "))
+        }
+        if let activeReport = activeExpertsReport() {
+            lines.append("")
+            lines.append(contentsOf: activeReport)
         }
         lines.append("")
         lines.append(contentsOf: terminalHeatmap(colour: colour))

@@ -105,6 +105,8 @@ public final class RoutingLogReader {
         let entropy = dense ? [] : try read(RoutingLogSchema.entropy, [layers], Float.self)
         let dropped = dense ? [] : try read(RoutingLogSchema.dropped, [layers], Int64.self)
         let coactivation = dense ? [] : try read(RoutingLogSchema.coactivation, [layers, experts, experts], Int64.self)
+        let variable = !dense && header.variableActiveExperts
+        let histograms = variable ? try read(RoutingLogSchema.activeExperts, [layers, experts + 1], Int64.self) : []
         let domains = header.domains.count
         let domainCounts = dense || domains == 0 ? [] : try read(RoutingLogSchema.domainCounts, [layers, domains, experts], Int64.self)
         let lmLosses = header.training ? try read(RoutingLogSchema.languageModelLoss, [], Float.self) : []
@@ -119,7 +121,8 @@ public final class RoutingLogReader {
                 return RoutingLogLayerStatistics(expertCounts: counts[expertRange].map { Int($0) }, probabilityMean: Array(probabilities[expertRange]),
                                                  auxLoss: aux[perLayer], zLoss: z[perLayer], entropy: entropy[perLayer],
                                                  dropped: Int(dropped[perLayer]), coactivation: coactivation[pairRange].map { Int($0) },
-                                                 domainCounts: domains == 0 ? nil : domainCounts[domainRange].map { Int($0) })
+                                                 domainCounts: domains == 0 ? nil : domainCounts[domainRange].map { Int($0) },
+                                                 activeExperts: variable ? histograms[perLayer * (experts + 1) ..< (perLayer + 1) * (experts + 1)].map { Int($0) } : nil)
             }
             let training = header.training
                 ? RoutingLogTrainingColumns(languageModelLoss: lmLosses[row], gradientNorm: gradientNorms[row], validationLoss: validationLosses[row])
@@ -147,7 +150,7 @@ public final class RoutingLogReader {
         guard rows.lowerBound >= 0, rows.upperBound <= tokenRowCount else {
             throw RoutingLogError.outOfRange(file: path, what: "token row", index: rows.upperBound - 1, available: tokenRowCount)
         }
-        let perToken = [header.numLayers, header.topK]
+        let perToken = [header.numLayers, header.slotsPerToken]
         return RoutingLogTokenTrace(
             ids: try dataset(RoutingLogSchema.tokenIDs).read(rows: rows, trailingShape: [], as: Int32.self),
             sequence: try dataset(RoutingLogSchema.tokenSequence).read(rows: rows, trailingShape: [], as: Int32.self),

@@ -1,13 +1,18 @@
 import CHDF5
 import Foundation
 
-/// The root attributes of a routing log (schema versions 1 and 2, see docs/routing-log.md).
+/// The root attributes of a routing log (schema versions 1 to 3, see docs/routing-log.md).
 ///
 /// Version 2 adds what training logs need; a log that uses none of it is written as version 1,
 /// so `trace` logs stay readable by version-1 readers:
 /// - `training` logs carry `/steps/lm_loss`, `/steps/grad_norm` and `/steps/val_loss`;
 /// - `domains` (non-empty) adds `/routing/domain_counts` `[step, layer, domain, expert]`;
 /// - a dense model's training log has `num_layers = num_experts = top_k = 0` and no `/routing`.
+///
+/// Version 3 adds logs of routers whose number of active experts varies per token (ReMoE's ReLU
+/// routing), written as version 3 only when `variableActiveExperts` is set: root attribute
+/// `variable_k = 1`, `/routing/active_experts` `[step, layer, E + 1]` (tokens with exactly n active
+/// experts), per-token rows of E slots, and `top_k` then the target k (sparsity 1 − k/E).
 public struct RoutingLogHeader: Sendable, Equatable {
     /// MoE layers (0 for a dense model's training log).
     public var numLayers: Int
@@ -29,15 +34,22 @@ public struct RoutingLogHeader: Sendable, Equatable {
     public var training: Bool
     /// Names of the data's domains, in domain-id order; non-empty adds `/routing/domain_counts`.
     public var domains: [String]
-    /// Schema version: 2 when the log uses a version-2 feature (training columns, domains, a dense
-    /// model), else 1.
+    /// True when a token's number of active experts varies (ReLU routing): `topK` is the target k,
+    /// each layer row carries the active-experts histogram, and per-token rows have E slots.
+    public var variableActiveExperts: Bool
+    /// Schema version: 3 with variable active experts, 2 when the log uses a version-2 feature
+    /// (training columns, domains, a dense model), else 1.
     public var version: Int
+
+    /// Slots of a per-token row: k, or E with variable active experts.
+    public var slotsPerToken: Int { variableActiveExperts ? numExperts : topK }
 
     /// True for a dense model's training log: no MoE layers, no `/routing` group.
     public var isDense: Bool { numExperts == 0 }
 
     public init(numLayers: Int, numExperts: Int, topK: Int, router: String, modelConfig: String, source: String,
-                created: Date = Date(), perToken: Bool = false, training: Bool = false, domains: [String] = []) {
+                created: Date = Date(), perToken: Bool = false, training: Bool = false, domains: [String] = [],
+                variableActiveExperts: Bool = false) {
         self.numLayers = numLayers
         self.numExperts = numExperts
         self.topK = topK
@@ -48,7 +60,8 @@ public struct RoutingLogHeader: Sendable, Equatable {
         self.perToken = perToken
         self.training = training
         self.domains = domains
-        self.version = training || !domains.isEmpty || numExperts == 0 ? 2 : 1
+        self.variableActiveExperts = variableActiveExperts
+        self.version = variableActiveExperts ? 3 : training || !domains.isEmpty || numExperts == 0 ? 2 : 1
     }
 }
 
@@ -57,7 +70,7 @@ public struct RoutingLogHeader: Sendable, Equatable {
 enum RoutingLogSchema {
     static let format = "moekit-routing"
     /// The newest version this build reads and writes.
-    static let version: Int64 = 2
+    static let version: Int64 = 3
 
     enum Axis { case steps, tokens }
 
@@ -78,6 +91,7 @@ enum RoutingLogSchema {
     static let dropped = "/routing/dropped"
     static let coactivation = "/routing/coactivation"
     static let domainCounts = "/routing/domain_counts"
+    static let activeExperts = "/routing/active_experts"
     static let step = "/steps/step"
     static let tokens = "/steps/tokens"
     static let loss = "/steps/loss"
@@ -103,7 +117,7 @@ enum RoutingLogSchema {
     /// Every dataset of a log with this header, step-axis datasets first, `/steps/*` last (the
     /// writer writes in this order, so the step columns are the last thing a step adds).
     static func datasets(for header: RoutingLogHeader) -> [Dataset] {
-        let layers = header.numLayers, experts = header.numExperts, topK = header.topK
+        let layers = header.numLayers, experts = header.numExperts, topK = header.slotsPerToken
         let i64 = moekit_H5T_STD_I64LE(), f32 = moekit_H5T_IEEE_F32LE()
         var all: [Dataset] = header.isDense ? [] : [
             Dataset(name: expertCounts, axis: .steps, fileType: i64, isFloatingPoint: false, trailingShape: [layers, experts]),
@@ -117,6 +131,9 @@ enum RoutingLogSchema {
         if !header.isDense, !header.domains.isEmpty {
             all.append(Dataset(name: domainCounts, axis: .steps, fileType: i64, isFloatingPoint: false,
                                trailingShape: [layers, header.domains.count, experts]))
+        }
+        if !header.isDense, header.variableActiveExperts {
+            all.append(Dataset(name: activeExperts, axis: .steps, fileType: i64, isFloatingPoint: false, trailingShape: [layers, experts + 1]))
         }
         if header.perToken {
             let i32 = moekit_H5T_STD_I32LE(), i16 = moekit_H5T_STD_I16LE()
@@ -198,6 +215,7 @@ enum RoutingLogSchema {
         let topK = try count("top_k", limit: Int64(experts))
         var training = false
         var domains: [String] = []
+        let variable = try version >= 3 && (file.integerAttribute("variable_k") ?? 0) != 0
         if version >= 2 {
             training = (try file.integerAttribute("training") ?? 0) != 0
             if let names = try file.stringAttribute("domains") {
@@ -214,7 +232,8 @@ enum RoutingLogSchema {
         }
         var header = RoutingLogHeader(numLayers: layers, numExperts: experts, topK: topK, router: try text("router"),
                                       modelConfig: try text("model_config"), source: try text("source"),
-                                      perToken: file.linkExists(tokenGroup), training: training, domains: domains)
+                                      perToken: file.linkExists(tokenGroup), training: training, domains: domains,
+                                      variableActiveExperts: variable)
         header.created = try text("created")
         header.version = Int(version)
         return header

@@ -2,7 +2,8 @@ import Foundation
 
 /// One row of the step axis of a routing log: what one batch (a `trace` batch or a training step)
 /// did in every MoE layer. The writer checks it against the log's header and the invariant
-/// Σ_expert expertCounts = tokens · k − dropped for every layer before writing anything.
+/// Σ_expert expertCounts = tokens · k − dropped for every layer (variable-k logs: Σ_n n · activeExperts[n])
+/// before writing anything.
 public struct RoutingLogStep: Sendable, Equatable {
     /// The step index (`/steps/step`); strictly increasing along the step axis.
     public var step: Int
@@ -76,10 +77,14 @@ public struct RoutingLogLayerStatistics: Sendable, Equatable {
     /// `[domains, experts]` row-major: assignments of tokens of each data domain to each expert
     /// (Σ_domain = `expertCounts`); required exactly when the log has domains.
     public var domainCounts: [Int]?
+    /// `[experts + 1]`: tokens with exactly n active experts, n = 0…E (schema 3, `/routing/active_experts`);
+    /// required exactly when the log has variable active experts (ReLU routing).
+    public var activeExperts: [Int]?
 
     public init(expertCounts: [Int], probabilityMean: [Float], auxLoss: Float, zLoss: Float, entropy: Float,
-                dropped: Int, coactivation: [Int], domainCounts: [Int]? = nil) {
+                dropped: Int, coactivation: [Int], domainCounts: [Int]? = nil, activeExperts: [Int]? = nil) {
         self.domainCounts = domainCounts
+        self.activeExperts = activeExperts
         self.expertCounts = expertCounts
         self.probabilityMean = probabilityMean
         self.auxLoss = auxLoss
@@ -92,7 +97,8 @@ public struct RoutingLogLayerStatistics: Sendable, Equatable {
     /// The statistics an MoE layer recorded (`RoutingRecord.Detail.statistics` or `.perToken`).
     public init(record: RoutingRecord) {
         self.init(expertCounts: record.expertCounts, probabilityMean: record.probabilityMean, auxLoss: record.loadBalancingLoss,
-                  zLoss: record.zLoss, entropy: record.entropy, dropped: record.droppedAssignments, coactivation: record.coactivation)
+                  zLoss: record.zLoss, entropy: record.entropy, dropped: record.droppedAssignments, coactivation: record.coactivation,
+                  activeExperts: record.activeExperts)
     }
 }
 
@@ -119,15 +125,17 @@ public struct RoutingLogTokenTrace: Sendable, Equatable {
     }
 
     /// Interleaves the per-layer `[tokens, k]` selections of `.perToken` routing records (one per
-    /// layer, in layer order) into `[tokens, layers, k]`. Nil when a record carries no per-token
+    /// layer, in layer order) into `[tokens, layers, k]` (`[tokens, layers, E]` for records with
+    /// variable active experts). Nil when a record carries no per-token
     /// detail, its shape disagrees with `ids`, or an expert index does not fit int16.
     public init?(ids: [Int32], sequence: [Int32], position: [Int32], records: [RoutingRecord]) {
         let tokens = ids.count
-        guard let topK = records.first?.topK, sequence.count == tokens, position.count == tokens else { return nil }
+        guard let first = records.first, sequence.count == tokens, position.count == tokens else { return nil }
+        let topK = first.activeExperts == nil ? first.topK : first.experts
         var experts = [Int16](repeating: -1, count: tokens * records.count * topK)
         var weights = [Float](repeating: 0, count: experts.count)
         for (layer, record) in records.enumerated() {
-            guard record.topK == topK, record.tokens == tokens,
+            guard record.topK == first.topK, record.tokens == tokens,
                   let selected = record.selectedExperts, let combine = record.combineWeights,
                   selected.count == tokens * topK, combine.count == tokens * topK else { return nil }
             for token in 0 ..< tokens {

@@ -89,6 +89,7 @@ public final class RoutingLogWriter {
         try file.writeAttribute("model_config", header.modelConfig)
         try file.writeAttribute("source", header.source)
         try file.writeAttribute("created", header.created)
+        if header.variableActiveExperts { try file.writeAttribute("variable_k", Int64(1)) }
         if header.version >= 2 {
             try file.writeAttribute("training", Int64(header.training ? 1 : 0))
             if !header.domains.isEmpty {
@@ -131,6 +132,10 @@ public final class RoutingLogWriter {
                                                  ("top_k", existing.topK, requested.topK)]
         for (field, have, want) in comparisons where have != want {
             throw RoutingLogError.incompatibleAppend(file: path, field: field, existing: "\(have)", requested: "\(want)")
+        }
+        if existing.variableActiveExperts != requested.variableActiveExperts {
+            throw RoutingLogError.incompatibleAppend(file: path, field: "variable_k", existing: existing.variableActiveExperts ? "1" : "0",
+                                                     requested: requested.variableActiveExperts ? "1" : "0")
         }
         if existing.perToken != requested.perToken {
             throw RoutingLogError.incompatibleAppend(file: path, field: "per-token trace", existing: existing.perToken ? "yes" : "no",
@@ -184,7 +189,7 @@ public final class RoutingLogWriter {
 
     /// Checks `step` against the header and the invariant; throws the first problem found.
     public func validate(_ step: RoutingLogStep) throws {
-        let layers = header.numLayers, experts = header.numExperts, topK = header.topK
+        let layers = header.numLayers, experts = header.numExperts, topK = header.topK, slots = header.slotsPerToken
         func invalid(_ layer: Int?, _ reason: String) -> RoutingLogError { .invalidStep(file: path, step: step.step, layer: layer, reason: reason) }
         if let lastStep, step.step <= lastStep { throw RoutingLogError.stepOutOfOrder(file: path, step: step.step, previous: lastStep) }
         guard step.tokens >= 0 else { throw invalid(nil, "negative token count \(step.tokens)") }
@@ -196,7 +201,19 @@ public final class RoutingLogWriter {
             guard layer.dropped >= 0 else { throw invalid(index, "negative dropped count \(layer.dropped)") }
             if let negative = layer.expertCounts.firstIndex(where: { $0 < 0 }) { throw invalid(index, "expert \(negative) has a negative count") }
             let sum = layer.expertCounts.reduce(0, +)
-            let expected = step.tokens * topK - layer.dropped
+            var expected = step.tokens * topK - layer.dropped
+            if header.variableActiveExperts {
+                // Variable active experts: Σ counts = Σ_n n · (tokens with n active), Σ_n = tokens.
+                guard let histogram = layer.activeExperts, histogram.count == experts + 1 else {
+                    throw invalid(index, "a variable-k log needs the active-experts histogram of \(experts + 1) values")
+                }
+                guard histogram.allSatisfy({ $0 >= 0 }), histogram.reduce(0, +) == step.tokens else {
+                    throw invalid(index, "active-experts histogram \(histogram) does not count \(step.tokens) tokens")
+                }
+                expected = histogram.enumerated().reduce(0) { $0 + $1.offset * $1.element }
+            } else if layer.activeExperts != nil {
+                throw invalid(index, "active-experts histogram given, but the log was created without variable_k")
+            }
             guard sum == expected else {
                 throw RoutingLogError.invariantViolated(file: path, step: step.step, layer: index, countSum: sum, expected: expected)
             }
@@ -233,8 +250,8 @@ public final class RoutingLogWriter {
             guard trace.ids.count == n, trace.sequence.count == n, trace.position.count == n else {
                 throw invalid(nil, "per-token ids/sequence/position hold \(trace.ids.count)/\(trace.sequence.count)/\(trace.position.count) rows for \(n) tokens")
             }
-            guard trace.experts.count == n * layers * topK, trace.weights.count == n * layers * topK else {
-                throw invalid(nil, "per-token experts/weights hold \(trace.experts.count)/\(trace.weights.count) values, expected tokens·layers·k = \(n * layers * topK)")
+            guard trace.experts.count == n * layers * slots, trace.weights.count == n * layers * slots else {
+                throw invalid(nil, "per-token experts/weights hold \(trace.experts.count)/\(trace.weights.count) values, expected tokens·layers·slots = \(n * layers * slots)")
             }
             if let bad = trace.experts.first(where: { $0 < -1 || Int($0) >= experts }) {
                 throw invalid(nil, "per-token expert index \(bad) is outside -1..<\(experts)")
@@ -267,6 +284,7 @@ public final class RoutingLogWriter {
             case RoutingLogSchema.entropy: try handle.write(step.layers.map(\.entropy), rows: rows, trailingShape: dataset.trailingShape)
             case RoutingLogSchema.dropped: try handle.write(step.layers.map { Int64($0.dropped) }, rows: rows, trailingShape: dataset.trailingShape)
             case RoutingLogSchema.coactivation: try handle.write(step.layers.flatMap { $0.coactivation.map(Int64.init) }, rows: rows, trailingShape: dataset.trailingShape)
+            case RoutingLogSchema.activeExperts: try handle.write(step.layers.flatMap { ($0.activeExperts ?? []).map(Int64.init) }, rows: rows, trailingShape: dataset.trailingShape)
             case RoutingLogSchema.domainCounts: try handle.write(step.layers.flatMap { ($0.domainCounts ?? []).map(Int64.init) }, rows: rows, trailingShape: dataset.trailingShape)
             case RoutingLogSchema.tokenIDs: try handle.write(step.tokenTrace?.ids ?? [], rows: rows, trailingShape: [])
             case RoutingLogSchema.tokenSequence: try handle.write(step.tokenTrace?.sequence ?? [], rows: rows, trailingShape: [])

@@ -85,8 +85,10 @@ public struct RoutingTracer {
         let routerDescription = (model.router as? ConfigurableRouter)?.configuration.description ?? String(describing: type(of: model.router!))
         let configText = String(decoding: config.serialized(), as: UTF8.self)
         return RoutingLogHeader(numLayers: config.numHiddenLayers, numExperts: config.numExperts ?? 0,
-                                topK: model.router?.slotsPerToken ?? 1, router: routerDescription, modelConfig: configText,
-                                source: model.source, perToken: options.perToken)
+                                topK: model.configurableRouter?.configuration.mode == .relu ? model.configurableRouter?.topK ?? 1
+                                    : model.router?.slotsPerToken ?? 1, router: routerDescription, modelConfig: configText,
+                                source: model.source, perToken: options.perToken,
+                                variableActiveExperts: model.configurableRouter?.configuration.mode == .relu)
     }
 
     public func run(_ sequences: [[Int]], source: String = "input", progress: (Progress) -> Void = { _ in }) throws -> Summary {

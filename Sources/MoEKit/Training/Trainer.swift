@@ -1,15 +1,16 @@
 import Foundation
 
 /// Runs `moekit train`: trains a dense or MoE MiniCPM checkpoint on a token file with AdamW under a
-/// learning-rate schedule, logs every step to an HDF5 routing log (schema version 2), and saves the
+/// learning-rate schedule, logs every step to an HDF5 routing log (schema version 2; 3 for ReLU routers), and saves the
 /// result as a Hugging Face directory with its training state beside it.
 ///
 /// One step s: batch(s) = `BatchSampler.batch(at: s)` (a pure function of seed and step) →
 /// router noise reseeded for s → loss and gradients (`MiniCPMModel.lossAndGradients`) → AdamW with
 /// η_s = schedule(s) × the tensor-program multipliers, gradient clipped by global norm → the
-/// auxiliary-loss-free bias updated from the step's expert counts (when configured) → log row.
-/// Because nothing else carries state between steps, a run resumed from a save at step s computes
-/// exactly what the uninterrupted run computes.
+/// auxiliary-loss-free bias updated from the step's expert counts (when configured) → ReMoE's L1
+/// coefficient λ updated from the step's realised sparsity (ReLU routing; saved in
+/// `trainer_state.json`) → log row. Because nothing else carries state between steps, a run resumed
+/// from a save at step s computes exactly what the uninterrupted run computes.
 ///
 /// OUT_DIR layout: `config.json` (with the `moekit_router` used), `model.safetensors` (f32, and
 /// `mlp.gate.moekit_bias` per layer when the router keeps a bias), the source's other files
@@ -92,8 +93,10 @@ public final class Trainer {
         if resume {
             let loaded = try TrainerState(path: stateDirectory + "/" + TrainerState.fileName)
             let signature = options.resumeSignature
-            for key in signature.keys.sorted() where loaded.options[key] != signature[key] {
-                throw TrainingError.invalidOption(name: key, reason: "is \(signature[key] ?? "unset") but the run in \(outputDirectory) used \(loaded.options[key] ?? "unset"); resume with the same value")
+            for key in signature.keys.sorted() {
+                let saved = loaded.options[key] ?? TrainingOptions.resumeDefaults[key]
+                guard saved != signature[key] else { continue }
+                throw TrainingError.invalidOption(name: key, reason: "is \(signature[key] ?? "unset") but the run in \(outputDirectory) used \(saved ?? "unset"); resume with the same value")
             }
             guard loaded.completedSteps <= options.steps else {
                 throw TrainingError.invalidState(path: stateDirectory + "/" + TrainerState.fileName,
@@ -137,12 +140,30 @@ public final class Trainer {
                 // misreport the run.
                 throw TrainingError.unsupportedRouter(reason: "noisy_top_k: its learned noise weights are not yet optimised or saved by moekit train")
             }
+            switch (options.balance, configuration.loadBalancingLoss) {
+            case (.global, .perSequence):
+                throw TrainingError.invalidOption(name: "balance", reason: "global pools f_i over the global batch, but the router's load_balancing_loss is per_sequence; use --balance sequence or a switch/hf loss")
+            case (.sequence, .huggingFace), (.sequence, .perSequence):
+                throw TrainingError.invalidOption(name: "balance", reason: "sequence is DeepSeek-V3's sequence-wise loss (f_i = E·count_i/(k·T_s)); the router's load_balancing_loss \(configuration.loadBalancingLoss.rawValue) would be ignored, so set it to switch")
+            default: break
+            }
+            if configuration.mode == .relu, options.auxiliaryLossCoefficient != nil {
+                throw TrainingError.invalidOption(name: "aux-loss", reason: "ReLU routing (ReMoE) replaces the load-balancing loss by its L1 penalty with an adaptive coefficient; set its start and rate in --router (l1-init, l1-multiplier)")
+            }
+            if configuration.mode == .relu, options.balance == .sequence {
+                throw TrainingError.invalidOption(name: "balance", reason: "sequence is DeepSeek-V3's sequence-wise loss on normalised scores; ReLU routing (ReMoE) balances with its L1 penalty, use micro or global")
+            }
+            if configuration.mode == .relu, let router = model.configurableRouter {
+                // ReMoE's λ continues where the saved run stood (the configured λ₀ only starts a run).
+                if let coefficient = state?.l1Coefficient { router.l1Coefficient = coefficient }
+            }
             if logPath != nil, configuration.mode == .expertChoice {
                 throw TrainingError.unsupportedRouter(reason: "expert-choice routing has no fixed k per token, which routing logs need; train without --log or with a top-k router")
             }
         } else {
-            if options.router != nil || options.auxiliaryLossCoefficient != nil || options.zLossCoefficient != nil {
-                throw TrainingError.invalidOption(name: options.router != nil ? "router" : options.auxiliaryLossCoefficient != nil ? "aux-loss" : "z-loss",
+            if options.router != nil || options.auxiliaryLossCoefficient != nil || options.zLossCoefficient != nil || options.balance != .micro {
+                throw TrainingError.invalidOption(name: options.router != nil ? "router" : options.auxiliaryLossCoefficient != nil ? "aux-loss"
+                                                    : options.zLossCoefficient != nil ? "z-loss" : "balance",
                                                   reason: "\(source) is a dense model (config.json has no num_experts)")
             }
             model = loaded
@@ -193,9 +214,10 @@ public final class Trainer {
         guard let router = model.configurableRouter else {
             return RoutingLogHeader(numLayers: 0, numExperts: 0, topK: 0, router: "dense", modelConfig: configText, source: source, training: true)
         }
-        return RoutingLogHeader(numLayers: router.layers, numExperts: router.experts, topK: router.slotsPerToken,
+        let relu = router.configuration.mode == .relu
+        return RoutingLogHeader(numLayers: router.layers, numExperts: router.experts, topK: relu ? router.topK : router.slotsPerToken,
                                 router: router.configuration.description, modelConfig: configText, source: source,
-                                training: true, domains: domains)
+                                training: true, domains: domains, variableActiveExperts: relu)
     }
 
     /// Runs the steps from `startStep` to `options.steps`, saving OUT_DIR at the save interval and
@@ -210,9 +232,8 @@ public final class Trainer {
         var lastValidation: Float?
         for step in startStep ..< options.steps {
             let stepStart = Date()
-            model.configurableRouter?.reseedNoise(step: step)
             let batch = sampler.batch(at: step)
-            let result = try model.lossAndGradients(batch)
+            let result = try lossAndGradients(batch, step: step)
             guard result.loss.isFinite, let gradients = result.gradients else { throw TrainingError.nonFiniteLoss(step: step, loss: result.loss) }
             let learningRate = schedule.learningRate(at: step)
             let gradientNorm = optimizer.step(&model.weights, gradients: gradients, learningRate: learningRate)
@@ -221,6 +242,7 @@ public final class Trainer {
             if let router = model.configurableRouter, router.configuration.auxiliaryLossFreeBalancing {
                 router.updateBalancingBias(expertCounts: result.expertCounts)
             }
+            model.configurableRouter?.updateL1Coefficient(expertCounts: result.expertCounts, tokens: batch.tokenCount)
             trainingSeconds += Date().timeIntervalSince(stepStart)
             tokensThisRun += batch.tokenCount
             tokensSeen += batch.tokenCount
@@ -252,6 +274,103 @@ public final class Trainer {
                        outputDirectory: outputDirectory, logPath: logPath)
     }
 
+    /// The loss and gradient of one step's global batch, run as `options.accumulationSteps`
+    /// micro-batches of consecutive sequences whose weighted parts (`MiniCPMModel.MicroBatch`) add
+    /// up to the global objective. The router's noise is reseeded for `step` before the pass.
+    ///
+    /// Global balancing with N > 1 routes every micro-batch forward first (noise reseeded the same
+    /// way, so the routing is the one the second pass makes) to count f_i over the global batch;
+    /// the second pass runs forward and backward with those counts. This costs one extra forward
+    /// per micro-batch and makes the gradient exact (docs/routers.md, "Balancing granularity").
+    /// The result's routing is the micro-batches' routings in order (the global batch's tokens),
+    /// its router-loss terms the global objective's (Σ_m share_m · term_m).
+    func lossAndGradients(_ batch: TrainingBatch, step: Int) throws -> MiniCPMModel.StepResult {
+        let router = model.configurableRouter
+        let parts = Self.microBatches(batch, count: options.accumulationSteps)
+        guard parts.count > 1 else {
+            router?.reseedNoise(step: step)
+            return try model.lossAndGradients(batch, microBatch: MiniCPMModel.MicroBatch(languageModelWeight: 1, share: 1, balance: options.balance))
+        }
+        var globalCounts: [[Int]]?
+        if options.balance == .global, let router {
+            router.reseedNoise(step: step)
+            var counts = [[Int]](repeating: [Int](repeating: 0, count: router.experts), count: router.layers)
+            for part in parts {
+                for (layer, routed) in try model.trainingRouting(part).enumerated() {
+                    for (expert, count) in routed.decision.expertCounts.enumerated() { counts[layer][expert] += count }
+                }
+            }
+            globalCounts = counts
+        }
+        router?.reseedNoise(step: step)
+        let countedTargets = parts.map { $0.targets.reduce(0) { $0 + $1.filter { $0 >= 0 }.count } }
+        let allTargets = countedTargets.reduce(0, +), allTokens = batch.tokenCount
+        var combined: MiniCPMModel.StepResult?
+        var routings: [[RoutedTokens]] = []
+        for (index, part) in parts.enumerated() {
+            let microBatch = MiniCPMModel.MicroBatch(languageModelWeight: allTargets > 0 ? Float(countedTargets[index]) / Float(allTargets) : 0,
+                                                     share: Float(part.tokenCount) / Float(allTokens), balance: options.balance,
+                                                     globalExpertCounts: globalCounts, globalTokens: allTokens)
+            let result = try model.lossAndGradients(part, microBatch: microBatch)
+            guard result.loss.isFinite, let gradients = result.gradients else { return result }
+            routings.append(result.routing)
+            guard var sum = combined, var total = sum.gradients else {
+                combined = result
+                combined?.languageModelLoss = microBatch.languageModelWeight * result.languageModelLoss
+                combined?.routerLosses = result.routerLosses.map { Self.weighted($0, by: microBatch.share) }
+                continue
+            }
+            sum.loss += result.loss
+            sum.languageModelLoss += microBatch.languageModelWeight * result.languageModelLoss
+            sum.countedTokens += result.countedTokens
+            for layer in sum.routerLosses.indices {
+                let term = Self.weighted(result.routerLosses[layer], by: microBatch.share)
+                sum.routerLosses[layer].total += term.total
+                sum.routerLosses[layer].loadBalancing += term.loadBalancing
+                sum.routerLosses[layer].zLoss += term.zLoss
+                sum.routerLosses[layer].importance += term.importance
+                if let load = term.load { sum.routerLosses[layer].load = (sum.routerLosses[layer].load ?? 0) + load }
+            }
+            combined = nil    // `total` holds the only reference to the running sum: added to in place
+            sum.gradients = nil
+            let tensors = gradients.parameterTensors
+            var tensorIndex = 0
+            total.updateEachParameter { Kernels.add(tensors[tensorIndex], to: &$0); tensorIndex += 1 }
+            sum.gradients = total
+            combined = sum
+        }
+        guard var result = combined else { preconditionFailure("a global batch without micro-batches") }
+        result.routing = routings.first.map { first in first.indices.map { layer in Self.concatenated(routings.map { $0[layer] }) } } ?? []
+        return result
+    }
+
+    /// `count` micro-batches of consecutive sequences, equal in size (`count` divides the batch).
+    static func microBatches(_ batch: TrainingBatch, count: Int) -> [TrainingBatch] {
+        guard count > 1 else { return [batch] }
+        let size = batch.sequenceCount / count
+        return (0 ..< count).map { index in
+            let range = index * size ..< (index + 1) * size
+            return TrainingBatch(inputs: Array(batch.inputs[range]), targets: Array(batch.targets[range]), domains: batch.domains.map { Array($0[range]) })
+        }
+    }
+
+    /// A micro-batch's router-loss terms as parts of the global objective: `total` already carries
+    /// the share (its coefficients were scaled); the unweighted terms get it here. The logit gradient is dropped.
+    private static func weighted(_ value: RouterLoss.Value, by share: Float) -> RouterLoss.Value {
+        RouterLoss.Value(total: value.total, loadBalancing: share * value.loadBalancing, zLoss: share * value.zLoss,
+                         importance: share * value.importance, load: value.load.map { share * $0 }, gradient: [])
+    }
+
+    /// The routings of consecutive token blocks as one routing of all their tokens (for logs and counts).
+    static func concatenated(_ parts: [RoutedTokens]) -> RoutedTokens {
+        guard let first = parts.first, parts.count > 1 else { return parts.first ?? RoutedTokens(decision: MoEFeedForwardLayer.emptyDecision, logits: []) }
+        let decision = RoutingDecision(tokens: parts.reduce(0) { $0 + $1.decision.tokens }, experts: first.decision.experts,
+                                       slotsPerToken: first.decision.slotsPerToken, selectedExperts: parts.flatMap(\.decision.selectedExperts),
+                                       combineWeights: parts.flatMap(\.decision.combineWeights), probabilities: parts.flatMap(\.decision.probabilities),
+                                       droppedAssignments: parts.reduce(0) { $0 + $1.decision.droppedAssignments })
+        return RoutedTokens(decision: decision, logits: parts.flatMap(\.logits))
+    }
+
     /// Mean language-model cross-entropy over the held-out batches (at most `options.validationBatches`),
     /// weighted by the number of predicted tokens; the router evaluates without noise.
     public func validate() throws -> Float {
@@ -275,9 +394,12 @@ public final class Trainer {
             let unlabelled = domainNames.count - 1
             domainOfToken = domains.flatMap { $0.map { $0 >= 0 && $0 < domainNames.count ? $0 : unlabelled } }
         }
-        let topK = model.router?.slotsPerToken ?? 0
+        // ReLU routing logs k, the target (its aux_loss column is then ReMoE's L_reg, f_e = count_e/(T·k)).
+        let relu = model.configurableRouter?.configuration.mode == .relu
+        let topK = relu ? model.configurableRouter?.topK ?? 0 : model.router?.slotsPerToken ?? 0
         let layers = result.routing.map {
-            TrainingRoutingStatistics.layerStatistics($0, topK: topK, domainOfToken: domainOfToken, domains: domainNames.count)
+            TrainingRoutingStatistics.layerStatistics($0, topK: topK, domainOfToken: domainOfToken, domains: domainNames.count,
+                                                      variableActiveExperts: relu)
         }
         try logWriter.append(RoutingLogStep(step: step, tokens: batch.tokenCount, loss: result.loss, learningRate: learningRate, layers: layers,
                                             training: RoutingLogTrainingColumns(languageModelLoss: result.languageModelLoss, gradientNorm: gradientNorm,
@@ -322,7 +444,8 @@ public final class Trainer {
         }
         try optimizer.save(to: stateDirectory + "/" + Self.optimizerFileName)
         let state = TrainerState(completedSteps: completedSteps, options: options.resumeSignature, data: dataPath, initialModel: initialModel,
-                                 tokensSeen: tokensSeen, lastLoss: loss, lastLanguageModelLoss: languageModelLoss, lastValidationLoss: validationLoss)
+                                 tokensSeen: tokensSeen, lastLoss: loss, lastLanguageModelLoss: languageModelLoss, lastValidationLoss: validationLoss,
+                                 l1Coefficient: model.configurableRouter.flatMap { $0.configuration.mode == .relu ? $0.l1Coefficient : nil })
         try AtomicFileWriter.write(state.serialized(), to: stateDirectory + "/" + TrainerState.fileName)
         try directory.commit()
     }

@@ -22,9 +22,12 @@ public struct TrainerState: Sendable, Equatable {
     public var lastLoss: Float
     public var lastLanguageModelLoss: Float
     public var lastValidationLoss: Float
+    /// ReMoE's adaptive L1 coefficient λ after the last completed step (ReLU routing only; absent
+    /// from other runs' files), restored on resume so the controller continues where it stood.
+    public var l1Coefficient: Float?
 
     public init(completedSteps: Int, options: [String: String], data: String, initialModel: String, tokensSeen: Int,
-                lastLoss: Float, lastLanguageModelLoss: Float, lastValidationLoss: Float) {
+                lastLoss: Float, lastLanguageModelLoss: Float, lastValidationLoss: Float, l1Coefficient: Float? = nil) {
         self.completedSteps = completedSteps
         self.options = options
         self.data = data
@@ -33,11 +36,12 @@ public struct TrainerState: Sendable, Equatable {
         self.lastLoss = lastLoss
         self.lastLanguageModelLoss = lastLanguageModelLoss
         self.lastValidationLoss = lastValidationLoss
+        self.l1Coefficient = l1Coefficient
     }
 
     public func serialized() -> Data {
         func number(_ value: Float) -> JSONValue { value.isFinite ? .number(Double(value)) : .null }
-        return JSONValue.object([
+        var object: [String: JSONValue] = [
             "format": .string(Self.format),
             "version": .integer(Self.version),
             "completed_steps": .integer(Int64(completedSteps)),
@@ -48,7 +52,9 @@ public struct TrainerState: Sendable, Equatable {
             "last_loss": number(lastLoss),
             "last_lm_loss": number(lastLanguageModelLoss),
             "last_val_loss": number(lastValidationLoss),
-        ]).serialized()
+        ]
+        if let l1Coefficient { object["relu_l1_coefficient"] = .number(Double(l1Coefficient)) }
+        return JSONValue.object(object).serialized()
     }
 
     /// Reads and checks a state file; every problem names the file and the field.
@@ -87,8 +93,15 @@ public struct TrainerState: Sendable, Equatable {
             guard case .string(let text) = value else { throw .invalidState(path: path, reason: "option '\(key)' is not a string") }
             options[key] = text
         }
+        var l1Coefficient: Float?
+        if object["relu_l1_coefficient"] != nil {
+            let value = float("relu_l1_coefficient")
+            guard value.isFinite && value > 0 else { throw .invalidState(path: path, reason: "field 'relu_l1_coefficient' is not a positive number") }
+            l1Coefficient = value
+        }
         self.init(completedSteps: try integer("completed_steps"), options: options, data: try string("data"),
                   initialModel: try string("initial_model"), tokensSeen: try integer("tokens_seen"),
-                  lastLoss: float("last_loss"), lastLanguageModelLoss: float("last_lm_loss"), lastValidationLoss: float("last_val_loss"))
+                  lastLoss: float("last_loss"), lastLanguageModelLoss: float("last_lm_loss"), lastValidationLoss: float("last_val_loss"),
+                  l1Coefficient: l1Coefficient)
     }
 }

@@ -52,6 +52,15 @@ public struct TrainingOptions: Sendable, Equatable {
     /// Overrides the z-loss coefficient (`--z-loss`).
     public var zLossCoefficient: Float?
 
+    // MARK: Gradient accumulation and balancing granularity
+
+    /// N, micro-batches per optimiser step (`--accumulate`): the B sequences of a step are split
+    /// into N micro-batches of B/N, each run forward and backward in turn, and their gradients
+    /// summed into the gradient of the global batch's objective (`MiniCPMModel.MicroBatch`).
+    public var accumulationSteps = 1
+    /// Over which tokens load balancing pools f_i and P_i (`--balance`, see `RouterLoss.Balance`).
+    public var balance: RouterLoss.Balance = .micro
+
     // MARK: Data, evaluation, saving
 
     /// Raw `.bin` element type; `nil` picks by vocabulary size (see `TokenDataType.defaultFor`).
@@ -125,9 +134,15 @@ public struct TrainingOptions: Sendable, Equatable {
         if let zLossCoefficient, !(zLossCoefficient.isFinite && zLossCoefficient >= 0) {
             throw .invalidOption(name: "z-loss", reason: "must be a finite number ≥ 0, got \(zLossCoefficient)")
         }
+        guard accumulationSteps >= 1, accumulationSteps <= batchSize, batchSize % accumulationSteps == 0 else {
+            throw .invalidOption(name: "accumulate", reason: "must divide --batch \(batchSize) into equal micro-batches (1...\(batchSize)), got \(accumulationSteps)")
+        }
         try adamWOptions.validate()
         try learningRateSchedule.validate()
     }
+
+    /// What a saved trainer state without a key (written before the option existed) ran with.
+    static let resumeDefaults = ["accumulate": "1", "balance": RouterLoss.Balance.micro.rawValue]
 
     /// The options that must not change when a run is resumed, by command-line name, as text.
     var resumeSignature: [String: String] {
@@ -136,6 +151,7 @@ public struct TrainingOptions: Sendable, Equatable {
             "lr": "\(learningRate)", "schedule": schedule.rawValue, "warmup": "\(effectiveWarmupSteps)",
             "weight-decay": "\(weightDecay)", "clip": maxGradientNorm.map { "\($0)" } ?? "none",
             "validation-fraction": "\(validationFraction)", "tensor-program": "\(tensorProgram)",
+            "accumulate": "\(accumulationSteps)", "balance": balance.rawValue,
         ]
         if schedule == .wsd {
             signature["decay-fraction"] = "\(decayFraction)"

@@ -18,8 +18,10 @@ enum TrainingRoutingStatistics {
     }
 
     /// The log row of one MoE layer.
-    static func layerStatistics(_ routed: RoutedTokens, topK: Int, domainOfToken: [Int]?, domains: Int) -> RoutingLogLayerStatistics {
-        var statistics = RoutingLogLayerStatistics(record: RoutingStatistics.record(routed, topK: topK, detail: .statistics))
+    static func layerStatistics(_ routed: RoutedTokens, topK: Int, domainOfToken: [Int]?, domains: Int,
+                                variableActiveExperts: Bool = false) -> RoutingLogLayerStatistics {
+        var statistics = RoutingLogLayerStatistics(record: RoutingStatistics.record(routed, topK: topK, detail: .statistics,
+                                                                                    variableActiveExperts: variableActiveExperts))
         if let domainOfToken {
             statistics.domainCounts = domainCounts(routed.decision, domainOfToken: domainOfToken, domains: domains)
         }

@@ -32,7 +32,7 @@ public enum RoutingWeightScale {
     /// choice has no per-token weight sum to match and is refused.
     public static func factor(router: RouterConfiguration, experts: Int, topK: Int) throws(UpcycleError) -> Float {
         guard router.mode == .tokenChoice else {
-            throw .invalidOption(option: "--weight-scale", reason: "auto has no expected-output factor for expert-choice routing (tokens get a varying number of experts)")
+            throw .invalidOption(option: "--weight-scale", reason: "auto has no expected-output factor for expert-choice or ReLU routing (tokens get a varying number of experts)")
         }
         guard router.weightScale > 0 else {
             throw .invalidOption(option: "--weight-scale", reason: "auto needs a positive router weight scale, got \(router.weightScale)")
@@ -43,6 +43,7 @@ public enum RoutingWeightScale {
         case (_, .renormalized), (_, .softmaxOverSelected): weightSum = 1
         case (.softmax, .unnormalized): weightSum = k / Double(experts)
         case (.sigmoid, .unnormalized): weightSum = k / 2
+        case (.relu, .unnormalized): preconditionFailure("ReLU routing is not token choice")
         }
         return Float(1 / (weightSum * Double(router.weightScale)))
     }

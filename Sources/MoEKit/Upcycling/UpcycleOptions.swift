@@ -59,6 +59,11 @@ public struct UpcycleOptions: Sendable, Equatable {
     public var partitionBy: NeuronGrouping = .random
     /// `drop`: the share r of each expert's intermediate neurons redrawn, 0 ≤ r ≤ 1.
     public var dropRatio: Double = DropUpcycling.defaultRatio
+    /// S, shared experts per MoE layer (DeepSeekMoE), each a copy of the dense MLP; with S > 0 every
+    /// expert's and shared expert's `W2` is scaled by 1/(S + 1) so the output keeps the dense
+    /// function (docs/upcycling.md, "Shared experts"). `copy`, `noise` and `drop` only.
+    public var sharedExperts: Int = 0
+    public static let maximumSharedExperts = 64
 
     // MARK: Routing the output runs
     /// Stored in the output config as `moekit_router`; `nil` keeps MiniCPM-MoE's routing.
@@ -141,6 +146,12 @@ public struct UpcycleOptions: Sendable, Equatable {
         }
         if method != .drop && dropRatio != DropUpcycling.defaultRatio {
             throw .invalidOption(option: "--drop-ratio", reason: "only applies to --method drop")
+        }
+        guard sharedExperts >= 0, sharedExperts <= Self.maximumSharedExperts else {
+            throw .invalidOption(option: "--shared-experts", reason: "must be in 0...\(Self.maximumSharedExperts), got \(sharedExperts)")
+        }
+        if sharedExperts > 0 && (method == .partition || method == .granular) {
+            throw .invalidOption(option: "--shared-experts", reason: "shared experts are copies of the dense MLP, so the routed experts must be full-size too: use --method copy, noise or drop")
         }
         _ = try routingWeightScale()
         if let dtype, !dtype.isWritable {

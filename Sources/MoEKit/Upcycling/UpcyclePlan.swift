@@ -13,6 +13,8 @@ public struct UpcyclePlan: @unchecked Sendable {
         case expert(layer: Int, expert: Int, projection: ExpertProjection)
         /// The freshly initialised router of `layer`.
         case router(layer: Int)
+        /// The S shared experts of `layer` (one matrix of S·I neurons): S copies of the dense MLP's matrix.
+        case sharedExperts(layer: Int, projection: ExpertProjection)
     }
 
     public struct PlannedTensor: Sendable, Equatable {
@@ -112,6 +114,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         output.numExperts = experts
         output.numExpertsPerToken = options.topK
         output.intermediateSize = expertIntermediateSize
+        output.numSharedExperts = options.sharedExperts
         // Checked before the tensor list is built from it (--experts × layers bounds its length).
         do { try output.checkLimits(path: "config.json (output)") } catch { throw .checkpoint(error) }
         for entry in MiniCPMLayout(config: output).entries {
@@ -119,6 +122,9 @@ public struct UpcyclePlan: @unchecked Sendable {
             let denseName: String?
             if let (layer, expert, projection) = Self.parseExpertName(entry.name) {
                 source = .expert(layer: layer, expert: expert, projection: projection)
+                denseName = projection.denseTensorName(layer: layer)
+            } else if let (layer, projection) = Self.parseSharedExpertsName(entry.name) {
+                source = .sharedExperts(layer: layer, projection: projection)
                 denseName = projection.denseTensorName(layer: layer)
             } else if let layer = Self.parseRouterName(entry.name) {
                 source = .router(layer: layer)
@@ -139,11 +145,11 @@ public struct UpcyclePlan: @unchecked Sendable {
         planned.sort { $0.name < $1.name }
 
         // Types the computation can handle: computed tensors are decoded to f32 and encoded back.
-        let rawExperts = options.method == .copy && ((try? options.routingWeightScale()) ?? 1) == 1
+        let rawExperts = options.method == .copy && ((try? options.routingWeightScale()) ?? 1) == 1 && options.sharedExperts == 0
         for tensor in planned {
             let computed: Bool
             switch tensor.source {
-            case .router: computed = true
+            case .router, .sharedExperts: computed = true
             case .expert: computed = !rawExperts || tensor.dtype != tensor.sourceDType
             case .dense: computed = tensor.sourceDType != nil && tensor.dtype != tensor.sourceDType
             }
@@ -194,8 +200,12 @@ public struct UpcyclePlan: @unchecked Sendable {
     /// Whether expert tensors are the dense bytes unchanged (`copy` without a routing factor).
     public var copiesExpertsRaw: Bool { options.method == .copy && routingWeightScale == 1 }
 
-    /// The factor every expert's `W2` absorbs for the routing (`--weight-scale auto`), 1 otherwise.
-    public var routingWeightScale: Float { (try? options.routingWeightScale()) ?? 1 }
+    /// The factor every routed expert's `W2` absorbs: the routing's (`--weight-scale auto`, else 1)
+    /// divided by S + 1 with S shared experts.
+    public var routingWeightScale: Float { ((try? options.routingWeightScale()) ?? 1) / Float(1 + options.sharedExperts) }
+
+    /// The factor the shared experts' `W2` absorbs: 1/(S + 1).
+    public var sharedExpertsScale: Float { 1 / Float(1 + options.sharedExperts) }
 
     /// The architecture, model type and `auto_map` entries MiniCPM-MoE-8x2B's config carries.
     static func markAsMiniCPMMoE(_ output: inout MiniCPMConfig, dense: MiniCPMConfig) {
@@ -224,6 +234,19 @@ public struct UpcyclePlan: @unchecked Sendable {
               parts[4] == "experts", let expert = Int(parts[5]), let projection = ExpertProjection(rawValue: String(parts[6])),
               parts[7] == "weight" else { return nil }
         return (layer, expert, projection)
+    }
+
+    /// `model.layers.L.mlp.shared_experts.{gate,up,down}_proj.weight` → (L, projection).
+    static func parseSharedExpertsName(_ name: String) -> (Int, ExpertProjection)? {
+        let parts = name.split(separator: ".")
+        guard parts.count == 7, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]), parts[3] == "mlp",
+              parts[4] == "shared_experts", parts[6] == "weight" else { return nil }
+        switch parts[5] {
+        case "gate_proj": return (layer, .gate)
+        case "up_proj": return (layer, .up)
+        case "down_proj": return (layer, .down)
+        default: return nil
+        }
     }
 
     /// `model.layers.L.mlp.gate.weight` → L.

@@ -62,6 +62,7 @@ public enum UpcycleReport {
                 "granularity": .integer(Int64(options.granularity)),
                 "partition_by": .string(options.partitionBy.rawValue),
                 "drop_ratio": .number(options.dropRatio),
+                "shared_experts": .integer(Int64(options.sharedExperts)),
                 "weight_scale": .string(options.weightScaling.rawValue),
                 "router": options.router?.jsonValue ?? .null,
                 "dtype": .string(options.dtype?.rawValue ?? "keep"),

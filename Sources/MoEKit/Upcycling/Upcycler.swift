@@ -87,7 +87,8 @@ public enum Upcycler {
             throw .verificationUnavailable(reason: "logit shapes differ: dense \(dense.shape), upcycled \(upcycled.shape)")
         }
         let difference = upcycled.maxRelativeDifference(to: dense)
-        let exact = plan.options.method == .copy && plan.routingWeightScale == 1 && plan.options.routingWeightsSumToOne
+        // Shared experts keep it exact: S/(S+1) + 1/(S+1) of the dense MLP when the routed weights sum to 1.
+        let exact = plan.options.method == .copy && ((try? plan.options.routingWeightScale()) ?? 1) == 1 && plan.options.routingWeightsSumToOne
         let tolerance: Float? = exact ? UpcycleOptions.copyTolerance : nil
         let passed = tolerance.map { difference <= $0 } ?? true
         if let tolerance, !(difference <= tolerance) {
@@ -119,6 +120,9 @@ public enum Upcycler {
                     granularity: plan.options.method == .granular ? plan.options.granularity : 1,
                     seed: plan.options.seed, streamName: tensor.name)
                 try router.values.withUnsafeBufferPointer { (values) in try writer.append(floats: values) }
+            case let .sharedExperts(layer, projection):
+                let weight = try layers.sharedExpertsWeight(layer: layer, projection: projection)
+                try weight.values.withUnsafeBufferPointer { (values) in try writer.append(floats: values) }
             case let .expert(layer, expert, projection):
                 let denseName = projection.denseTensorName(layer: layer)
                 if plan.copiesExpertsRaw && tensor.dtype == tensor.sourceDType {
@@ -202,6 +206,27 @@ final class LayerSource {
             for c in 0 ..< b.columns { values[row * width + a.columns + c] = b.values[row * b.columns + c] }
         }
         return Tensor(shape: [rows, width], values: values)
+    }
+
+    /// The S shared experts' matrix of `projection`: gate/up `[S·I, H]` are the dense rows S times,
+    /// down `[H, S·I]` the dense columns S times, times 1/(S + 1) (`UpcyclePlan.sharedExpertsScale`).
+    func sharedExpertsWeight(layer newLayer: Int, projection: ExpertProjection) throws -> Tensor {
+        enter(newLayer)
+        let source = try denseMatrix(projection)
+        let copies = plan.options.sharedExperts
+        switch projection {
+        case .gate, .up:
+            return Tensor(shape: [copies * source.rows, source.columns], values: Array([[Float]](repeating: source.values, count: copies).joined()))
+        case .down:
+            let scale = plan.sharedExpertsScale, width = source.columns
+            var values = [Float](repeating: 0, count: source.rows * copies * width)
+            for row in 0 ..< source.rows {
+                for copy in 0 ..< copies {
+                    for column in 0 ..< width { values[(row * copies + copy) * width + column] = scale * source.values[row * width + column] }
+                }
+            }
+            return Tensor(shape: [source.rows, copies * width], values: values)
+        }
     }
 
     func expertWeight(layer newLayer: Int, expert: Int, projection: ExpertProjection, name: String) throws -> Tensor {

@@ -26,8 +26,17 @@ public final class ConfigurableRouter: ExpertRouter {
     public var noiseWeights: [Tensor]
     private var random: SeededRandom
 
-    /// Top-k routing uses k slots per token; expert choice uses E (a token may be taken by every expert).
-    public var slotsPerToken: Int { configuration.mode == .expertChoice ? experts : topK }
+    /// ReMoE's adaptive L1 coefficient λ (ReLU routing; one for all layers, as in the reference
+    /// code). Starts at `configuration.l1InitialCoefficient`; the trainer updates it once per step
+    /// (`updateL1Coefficient`) and saves it in `trainer_state.json`.
+    public var l1Coefficient: Float
+
+    /// Top-k routing uses k slots per token; expert choice and ReLU routing use E (a token may go
+    /// to every expert).
+    public var slotsPerToken: Int { configuration.mode == .tokenChoice ? topK : experts }
+
+    /// ReLU routing's target sparsity 1 − k/E: the fraction of gates that should be zero.
+    public var targetSparsity: Double { 1 - Double(topK) / Double(experts) }
 
     /// A router for a model of `layers` MoE layers with `experts` experts of `hiddenSize` inputs.
     /// `modelTopK` is the model's experts per token (`num_experts_per_tok`), used unless the
@@ -49,6 +58,7 @@ public final class ConfigurableRouter: ExpertRouter {
         balancingBias = [[Float]](repeating: [Float](repeating: 0, count: experts), count: layers)
         noiseWeights = configuration.noisyTopK ? [Tensor](repeating: Tensor(shape: [experts, hiddenSize]), count: layers) : []
         random = SeededRandom(seed: configuration.noiseSeed, stream: "router-noise")
+        l1Coefficient = configuration.l1InitialCoefficient
     }
 
     /// A router for a MiniCPM-MoE model config. Errors when the model is dense.
@@ -90,6 +100,10 @@ public final class ConfigurableRouter: ExpertRouter {
             let capacity = RoutingFunctions.capacity(tokens: tokens, topK: topK, experts: experts, capacityFactor: configuration.capacityFactor ?? 1)
             var (selected, weights) = RoutingFunctions.expertChoice(scores: selectionScores, tokens: tokens, experts: experts, capacity: capacity)
             if configuration.weightScale != 1 { for i in weights.indices { weights[i] *= configuration.weightScale } }
+            decision = RoutingDecision(tokens: tokens, experts: experts, slotsPerToken: experts, selectedExperts: selected,
+                                       combineWeights: weights, probabilities: probabilities)
+        case .relu:
+            let (selected, weights) = ReLURouting.decide(logits: selectionLogits, tokens: tokens, experts: experts, weightScale: configuration.weightScale)
             decision = RoutingDecision(tokens: tokens, experts: experts, slotsPerToken: experts, selectedExperts: selected,
                                        combineWeights: weights, probabilities: probabilities)
         }
@@ -209,6 +223,18 @@ public final class ConfigurableRouter: ExpertRouter {
                 if load < mean { balancingBias[layer][e] += rate } else if load > mean { balancingBias[layer][e] -= rate }
             }
         }
+    }
+
+    /// One step of ReMoE's controller (`ReLURouting.updatedCoefficient`): λ ← λ · α^sign((1 − k/E) − S)
+    /// for the step's `expertCounts[layer][expert]` over `tokens` tokens. Does nothing unless the
+    /// router is a ReLU router. Returns the realised sparsity S (nil without ReLU routing).
+    @discardableResult
+    public func updateL1Coefficient(expertCounts: [[Int]], tokens: Int) -> Double? {
+        guard configuration.mode == .relu else { return nil }
+        let sparsity = ReLURouting.sparsity(expertCounts: expertCounts, tokens: tokens, experts: experts)
+        l1Coefficient = ReLURouting.updatedCoefficient(l1Coefficient, multiplier: configuration.l1CoefficientMultiplier,
+                                                       targetSparsity: targetSparsity, realisedSparsity: sparsity)
+        return sparsity
     }
 
     /// Replaces one layer's bias, e.g. with the `model.layers.N.mlp.gate.moekit_bias` tensor of a

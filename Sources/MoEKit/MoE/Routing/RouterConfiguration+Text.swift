@@ -15,10 +15,11 @@
 /// | `noisy-topk`    | Shazeer's noisy top-k with a learned noise weight                           |
 /// | `expert-choice` | each expert takes its top-C tokens, cf = 1 (non-causal)                     |
 /// | `aux-free`      | auxiliary-loss-free balancing bias, load-balancing coefficient 0            |
+/// | `remoe`         | ReMoE: ReLU gates, adaptive load-balanced L1 penalty (mode and scoring relu) |
 ///
 /// | key          | field (`moekit_router` JSON key) | values                                        |
 /// |--------------|----------------------------------|-----------------------------------------------|
-/// | `scoring`    | `scoring`                        | `softmax`, `sigmoid`                          |
+/// | `scoring`    | `scoring`                        | `softmax`, `sigmoid`, `relu` (with mode relu) |
 /// | `weighting`  | `weighting`                      | `renormalized`, `unnormalized`, `softmax-over-selected` |
 /// | `k`          | `top_k`                          | integer ≥ 1, or `none` (the model's)          |
 /// | `scale`      | `weight_scale`                   | number > 0                                    |
@@ -26,11 +27,13 @@
 /// | `noise`      | `logit_noise`                    | σ ≥ 0, or `none`                              |
 /// | `noisy-topk` | `noisy_top_k`                    | `true`, `false`                               |
 /// | `seed`       | `noise_seed`                     | unsigned integer                              |
-/// | `mode`       | `mode`                           | `token-choice`, `expert-choice`               |
+/// | `mode`       | `mode`                           | `token-choice`, `expert-choice`, `relu`       |
 /// | `cf`         | `capacity_factor`                | number > 0, or `none` (dropless)              |
 /// | `drop`       | `drop_policy`                    | `probability`, `position`                     |
 /// | `aux-free`   | `aux_loss_free_balancing`        | `true`, `false`                               |
 /// | `bias-rate`  | `bias_update_rate`               | u > 0                                         |
+/// | `l1-init`    | `l1_initial_coefficient`         | λ₀ > 0 (ReLU routing)                         |
+/// | `l1-multiplier` | `l1_coefficient_multiplier`   | α > 1 (ReLU routing)                          |
 /// | `loss`       | `load_balancing_loss`            | `switch`, `hf` (`hugging-face`), `per-sequence` |
 /// | `lb`         | `load_balancing_coefficient`     | number ≥ 0                                    |
 /// | `z`          | `z_loss_coefficient`             | number ≥ 0                                    |
@@ -57,8 +60,11 @@ extension RouterConfiguration: CustomStringConvertible {
         var auxFree = RouterConfiguration()
         auxFree.auxiliaryLossFreeBalancing = true
         auxFree.loadBalancingCoefficient = 0
+        var reMoE = RouterConfiguration()
+        reMoE.mode = .relu
+        reMoE.scoring = .relu
         return [("softmax-topk", RouterConfiguration()), ("switch", switchRouting), ("topk-softmax", topKSoftmax),
-                ("sigmoid", sigmoid), ("noisy-topk", noisy), ("expert-choice", expertChoice), ("aux-free", auxFree)]
+                ("sigmoid", sigmoid), ("noisy-topk", noisy), ("expert-choice", expertChoice), ("aux-free", auxFree), ("remoe", reMoE)]
     }()
 
     static let presetAliases = ["topk": "softmax-topk", "minicpm": "softmax-topk", "mixtral": "softmax-topk", "default": "softmax-topk"]
@@ -97,7 +103,7 @@ extension RouterConfiguration: CustomStringConvertible {
     }
 
     static let textKeys: [TextKey] = [
-        TextKey(name: "scoring", field: .scoring, expected: "softmax or sigmoid",
+        TextKey(name: "scoring", field: .scoring, expected: "softmax, sigmoid or relu",
                 parse: { text, c in guard let v = enumValue(text, Scoring.self) else { return false }; c.scoring = v; return true },
                 format: { dashed($0.scoring.rawValue) }),
         TextKey(name: "weighting", field: .weighting, expected: "renormalized, unnormalized or softmax-over-selected",
@@ -118,7 +124,7 @@ extension RouterConfiguration: CustomStringConvertible {
         TextKey(name: "seed", field: .noiseSeed, expected: "an unsigned integer",
                 parse: { text, c in guard let v = UInt64(text) else { return false }; c.noiseSeed = v; return true },
                 format: { "\($0.noiseSeed)" }),
-        TextKey(name: "mode", field: .mode, expected: "token-choice or expert-choice",
+        TextKey(name: "mode", field: .mode, expected: "token-choice, expert-choice or relu",
                 parse: { text, c in guard let v = enumValue(text, Mode.self) else { return false }; c.mode = v; return true },
                 format: { dashed($0.mode.rawValue) }),
         TextKey(name: "cf", field: .capacityFactor, expected: "a number > 0 or none (dropless)",
@@ -132,6 +138,12 @@ extension RouterConfiguration: CustomStringConvertible {
         TextKey(name: "bias-rate", field: .biasUpdateRate, expected: "a number > 0",
                 parse: { text, c in guard let v = Float(text) else { return false }; c.biasUpdateRate = v; return true },
                 format: { "\($0.biasUpdateRate)" }),
+        TextKey(name: "l1-init", field: .l1InitialCoefficient, expected: "a number > 0",
+                parse: { text, c in guard let v = Float(text) else { return false }; c.l1InitialCoefficient = v; return true },
+                format: { "\($0.l1InitialCoefficient)" }),
+        TextKey(name: "l1-multiplier", field: .l1CoefficientMultiplier, expected: "a number > 1",
+                parse: { text, c in guard let v = Float(text) else { return false }; c.l1CoefficientMultiplier = v; return true },
+                format: { "\($0.l1CoefficientMultiplier)" }),
         TextKey(name: "loss", field: .loadBalancingLoss, expected: "switch, hf or per-sequence",
                 parse: { text, c in
                     let v = text == "hf" ? .huggingFace : enumValue(text, LoadBalancingLoss.self)

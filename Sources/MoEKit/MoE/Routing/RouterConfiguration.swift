@@ -28,6 +28,8 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         case softmax
         /// Element-wise logistic sigmoid, σ(z) = 1 / (1 + e^(−z)) (DeepSeek-V3).
         case sigmoid
+        /// Element-wise ReLU, g = max(z, 0) (ReMoE). Only with `mode = .relu`, which it defines.
+        case relu
     }
 
     /// How the chosen experts' scores become combine weights.
@@ -81,6 +83,13 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         /// token is weighted by its score (× `weightScale`); `weighting` does not apply. NOTE: non-causal — a token's routing depends on the other tokens of the
         /// batch, including later ones — so it is not for autoregressive decoding.
         case expertChoice = "expert_choice"
+        /// ReMoE (Wang et al., ICLR 2025, arXiv 2412.14711): g = ReLU(z), every expert with g > 0
+        /// is active with combine weight c·g (no top-k, no softmax), so the number of active
+        /// experts varies per token. Needs `scoring = .relu`. Sparsity is steered toward 1 − k/E
+        /// by the load-balanced L1 penalty L_reg with the adaptive coefficient λ
+        /// (`ConfigurableRouter.l1Coefficient`), which replaces the load-balancing loss
+        /// (`load_balancing_coefficient` is not used). Decisions have E slots, −1 for inactive experts.
+        case relu
     }
 
     /// Token choice (default) or expert choice.
@@ -115,6 +124,14 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
     public var auxiliaryLossFreeBalancing: Bool = false
     /// u, the bias update rate. Default 1e-3 (DeepSeek-V3).
     public var biasUpdateRate: Float = 1e-3
+
+    // MARK: ReMoE's adaptive L1 coefficient (mode = .relu)
+
+    /// λ₀, the L1 coefficient at step 0. Default 1e-8 (ReMoE's `--moe-relu-l1-reg-coeff-init`).
+    public var l1InitialCoefficient: Float = 1e-8
+    /// α > 1: after each step λ ← λ · α^sign((1 − k/E) − S), S the step's realised sparsity.
+    /// Default 1.2 (ReMoE's `--moe-relu-l1-reg-coeff-multiplier`).
+    public var l1CoefficientMultiplier: Float = 1.2
 
     // MARK: Losses
 
@@ -165,6 +182,8 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         case dropPolicy = "drop_policy"
         case auxiliaryLossFreeBalancing = "aux_loss_free_balancing"
         case biasUpdateRate = "bias_update_rate"
+        case l1InitialCoefficient = "l1_initial_coefficient"
+        case l1CoefficientMultiplier = "l1_coefficient_multiplier"
         case loadBalancingLoss = "load_balancing_loss"
         case loadBalancingCoefficient = "load_balancing_coefficient"
         case zLossCoefficient = "z_loss_coefficient"
@@ -188,6 +207,8 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         dropPolicy = try container.decodeIfPresent(DropPolicy.self, forKey: .dropPolicy) ?? dropPolicy
         auxiliaryLossFreeBalancing = try container.decodeIfPresent(Bool.self, forKey: .auxiliaryLossFreeBalancing) ?? auxiliaryLossFreeBalancing
         biasUpdateRate = try container.decodeIfPresent(Float.self, forKey: .biasUpdateRate) ?? biasUpdateRate
+        l1InitialCoefficient = try container.decodeIfPresent(Float.self, forKey: .l1InitialCoefficient) ?? l1InitialCoefficient
+        l1CoefficientMultiplier = try container.decodeIfPresent(Float.self, forKey: .l1CoefficientMultiplier) ?? l1CoefficientMultiplier
         loadBalancingLoss = try container.decodeIfPresent(LoadBalancingLoss.self, forKey: .loadBalancingLoss) ?? loadBalancingLoss
         loadBalancingCoefficient = try container.decodeIfPresent(Float.self, forKey: .loadBalancingCoefficient) ?? loadBalancingCoefficient
         zLossCoefficient = try container.decodeIfPresent(Float.self, forKey: .zLossCoefficient) ?? zLossCoefficient
@@ -222,6 +243,22 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
             guard mode == .tokenChoice else {
                 throw fail(.loadCoefficient, "needs token-choice routing: the load loss estimates whether an expert stays in a token's top k")
             }
+        }
+        guard l1InitialCoefficient.isFinite && l1InitialCoefficient > 0 else {
+            throw fail(.l1InitialCoefficient, "must be a positive number, got \(l1InitialCoefficient)")
+        }
+        guard l1CoefficientMultiplier.isFinite && l1CoefficientMultiplier > 1 else {
+            throw fail(.l1CoefficientMultiplier, "must be a number > 1, got \(l1CoefficientMultiplier)")
+        }
+        if (mode == .relu) != (scoring == .relu) {
+            throw mode == .relu ? fail(.scoring, "must be relu with ReLU routing (mode relu), got \(scoring.rawValue)")
+                : fail(.scoring, "relu is ReMoE's ReLU routing and needs mode relu (the 'remoe' preset sets both)")
+        }
+        if mode == .relu {
+            if noisyTopK { throw fail(.noisyTopK, "has no effect with ReLU routing (no top-k)") }
+            if capacityFactor != nil { throw fail(.capacityFactor, "is not supported with ReLU routing (ReMoE is dropless)") }
+            if auxiliaryLossFreeBalancing { throw fail(.auxiliaryLossFreeBalancing, "is not supported with ReLU routing (its L1 penalty balances the load)") }
+            if weighting == .softmaxOverSelected { throw fail(.weighting, "'softmax_over_selected' is a top-k weighting; ReLU routing weights by the gates") }
         }
         if weighting == .softmaxOverSelected && scoring != .softmax {
             throw fail(.weighting, "'softmax_over_selected' needs softmax scoring, not \(scoring.rawValue)")

@@ -8,6 +8,29 @@ public struct RouterLoss: Sendable, Equatable {
     public var zLossCoefficient: Float
     public var importanceCoefficient: Float
     public var loadCoefficient: Float
+    /// The router's scoring function (the sequence-wise loss normalises its scores). With `.relu`
+    /// (ReMoE) the load-balancing term is ReMoE's L1 penalty `ReLURouting.l1Regularization`, and
+    /// `loadBalancingCoefficient` holds its adaptive coefficient λ (see `init(router:)`).
+    public var scoring: RouterConfiguration.Scoring
+    /// Over which tokens the load-balancing statistics are pooled (`moekit train --balance`).
+    public var balance: Balance = .micro
+    /// `.global` only: this layer's expert counts over the whole global batch and its T_G tokens;
+    /// f_i = count_i / (T_G·k) (`huggingFace`: count_i / T_G) then replaces the batch's own f_i.
+    /// `nil` falls back to the batch's own counts (a global batch of one micro-batch).
+    public var globalExpertCounts: [Int]?
+    public var globalTokens = 0
+
+    /// The granularity of load balancing under gradient accumulation (see docs/routers.md).
+    public enum Balance: String, Sendable, CaseIterable {
+        /// The configured load-balancing loss on each micro-batch (its own f_i and P_i).
+        case micro
+        /// f_i counted over the global batch (all micro-batches of one optimiser step), P_i per
+        /// micro-batch: Qwen's global-batch balancing (arXiv 2501.11873), Megatron's `global_aux_loss`.
+        case global
+        /// DeepSeek-V3's sequence-wise loss on the normalised scores s' = s/Σs
+        /// (`RouterLosses.sequenceWiseLoadBalancing`).
+        case sequence
+    }
 
     public init(configuration: RouterConfiguration) {
         loadBalancingLoss = configuration.loadBalancingLoss
@@ -15,6 +38,26 @@ public struct RouterLoss: Sendable, Equatable {
         zLossCoefficient = configuration.zLossCoefficient
         importanceCoefficient = configuration.importanceCoefficient
         loadCoefficient = configuration.loadCoefficient
+        scoring = configuration.scoring
+        if configuration.mode == .relu { loadBalancingCoefficient = configuration.l1InitialCoefficient }
+    }
+
+    /// The loss of a router as it stands: with ReLU routing, the L1 penalty's coefficient is the
+    /// router's current λ (`ConfigurableRouter.l1Coefficient`) instead of `load_balancing_coefficient`.
+    public init(router: ConfigurableRouter) {
+        self.init(configuration: router.configuration)
+        if router.configuration.mode == .relu { loadBalancingCoefficient = router.l1Coefficient }
+    }
+
+    /// The loss with every coefficient multiplied by `share`: one micro-batch's part of a global
+    /// batch's objective, share = T_m / T_G (its tokens over the global batch's).
+    public func scaled(by share: Float) -> RouterLoss {
+        var copy = self
+        copy.loadBalancingCoefficient *= share
+        copy.zLossCoefficient *= share
+        copy.importanceCoefficient *= share
+        copy.loadCoefficient *= share
+        return copy
     }
 
     /// Every term unweighted, the weighted total, and the total's gradient.
@@ -46,14 +89,31 @@ public struct RouterLoss: Sendable, Equatable {
         let decision = routed.decision
         let tokens = decision.tokens, experts = decision.experts
         let balancing: LossAndGradient
-        switch loadBalancingLoss {
-        case .switch:
+        switch (balance, loadBalancingLoss) {
+        case _ where scoring == .relu:
+            var fractions: [Float]?
+            if balance == .global, let counts = globalExpertCounts {
+                precondition(counts.count == experts && globalTokens > 0, "global balancing: \(counts.count) counts over \(globalTokens) tokens for \(experts) experts")
+                fractions = counts.map { Float($0) / Float(globalTokens * topK) }
+            }
+            balancing = ReLURouting.l1Regularization(logits: routed.logits, tokens: tokens, experts: experts, topK: topK, fractions: fractions)
+        case (.sequence, _):
+            balancing = RouterLosses.sequenceWiseLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts, scoring: scoring,
+                                                               selectedExperts: decision.selectedExperts, topK: topK,
+                                                               sequenceLengths: sequenceLengths ?? [tokens])
+        case (.global, .switch) where globalExpertCounts != nil, (.global, .huggingFace) where globalExpertCounts != nil:
+            let counts = globalExpertCounts ?? []
+            precondition(counts.count == experts && globalTokens > 0, "global balancing: \(counts.count) counts over \(globalTokens) tokens for \(experts) experts")
+            let divisor = Float(loadBalancingLoss == .switch ? globalTokens * topK : globalTokens)
+            balancing = RouterLosses.loadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
+                                                   fractions: counts.map { Float($0) / divisor })
+        case (_, .switch):
             balancing = RouterLosses.switchLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
                                                          selectedExperts: decision.selectedExperts, topK: topK)
-        case .huggingFace:
+        case (_, .huggingFace):
             balancing = RouterLosses.huggingFaceLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
                                                               selectedExperts: decision.selectedExperts)
-        case .perSequence:
+        case (_, .perSequence):
             balancing = RouterLosses.perSequenceLoadBalancing(logits: routed.logits, tokens: tokens, experts: experts,
                                                               selectedExperts: decision.selectedExperts, topK: topK,
                                                               sequenceLengths: sequenceLengths ?? [tokens])

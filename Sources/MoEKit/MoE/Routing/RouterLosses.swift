@@ -76,6 +76,103 @@ public enum RouterLosses {
         return LossAndGradient(value: value / Float(sequences), gradient: gradient)
     }
 
+    /// The Switch loss with the expert fractions given rather than counted: L = E · Σ_i f_i · P_i,
+    /// P_i = (1/T) Σ_t p_t,i over these T tokens, f fixed (it carries no gradient). Global-batch
+    /// balancing (`train --balance global`, Qwen arXiv 2501.11873) passes f_i = count_i / (T_G·k)
+    /// counted over the whole global batch of T_G tokens; a micro-batch of T tokens then contributes
+    /// (T/T_G) · L, and the contributions add up to E · Σ_i f_i · P^G_i exactly, gradient included.
+    ///
+    /// Gradient: ∂L/∂z_t,j = (E/T) · p_t,j · (f_j − Σ_i f_i p_t,i), as `switchLoadBalancing`.
+    public static func loadBalancing(logits: [Float], tokens: Int, experts: Int, fractions: [Float]) -> LossAndGradient {
+        precondition(fractions.count == experts, "load balancing: \(fractions.count) fractions for \(experts) experts")
+        var gradient = [Float](repeating: 0, count: tokens * experts)
+        guard tokens > 0 else { return LossAndGradient(value: 0, gradient: gradient) }
+        let probabilities = RoutingFunctions.scores(logits, columns: experts, scoring: .softmax)
+        var meanProbabilities = [Float](repeating: 0, count: experts)
+        for t in 0 ..< tokens { for i in 0 ..< experts { meanProbabilities[i] += probabilities[t * experts + i] } }
+        var value: Float = 0
+        for i in 0 ..< experts { value += fractions[i] * meanProbabilities[i] / Float(tokens) }
+        let outer = Float(experts) / Float(tokens)
+        for t in 0 ..< tokens {
+            var expected: Float = 0
+            for i in 0 ..< experts { expected += fractions[i] * probabilities[t * experts + i] }
+            for j in 0 ..< experts {
+                gradient[t * experts + j] = outer * probabilities[t * experts + j] * (fractions[j] - expected)
+            }
+        }
+        return LossAndGradient(value: Float(experts) * value, gradient: gradient)
+    }
+
+    /// DeepSeek-V3's sequence-wise balance loss (arXiv 2412.19437, eq. 17–20), averaged over the
+    /// sequences: for sequence s of T_s tokens, with the router's scores s_t (`scoring`: softmax or
+    /// sigmoid of the logits) normalised per token, s'_t,i = s_t,i / Σ_j s_t,j,
+    ///
+    ///     f_i = E/(k·T_s) · count_i,   P_i = (1/T_s) Σ_t s'_t,i,   L_s = Σ_i f_i · P_i,
+    ///     L = (1/S) Σ_s L_s.
+    ///
+    /// Balanced within every sequence gives 1, as the Switch loss. For softmax s' = s and this is
+    /// `perSequenceLoadBalancing`; for sigmoid routers (whose scores do not sum to 1) it is the
+    /// loss DeepSeek-V3 trains with, where the softmax of the logits would be a different quantity.
+    ///
+    /// Gradient, with a_i = f_i/(S·T_s) for the token's sequence: ∂L/∂s_t,j = (a_j − Σ_i a_i s'_t,i) / Σ_i s_t,i,
+    /// then through the scoring function (softmax: s_j (g_j − Σ_i s_i g_i); sigmoid: g_j s_j (1 − s_j)).
+    /// Empty sequences are skipped (and not counted in S).
+    public static func sequenceWiseLoadBalancing(logits: [Float], tokens: Int, experts: Int, scoring: RouterConfiguration.Scoring,
+                                                 selectedExperts: [Int32], topK: Int, sequenceLengths: [Int]) -> LossAndGradient {
+        precondition(sequenceLengths.allSatisfy { $0 >= 0 } && sequenceLengths.reduce(0, +) == tokens,
+                     "sequence lengths \(sequenceLengths) do not add up to \(tokens) tokens")
+        var gradient = [Float](repeating: 0, count: tokens * experts)
+        let sequences = sequenceLengths.filter { $0 > 0 }.count
+        guard sequences > 0 else { return LossAndGradient(value: 0, gradient: gradient) }
+        let scores = RoutingFunctions.scores(logits, columns: experts, scoring: scoring)
+        let slotCount = slots(selectedExperts, tokens)
+        var value: Float = 0
+        var start = 0
+        var fractions = [Float](repeating: 0, count: experts), meanScores = fractions, scoreGradient = fractions
+        for length in sequenceLengths where length > 0 {
+            let range = start ..< start + length
+            start += length
+            for i in 0 ..< experts { fractions[i] = 0; meanScores[i] = 0 }
+            for t in range {
+                for slot in 0 ..< slotCount {
+                    let expert = selectedExperts[t * slotCount + slot]
+                    if expert >= 0 { fractions[Int(expert)] += 1 }
+                }
+                var sum: Float = 0
+                for i in 0 ..< experts { sum += scores[t * experts + i] }
+                for i in 0 ..< experts { meanScores[i] += scores[t * experts + i] / sum }
+            }
+            var sequenceValue: Float = 0
+            for i in 0 ..< experts {
+                fractions[i] *= Float(experts) / Float(topK * length)
+                sequenceValue += fractions[i] * meanScores[i] / Float(length)
+            }
+            value += sequenceValue
+            for t in range {
+                var sum: Float = 0
+                for i in 0 ..< experts { sum += scores[t * experts + i] }
+                var expected: Float = 0
+                for i in 0 ..< experts { expected += fractions[i] * scores[t * experts + i] / sum }
+                let outer = 1 / (Float(sequences) * Float(length) * sum)
+                for j in 0 ..< experts { scoreGradient[j] = outer * (fractions[j] - expected) }
+                switch scoring {
+                case .softmax:
+                    var inner: Float = 0
+                    for i in 0 ..< experts { inner += scoreGradient[i] * scores[t * experts + i] }
+                    for j in 0 ..< experts { gradient[t * experts + j] = scores[t * experts + j] * (scoreGradient[j] - inner) }
+                case .sigmoid:
+                    for j in 0 ..< experts {
+                        let s = scores[t * experts + j]
+                        gradient[t * experts + j] = scoreGradient[j] * s * (1 - s)
+                    }
+                case .relu:
+                    for j in 0 ..< experts where scores[t * experts + j] > 0 { gradient[t * experts + j] = scoreGradient[j] }
+                }
+            }
+        }
+        return LossAndGradient(value: value / Float(sequences), gradient: gradient)
+    }
+
     /// E · Σ_i (count_i / countDivisor) · P_i over `tokenRange`; adds `scale` × its gradient to `gradient`.
     private static func accumulateLoadBalancing(probabilities: [Float], experts: Int, tokenRange: Range<Int>, selectedExperts: [Int32],
                                                 slots: Int, countDivisor: Float, scale: Float, gradient: inout [Float]) -> Float {

@@ -63,12 +63,13 @@ public enum RoutingFunctions {
         max(z, 0) + log1pf(expf(-abs(z)))
     }
 
-    /// Scores of `[rows, columns]` logits under a scoring function (softmax per row in f32, or sigmoid).
+    /// Scores of `[rows, columns]` logits under a scoring function (softmax per row in f32, sigmoid, or ReLU).
     public static func scores(_ logits: [Float], columns: Int, scoring: RouterConfiguration.Scoring) -> [Float] {
         var scores = logits
         switch scoring {
         case .softmax: scores.withUnsafeMutableBufferPointer { Kernels.softmaxRows($0, columns: columns) }
         case .sigmoid: sigmoid(&scores)
+        case .relu: for i in scores.indices { scores[i] = max(scores[i], 0) }
         }
         return scores
     }
