@@ -57,7 +57,7 @@ import Testing
         var model = MiniCPMConfig(hiddenSize: 8, intermediateSize: 16, numHiddenLayers: 2, numAttentionHeads: 2,
                                   numKeyValueHeads: 2, vocabSize: 32)
         model.numExperts = 4
-        model.numExpertsPerToken = 2
+        model.topK = 2
         #expect(try RouterConfiguration(modelConfig: model) == RouterConfiguration())
         var expertChoice = RouterConfiguration()
         expertChoice.mode = .expertChoice

@@ -129,7 +129,7 @@ extension ThroughputBenchmark {
         let dense = try MiniCPMModel(config: denseConfig, source: "bench-dense") { try denseTensor($0) }
         var moeConfig = denseConfig
         moeConfig.numExperts = options.experts
-        moeConfig.numExpertsPerToken = options.topK
+        moeConfig.topK = options.topK
         let moe = try MiniCPMModel(config: moeConfig, source: "bench-moe") { name in
             let parts = name.split(separator: ".")
             if name.hasSuffix("mlp.gate.weight") {

@@ -172,9 +172,9 @@ extension MiniCPMConfig {
                 guard let value = k.integerValue, value >= 1, value < Int64(Int32.max) else {
                     throw .invalidField(path: path, field: "num_experts_per_tok", reason: "must be an integer ≥ 1")
                 }
-                numExpertsPerToken = Int(value)
+                topK = Int(value)
             } else {
-                numExpertsPerToken = 2
+                topK = 2
             }
             otherKeys["num_local_experts"] = nil
         } else if architecture == .llama && numExperts != nil {
@@ -207,7 +207,7 @@ extension MiniCPMConfig {
         guard topK >= 1 && topK <= experts else {
             throw .invalidField(path: path, field: "num_experts_per_tok", reason: "(\(topK)) must be between 1 and n_routed_experts (\(experts))")
         }
-        numExpertsPerToken = Int(topK)
+        self.topK = Int(topK)
         guard let expertSize = present("moe_intermediate_size")?.integerValue, expertSize >= 1, expertSize < Int64(Int32.max) else {
             throw .invalidField(path: path, field: "moe_intermediate_size", reason: "must be an integer ≥ 1")
         }

@@ -290,7 +290,3 @@ enum WeightFile {
         }
     }
 }
-
-/// The former name, from when model directories could only hold safetensors.
-@available(*, deprecated, renamed: "ModelCheckpoint")
-public typealias SafetensorsCheckpoint = ModelCheckpoint

@@ -149,7 +149,7 @@ public final class ShardedSafetensorsWriter {
             for spec in shard { weightMap[spec.name] = shardFiles[index] }
         }
         let index = SafetensorsIndex(totalSize: tensorsInWriteOrder.reduce(0) { $0 + $1.byteCount }, weightMap: weightMap)
-        try AtomicFileWriter.write(index.serialized(), to: directory + "/" + SafetensorsIndex.fileName)
+        do { try AtomicFileWriter.write(index.serialized(), to: directory + "/" + SafetensorsIndex.fileName) } catch { throw .file(error) }
     }
 }
 

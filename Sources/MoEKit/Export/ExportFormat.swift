@@ -138,7 +138,7 @@ public enum ArchitectureConfigKeys {
         object["rope_scaling"] = .null
         // transformers 5 reads RoPE from `rope_parameters`; older readers from `rope_theta` (also written).
         object["rope_parameters"] = .object(["rope_type": .string("default"), "rope_theta": .number(config.ropeTheta)])
-        let auxiliaryLossCoefficient = routing?.routerAuxiliaryLossCoefficient ?? 0.01 * Double(config.numHiddenLayers) / Double(config.numExpertsPerToken ?? 2)
+        let auxiliaryLossCoefficient = routing?.routerAuxiliaryLossCoefficient ?? 0.01 * Double(config.numHiddenLayers) / Double(config.topK ?? 2)
         switch format {
         case .llama:
             object["attention_bias"] = .bool(false)

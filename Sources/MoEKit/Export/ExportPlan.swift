@@ -116,7 +116,7 @@ public struct ExportPlan: @unchecked Sendable {
             do { router = try RouterConfiguration(modelConfig: config, path: directory + "/config.json") } catch {
                 throw .checkpoint(.invalidField(path: directory + "/config.json", field: RouterConfiguration.configKey, reason: error.localizedDescription))
             }
-            let mapped = try ExportRouting(router, layers: config.numHiddenLayers, modelTopK: config.numExpertsPerToken ?? 2,
+            let mapped = try ExportRouting(router, layers: config.numHiddenLayers, modelTopK: config.topK ?? 2,
                                             biasIsZero: biasIsZero, path: directory + "/config.json", format: format)
             if format == .qwen2MoE && mapped.jitterNoise != 0 { notes.append("input_jitter (training only) is not in Qwen2-MoE's config") }
             notes += mapped.notes
@@ -137,7 +137,7 @@ public struct ExportPlan: @unchecked Sendable {
         output.dimModelBase = Double(config.hiddenSize)
         output.scaleDepth = Double(config.numHiddenLayers).squareRoot()
         output.tieWordEmbeddings = tied
-        if let routing { output.numExpertsPerToken = routing.topK }
+        if let routing { output.topK = routing.topK }
 
         let target = format.architecture
         var planned: [PlannedTensor] = []

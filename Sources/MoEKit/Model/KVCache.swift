@@ -3,8 +3,6 @@
 /// Keys are stored after RoPE, `[length, num_key_value_heads · head_dim]` per layer.
 public final class KVCache {
     public let layers: Int
-    public let keyValueWidth: Int
-    public let maximumLength: Int
     var keys: [[Float]]
     var values: [[Float]]
     /// Tokens already in the cache (the position of the next token).
@@ -12,13 +10,11 @@ public final class KVCache {
 
     public init(config: MiniCPMConfig) {
         layers = config.numHiddenLayers
-        keyValueWidth = config.numKeyValueHeads * config.headDim
-        maximumLength = config.maxPositionEmbeddings
         keys = Array(repeating: [], count: layers)
         values = Array(repeating: [], count: layers)
     }
 
-    /// Appends `count` new rows for `layer` (`[count, keyValueWidth]` each).
+    /// Appends `count` new rows for `layer` (`[count, num_key_value_heads · head_dim]` each).
     func append(layer: Int, keys newKeys: UnsafeBufferPointer<Float>, values newValues: UnsafeBufferPointer<Float>) {
         keys[layer].append(contentsOf: newKeys)
         values[layer].append(contentsOf: newValues)

@@ -26,7 +26,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
     /// MiniCPM-MoE: the number of experts per MoE layer (`num_experts`); `nil` for a dense model.
     public var numExperts: Int?
     /// MiniCPM-MoE: experts chosen per token (`num_experts_per_tok`).
-    public var numExpertsPerToken: Int?
+    public var topK: Int?
     /// Every key of the file that is not a typed field above, kept as read.
     public var otherKeys: [String: JSONValue] = [:]
 
@@ -103,7 +103,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
             if numExperts == 0 { numExperts = nil }
         }
         if numExperts != nil {
-            numExpertsPerToken = try integer("num_experts_per_tok", default: 2)
+            topK = try integer("num_experts_per_tok", default: 2)
         }
         otherKeys = object.filter { !Self.typedKeys.contains($0.key) }
         try adoptArchitectureFields(object, path: path)  // Llama, Mixtral: ModelArchitecture.swift
@@ -126,7 +126,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
         guard dimModelBase > 0 else { throw .invalidField(path: path, field: "dim_model_base", reason: "must be positive") }
         try checkLimits(path: path)
         if let experts = numExperts {
-            let topK = numExpertsPerToken ?? 0
+            let topK = self.topK ?? 0
             guard topK >= 1 && topK <= experts else {
                 throw .invalidField(path: path, field: "num_experts_per_tok", reason: "(\(topK)) must be between 1 and num_experts (\(experts))")
             }
@@ -153,7 +153,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
         if let torchDtype { object["torch_dtype"] = .string(torchDtype) }
         if let numExperts {
             object["num_experts"] = .integer(Int64(numExperts))
-            object["num_experts_per_tok"] = .integer(Int64(numExpertsPerToken ?? 2))
+            object["num_experts_per_tok"] = .integer(Int64(topK ?? 2))
         }
         return architectureJSONObject(object)
     }
@@ -167,6 +167,6 @@ public struct MiniCPMConfig: Sendable, Equatable {
 
     /// Writes `config.json` atomically.
     public func write(to path: String) throws(CheckpointError) {
-        do { try AtomicFileWriter.write(serialized(), to: path) } catch { throw .safetensors(error) }
+        do { try AtomicFileWriter.write(serialized(), to: path) } catch { throw .file(error) }
     }
 }

@@ -239,7 +239,7 @@ public final class MiniCPMModel {
 
     private enum FeedForwardCache {
         case dense(SwiGLULayer.Cache)
-        case mixture(MoEFeedForwardLayer.Cache)
+        case moe(MoEFeedForwardLayer.Cache)
     }
 
     private struct LayerCache {
@@ -284,12 +284,12 @@ public final class MiniCPMModel {
                 let result = timer.measure(.denseFFN) { SwiGLULayer.forward(mlpInput, weights: swiGLU, keepCache: keepCaches) }
                 mlpOutput = result.output
                 feedForward = result.cache.map { .dense($0) }
-            case .mixture(let moe):
+            case .moe(let moe):
                 guard let router else { preconditionFailure("a MoE model without a router") }
                 let result = MoEFeedForwardLayer.forward(mlpInput, weights: moe, router: router, layer: index, loss: routerLoss,
                                                          sequenceLengths: sequenceLengths, keepCache: keepCaches, timer: timer)
                 mlpOutput = result.output
-                feedForward = result.cache.map { .mixture($0) }
+                feedForward = result.cache.map { .moe($0) }
                 if training {
                     pass.routed.append(result.routed)
                     if let loss = result.auxiliaryLoss { pass.routerLosses.append(loss) }
@@ -351,10 +351,10 @@ public final class MiniCPMModel {
                 let result = SwiGLULayer.backward(mlpGradient, cache: ffnCache, weights: swiGLU)
                 mlpInputGradient = result.input
                 feedForwardGradient = .dense(result.weights)
-            case (.mixture(let moeCache), .mixture(let moe)):
+            case (.moe(let moeCache), .moe(let moe)):
                 let result = MoEFeedForwardLayer.backward(mlpGradient, cache: moeCache, weights: moe)
                 mlpInputGradient = result.input
-                feedForwardGradient = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts))
+                feedForwardGradient = .moe(MoEWeights(router: result.gateWeight, experts: result.experts))
             default:
                 preconditionFailure("layer \(index): cache and weights disagree on the MLP kind")
             }

@@ -85,7 +85,7 @@ public struct MiniCPMLayout: Sendable {
         }
         if let experts = c.numExperts {
             let perExpert = 3 * c.hiddenSize * c.intermediateSize
-            inactive = c.numHiddenLayers * (experts - (c.numExpertsPerToken ?? 2)) * perExpert
+            inactive = c.numHiddenLayers * (experts - (c.topK ?? 2)) * perExpert
         }
         return ParameterCounts(total: total, nonEmbedding: total - embedding, activePerToken: total - inactive,
                                activeNonEmbedding: total - embedding - inactive)

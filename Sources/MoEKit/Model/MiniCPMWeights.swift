@@ -88,7 +88,7 @@ public struct MoEWeights: Sendable {
 /// A decoder layer's MLP: SwiGLU, or the MoE layer.
 public enum FeedForwardWeights: Sendable {
     case dense(SwiGLUWeights)
-    case mixture(MoEWeights)
+    case moe(MoEWeights)
 }
 
 /// One decoder layer's weights. Norm gains are f32 vectors.
@@ -175,7 +175,7 @@ public struct MiniCPMWeights: Sendable {
                     try swiGLU(gate: MiniCPMTensorNames.expertGate(layer, expert), up: MiniCPMTensorNames.expertUp(layer, expert),
                                down: MiniCPMTensorNames.expertDown(layer, expert))
                 }
-                feedForward = .mixture(MoEWeights(router: router, experts: blocks))
+                feedForward = .moe(MoEWeights(router: router, experts: blocks))
             } else {
                 feedForward = .dense(try swiGLU(gate: MiniCPMTensorNames.gateProjection(layer), up: MiniCPMTensorNames.upProjection(layer),
                                                 down: MiniCPMTensorNames.downProjection(layer)))
@@ -215,7 +215,7 @@ public struct MiniCPMWeights: Sendable {
                 feedForward: {
                     switch layer.feedForward {
                     case .dense(let w): return .dense(swiGLU(w))
-                    case .mixture(let moe): return .mixture(MoEWeights(router: vector(moe.router), experts: moe.experts.map(swiGLU)))
+                    case .moe(let moe): return .moe(MoEWeights(router: vector(moe.router), experts: moe.experts.map(swiGLU)))
                     }
                 }())
         }
@@ -262,7 +262,7 @@ public struct MiniCPMWeights: Sendable {
             vector(layer.postAttentionNorm)
             switch layer.feedForward {
             case .dense(let w): matrix(w.gateUp); matrix(w.down)
-            case .mixture(let moe):
+            case .moe(let moe):
                 vector(moe.router)
                 for w in moe.experts { matrix(w.gateUp); matrix(w.down) }
             }
@@ -287,11 +287,11 @@ public struct MiniCPMWeights: Sendable {
                 layers[index].feedForward = .dense(.placeholder)
                 matrix(&w.gateUp); matrix(&w.down)
                 layers[index].feedForward = .dense(w)
-            case .mixture(var moe):
+            case .moe(var moe):
                 layers[index].feedForward = .dense(.placeholder)
                 body(&moe.router)
                 for e in moe.experts.indices { matrix(&moe.experts[e].gateUp); matrix(&moe.experts[e].down) }
-                layers[index].feedForward = .mixture(moe)
+                layers[index].feedForward = .moe(moe)
             }
         }
         body(&finalNorm)

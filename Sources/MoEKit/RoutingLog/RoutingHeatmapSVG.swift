@@ -74,13 +74,8 @@ extension RoutingLogInspection {
     }
 
     /// Writes `heatmapSVG()` to `path` atomically.
-    public func writeHeatmapSVG(to path: String) throws {
-        do {
-            try AtomicFileWriter.write(Data(heatmapSVG().utf8), to: path)
-        } catch {
-            if case let .writeFailed(_, reason) = error { throw RoutingLogError.writeFailed(file: path, reason: reason) }
-            throw RoutingLogError.writeFailed(file: path, reason: error.errorDescription ?? "\(error)")
-        }
+    public func writeHeatmapSVG(to path: String) throws(FileError) {
+        try AtomicFileWriter.write(Data(heatmapSVG().utf8), to: path)
     }
 }
 

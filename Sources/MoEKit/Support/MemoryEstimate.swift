@@ -60,7 +60,7 @@ public enum MemoryEstimate {
     /// model), per-layer activations kept for the backward pass, and logits with their gradient.
     public static func trainingBytes(_ config: MiniCPMConfig, batch: Int, seq: Int) -> Int {
         let tokens = product(batch, seq)
-        let k = config.numExpertsPerToken ?? 1
+        let k = config.topK ?? 1
         let perTokenPerLayer = sum(product(16, config.hiddenSize), product(4, k, config.intermediateSize))
         let activations = product(4, tokens, config.numHiddenLayers, perTokenPerLayer)
         let logits = product(4, 3, tokens, config.vocabSize)
@@ -74,7 +74,7 @@ public enum MemoryEstimate {
     /// pages the kernel can drop), so the 54 GB an f32 copy of the 8x2B would take is not counted.
     /// (`bench`'s in-memory models add `modelBytes` themselves.)
     public static func forwardBytes(_ config: MiniCPMConfig, tokens: Int, sequence: Int) -> Int {
-        let k = config.numExpertsPerToken ?? 1
+        let k = config.topK ?? 1
         let perToken = sum(product(8, config.hiddenSize), product(3, k, config.intermediateSize), config.vocabSize)
         let cache = product(2, config.numHiddenLayers, sequence, config.hiddenSize)
         let scores = product(config.numAttentionHeads, sequence, sequence)

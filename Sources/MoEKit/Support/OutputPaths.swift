@@ -21,7 +21,7 @@ public enum OutputPaths {
 
     /// Throws when `output` is `input` (also through a symbolic link) or a directory holding it:
     /// writing there would replace the input itself (`upcycle D D --force`).
-    public static func refuseOverlap(input: String, output: String) throws(CheckpointError) {
+    public static func refuseOverlap(input: String, output: String) throws(FileError) {
         let source = resolved(input), destination = resolved(output)
         if source == destination {
             throw .outputOverlapsInput(output: output, input: input, reason: "is the input itself")

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A small, fast, seedable generator (xoshiro256**, seeded through SplitMix64) whose streams are
 /// the same on every platform, so `--seed` reproduces checkpoints and noisy routing bit for bit.
 public struct SeededRandom: RandomNumberGenerator, Sendable {
@@ -61,7 +63,6 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
     }
 }
 
-import Foundation
 @inline(__always) private func _log(_ x: Double) -> Double { Foundation.log(x) }
 @inline(__always) private func _sin(_ x: Double) -> Double { Foundation.sin(x) }
 @inline(__always) private func _cos(_ x: Double) -> Double { Foundation.cos(x) }

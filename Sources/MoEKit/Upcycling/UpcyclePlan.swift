@@ -110,7 +110,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         var planned: [PlannedTensor] = []
         var output = dense
         output.numExperts = experts
-        output.numExpertsPerToken = options.topK
+        output.topK = options.topK
         output.intermediateSize = expertIntermediateSize
         // Checked before the tensor list is built from it (--experts × layers bounds its length).
         do { try output.checkLimits(path: "config.json (output)") } catch { throw .checkpoint(error) }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The router of `RouterConfiguration`: every scoring, weighting, noise, capacity and balancing knob.
 ///
 /// One instance serves every MoE layer of a model (`route` takes the layer) and holds the
@@ -55,7 +57,7 @@ public final class ConfigurableRouter: ExpertRouter {
     public convenience init(configuration: RouterConfiguration, model: MiniCPMConfig) throws(RouterConfigurationError) {
         guard let experts = model.numExperts else { throw .incompatibleModel(reason: "the model is dense (config.json has no num_experts)") }
         try self.init(configuration: configuration, layers: model.numHiddenLayers, experts: experts,
-                      hiddenSize: model.hiddenSize, modelTopK: model.numExpertsPerToken ?? 2)
+                      hiddenSize: model.hiddenSize, modelTopK: model.topK ?? 2)
     }
 
     // MARK: Routing
@@ -223,7 +225,6 @@ public final class ConfigurableRouter: ExpertRouter {
     }
 }
 
-import Foundation
 
 extension ConfigurableRouter {
     /// The router a model's config describes: its `moekit_router` object when present, else
