@@ -16,7 +16,7 @@ extension ThroughputBenchmark {
         public let experts: Int
         public let topK: Int
         public let dense: SwiGLUWeights
-        public let denseActive: SwiGLUWeights
+        let denseActive: SwiGLUWeights
         public let moe: MoEWeights
         /// `[2I, H]` the dense FFN's gate and up rows as one f32 matrix (the bare sgemm's operand).
         let gateUpMatrix: Tensor

@@ -29,7 +29,7 @@ public enum ModelArchitecture: String, Sendable, CaseIterable {
 
     /// Whether configs of this architecture carry MiniCPM's three scalars; the others are read
     /// with neutral ones.
-    public var hasMiniCPMScalars: Bool { self == .minicpm }
+    var hasMiniCPMScalars: Bool { self == .minicpm }
 
     /// The class name transformers registers for the architecture (`architectures` in config.json).
     public var causalLMClassName: String {
@@ -47,7 +47,7 @@ public enum ModelArchitecture: String, Sendable, CaseIterable {
     /// `….block_sparse_moe.experts.E.w1.weight`); every other name is MiniCPM's (which is Llama's).
     /// Qwen2-MoE names its experts' matrices like a dense MLP (`….mlp.experts.E.gate_proj.weight`,
     /// `up_proj`, `down_proj` for w1, w3, w2).
-    public func storedName(_ miniCPMName: String) -> String {
+    func storedName(_ miniCPMName: String) -> String {
         switch self {
         case .minicpm, .llama:
             return miniCPMName
@@ -69,7 +69,7 @@ public enum ModelArchitecture: String, Sendable, CaseIterable {
     }
 
     /// The MiniCPM name of a tensor stored under `storedName` (the inverse of `storedName(_:)`).
-    public func miniCPMName(_ storedName: String) -> String {
+    func miniCPMName(_ storedName: String) -> String {
         switch self {
         case .minicpm, .llama:
             return storedName
@@ -97,10 +97,10 @@ public enum ModelArchitecture: String, Sendable, CaseIterable {
     /// Qwen2-MoE's shared expert and its gate (`model.layers.L.mlp.shared_expert.*`,
     /// `….mlp.shared_expert_gate.weight`), GLM-4.5-MoE's shared experts (`….mlp.shared_experts.*`).
     /// MoEKit reads them only when all zero.
-    public static func isSharedExpertTensor(_ name: String) -> Bool { name.contains(".mlp.shared_expert") }
+    static func isSharedExpertTensor(_ name: String) -> Bool { name.contains(".mlp.shared_expert") }
 
     /// The architecture `directory/config.json` declares (MiniCPM when it has none or cannot be read).
-    public static func declared(byDirectory directory: String) -> ModelArchitecture {
+    static func declared(byDirectory directory: String) -> ModelArchitecture {
         guard let data = FileManager.default.contents(atPath: directory + "/config.json"),
               case .object(let object)? = JSONValue.parse(data) else { return .minicpm }
         return ModelArchitecture(modelType: object["model_type"]?.stringValue)

@@ -6,9 +6,9 @@ public struct SafetensorsIndex: Sendable, Equatable {
     public static let fileName = "model.safetensors.index.json"
 
     /// Sum of the tensors' byte sizes (`metadata.total_size`).
-    public var totalSize: Int
+    var totalSize: Int
     /// Tensor name → shard file name (`weight_map`).
-    public var weightMap: [String: String]
+    var weightMap: [String: String]
 
     public init(totalSize: Int, weightMap: [String: String]) {
         self.totalSize = totalSize
@@ -42,14 +42,14 @@ public struct SafetensorsIndex: Sendable, Equatable {
     }
 
     /// `model-0000i-of-0000n.safetensors` (1-based, five digits as Hugging Face pads them).
-    public static func shardName(_ index: Int, of count: Int) -> String {
+    static func shardName(_ index: Int, of count: Int) -> String {
         func pad(_ value: Int) -> String { let s = String(value); return String(repeating: "0", count: max(0, 5 - s.count)) + s }
         return "model-\(pad(index))-of-\(pad(count)).safetensors"
     }
 
     /// Splits tensors, in order, into shards of at most `maximumShardBytes` each (a tensor larger
     /// than the limit gets a shard of its own, as Hugging Face does).
-    public static func planShards(_ tensors: [TensorSpec], maximumShardBytes: Int) -> [[TensorSpec]] {
+    static func planShards(_ tensors: [TensorSpec], maximumShardBytes: Int) -> [[TensorSpec]] {
         var shards: [[TensorSpec]] = []
         var current: [TensorSpec] = []
         var currentBytes = 0

@@ -25,7 +25,7 @@ public struct DemoPipeline {
         public var experts = 8
         public var topK = 2
         public var corpusTokens = 400_000
-        public var corpusSeed: UInt64 = 2026
+        var corpusSeed: UInt64 = 2026
         public var steps = 120
         public var batchSize = 8
         public var sequenceLength = 128
@@ -84,7 +84,7 @@ public struct DemoPipeline {
     public init(options: Options = Options()) { self.options = options }
 
     /// The files and directories the demo writes in its output directory.
-    public static let outputNames = ["corpus.bin", "corpus.domains.bin", "corpus.domains.json", "moe-upcycled", "moe-trained",
+    static let outputNames = ["corpus.bin", "corpus.domains.bin", "corpus.domains.json", "moe-upcycled", "moe-trained",
                                      "dense-trained", "moe-train.h5", "dense-train.h5"]
 
     /// Creates the output directory, or checks an existing one: a file is refused, a non-empty

@@ -22,20 +22,20 @@ public struct ExportPlan: @unchecked Sendable {
 
     public struct PlannedTensor: Sendable, Equatable {
         /// The name written (the target architecture's).
-        public var outputName: String
+        var outputName: String
         /// The MiniCPM name read from the source checkpoint.
-        public var sourceName: String
+        var sourceName: String
         public var shape: [Int]
         public var dtype: SafetensorsDType
-        public var sourceDType: SafetensorsDType
+        var sourceDType: SafetensorsDType
         /// The factor folded in (exactly 1 for tensors copied as they are; 0 for the all-zero
         /// tensors a Qwen2-MoE shared expert needs, which have no source).
-        public var scale: Double
+        var scale: Double
         public var fold: Fold?
         public var byteCount: Int { shape.reduce(1, *) * dtype.size }
         /// Copied without arithmetic: raw bytes when the dtype is kept, converted otherwise.
-        public var isCopy: Bool { scale == 1 }
-        public var isZero: Bool { scale == 0 }
+        var isCopy: Bool { scale == 1 }
+        var isZero: Bool { scale == 0 }
     }
 
     public struct Options: Sendable {

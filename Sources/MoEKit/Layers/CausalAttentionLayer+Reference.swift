@@ -3,13 +3,13 @@ import Foundation
 extension CausalAttentionLayer {
     /// The forward pass token by token with plain loops in Double (projections by the reference
     /// product, RoPE from its definition), for tests.
-    public static func referenceForward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> Tensor {
+    static func referenceForward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> Tensor {
         let core = referenceCore(x, weights: weights, geometry: geometry, sequenceLengths: sequenceLengths)
         return MatrixMultiply.referenceProduct(core.context, weights.output, transposeB: true)
     }
 
     /// The backward pass from the formulas, element by element in Double, for tests.
-    public static func referenceBackward(_ outputGradient: Tensor, input x: Tensor, weights: Weights, geometry: Geometry,
+    static func referenceBackward(_ outputGradient: Tensor, input x: Tensor, weights: Weights, geometry: Geometry,
                                          sequenceLengths: [Int]) -> (input: Tensor, weights: Weights) {
         let d = geometry.headDim, heads = geometry.heads, groupSize = heads / geometry.keyValueHeads
         let core = referenceCore(x, weights: weights, geometry: geometry, sequenceLengths: sequenceLengths)

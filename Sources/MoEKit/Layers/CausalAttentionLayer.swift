@@ -19,18 +19,18 @@ import Foundation
 ///
 /// then RoPE's inverse on dq, dk, and the four projections' GEMMs. Every product is one GEMM per
 /// (sequence, head), as in `CausalSelfAttention`.
-public enum CausalAttentionLayer {
+enum CausalAttentionLayer {
     /// The four projections; see `AttentionWeights`.
-    public typealias Weights = AttentionWeights
+    typealias Weights = AttentionWeights
 
     /// Head layout: `heads` query heads, `keyValueHeads` key/value heads, RoPE frequencies (head size).
-    public struct Geometry: Sendable {
-        public var heads: Int
-        public var keyValueHeads: Int
-        public var rotary: RotaryEmbedding
-        public var headDim: Int { rotary.headDim }
+    struct Geometry: Sendable {
+        var heads: Int
+        var keyValueHeads: Int
+        var rotary: RotaryEmbedding
+        var headDim: Int { rotary.headDim }
 
-        public init(heads: Int, keyValueHeads: Int, rotary: RotaryEmbedding) {
+        init(heads: Int, keyValueHeads: Int, rotary: RotaryEmbedding) {
             precondition(heads > 0 && keyValueHeads > 0 && heads % keyValueHeads == 0, "\(heads) heads over \(keyValueHeads) kv heads")
             self.heads = heads
             self.keyValueHeads = keyValueHeads
@@ -39,7 +39,7 @@ public enum CausalAttentionLayer {
 
         /// A model's attention geometry. RoPE's cos/sin are computed for the positions a call
         /// uses, never for all of `max_position_embeddings`.
-        public init(config: MiniCPMConfig) {
+        init(config: MiniCPMConfig) {
             self.init(heads: config.numAttentionHeads, keyValueHeads: config.numKeyValueHeads,
                       rotary: RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta)))
         }
@@ -47,44 +47,44 @@ public enum CausalAttentionLayer {
 
     /// One sequence's rows of a batch: `length` new tokens, continuing what `cache` holds (its
     /// keys and values for this layer get the new rows) or, without a cache, starting at position 0.
-    public struct Span {
-        public var length: Int
-        public var cache: KVCache?
+    struct Span {
+        var length: Int
+        var cache: KVCache?
 
-        public init(length: Int, cache: KVCache? = nil) {
+        init(length: Int, cache: KVCache? = nil) {
             self.length = length
             self.cache = cache
         }
     }
 
     /// What `forward` keeps for `backward`.
-    public struct Cache: Sendable {
+    struct Cache: Sendable {
         /// `[N, hidden]` the input x.
-        public var input: Tensor
+        var input: Tensor
         /// `[N, hidden]` queries after RoPE.
-        public var queries: Tensor
+        var queries: Tensor
         /// `[N, kvHeads · d]` keys after RoPE.
-        public var keys: Tensor
+        var keys: Tensor
         /// `[N, kvHeads · d]` values.
-        public var values: Tensor
+        var values: Tensor
         /// Per sequence s, per head h, `[T_s, T_s]` attention probabilities (zeros above the diagonal),
         /// blocks in (s, h) order.
-        public var probabilities: [Float]
+        var probabilities: [Float]
         /// `[N, hidden]` the heads' outputs before the output projection.
-        public var context: Tensor
-        public var sequenceLengths: [Int]
+        var context: Tensor
+        var sequenceLengths: [Int]
         /// `[N]` each row's position within its sequence.
-        public var positions: [Int]
+        var positions: [Int]
     }
 
     /// Each row's position within its sequence (sequences stacked in order).
-    public static func positions(sequenceLengths: [Int]) -> [Int] {
+    static func positions(sequenceLengths: [Int]) -> [Int] {
         sequenceLengths.flatMap { 0 ..< $0 }
     }
 
     /// x `[N, hidden]` (sequences of `sequenceLengths` stacked, each from position 0) → y `[N, hidden]`,
     /// keeping what `backward` needs.
-    public static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> (output: Tensor, cache: Cache) {
+    static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> (output: Tensor, cache: Cache) {
         let result = forward(x, weights: weights, geometry: geometry, spans: sequenceLengths.map { Span(length: $0) }, layer: 0, keepCache: true)
         return (result.output, result.cache!)
     }
@@ -93,7 +93,7 @@ public enum CausalAttentionLayer {
     /// with a KV cache attend to its earlier tokens too and append their keys and values to it at
     /// `layer` (the caller advances the caches after the last layer). `keepCache` (training: spans
     /// without KV caches only) keeps what `backward` needs.
-    public static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, spans: [Span], layer: Int,
+    static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, spans: [Span], layer: Int,
                                keepCache: Bool) -> (output: Tensor, cache: Cache?) {
         let rows = x.rows, d = geometry.headDim, heads = geometry.heads
         let hidden = heads * d, kvWidth = geometry.keyValueHeads * d, groupSize = heads / geometry.keyValueHeads
@@ -177,7 +177,7 @@ public enum CausalAttentionLayer {
     }
 
     /// dy `[N, hidden]` → dx `[N, hidden]` and the four weights' gradients (fresh tensors).
-    public static func backward(_ outputGradient: Tensor, cache: Cache, weights: Weights, geometry: Geometry) -> (input: Tensor, weights: Weights) {
+    static func backward(_ outputGradient: Tensor, cache: Cache, weights: Weights, geometry: Geometry) -> (input: Tensor, weights: Weights) {
         let rows = cache.input.rows, d = geometry.headDim, heads = geometry.heads, kvHeads = geometry.keyValueHeads
         let hidden = heads * d, kvWidth = kvHeads * d, groupSize = heads / kvHeads
         precondition(outputGradient.shape == [rows, hidden], "attention backward: dy \(outputGradient.shape) for \(rows) rows of \(hidden)")

@@ -10,8 +10,8 @@ import Foundation
 /// recomputed from its `prob_mean` and `expert_counts`. For softmax routers it equals
 /// `RouterLosses.switchLoadBalancing`, and the z-loss `RouterLosses.zLoss` (a test pins both); they
 /// are computed here without the gradients those functions also return.
-public enum RoutingStatistics {
-    public static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail) -> RoutingRecord {
+enum RoutingStatistics {
+    static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail) -> RoutingRecord {
         let decision = routed.decision
         let tokens = decision.tokens, experts = decision.experts, slots = decision.slotsPerToken
         let counts = decision.expertCounts

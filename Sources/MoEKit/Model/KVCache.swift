@@ -6,7 +6,7 @@ public final class KVCache {
     var keys: [[Float]]
     var values: [[Float]]
     /// Tokens already in the cache (the position of the next token).
-    public private(set) var length = 0
+    private(set) var length = 0
 
     public init(config: MiniCPMConfig) {
         layers = config.numHiddenLayers
@@ -24,7 +24,7 @@ public final class KVCache {
     func advance(by count: Int) { length += count }
 
     /// Forgets everything.
-    public func reset() {
+    func reset() {
         length = 0
         for layer in 0 ..< layers { keys[layer].removeAll(keepingCapacity: true); values[layer].removeAll(keepingCapacity: true) }
     }

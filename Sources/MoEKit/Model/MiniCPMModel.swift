@@ -187,35 +187,35 @@ public final class MiniCPMModel {
     // MARK: Training
 
     /// What one forward (and backward) pass over a batch gives.
-    public struct StepResult: Sendable {
+    struct StepResult: Sendable {
         /// The training objective: `languageModelLoss + Σ routerLosses[i].total`.
-        public var loss: Float
+        var loss: Float
         /// Mean next-token cross-entropy over the targets ≥ 0.
-        public var languageModelLoss: Float
+        var languageModelLoss: Float
         /// How many targets the language-model loss averages over.
-        public var countedTokens: Int
+        var countedTokens: Int
         /// Per MoE layer (in layer order): the router's auxiliary losses, weighted total and terms.
-        public var routerLosses: [RouterLoss.Value]
+        var routerLosses: [RouterLoss.Value]
         /// Per MoE layer (in layer order): the routing of the batch's N tokens (for statistics and
         /// the auxiliary-loss-free bias update).
-        public var routing: [RoutedTokens]
+        var routing: [RoutedTokens]
         /// ∂loss/∂weights, typed as the weights are (`lossAndGradients` only).
-        public var gradients: MiniCPMWeights?
+        var gradients: MiniCPMWeights?
 
         /// `[MoE layer][expert]` assignments each expert received (after drops): what
         /// `ConfigurableRouter.updateBalancingBias(expertCounts:)` takes.
-        public var expertCounts: [[Int]] { routing.map(\.decision.expertCounts) }
+        var expertCounts: [[Int]] { routing.map(\.decision.expertCounts) }
     }
 
     /// The loss of a batch, forward only, with the router in evaluation mode (no noise).
-    public func evaluate(_ batch: TrainingBatch) throws -> StepResult {
+    func evaluate(_ batch: TrainingBatch) throws -> StepResult {
         try step(batch, routerTraining: false, gradients: false)
     }
 
     /// The loss of a batch and its gradient with respect to every weight; the router is in
     /// training mode (noise on, when configured) during the pass. The weights must be owned f32
     /// (`init(directory:ownedFloat32Weights: true)` or `weights.owned()`).
-    public func lossAndGradients(_ batch: TrainingBatch) throws -> StepResult {
+    func lossAndGradients(_ batch: TrainingBatch) throws -> StepResult {
         try step(batch, routerTraining: true, gradients: true)
     }
 

@@ -7,16 +7,16 @@ import Foundation
 /// mean count and `coefficientOfVariation` the population standard deviation of the counts over
 /// their mean (0 = balanced); both use the counts after drops. Dead experts received no tokens.
 /// With no assignments at all, shares, ratios and CV are 0.
-public struct ExpertLoadStatistics: Sendable, Equatable {
-    public var expertCounts: [Int]
-    public var shareOfIdeal: [Double]
-    public var maxOverMean: Double
-    public var coefficientOfVariation: Double
-    public var busiestExpert: Int
-    public var idlestExpert: Int
-    public var deadExperts: [Int]
+struct ExpertLoadStatistics: Sendable, Equatable {
+    var expertCounts: [Int]
+    var shareOfIdeal: [Double]
+    var maxOverMean: Double
+    var coefficientOfVariation: Double
+    var busiestExpert: Int
+    var idlestExpert: Int
+    var deadExperts: [Int]
 
-    public init(expertCounts: [Int], tokens: Int, topK: Int) {
+    init(expertCounts: [Int], tokens: Int, topK: Int) {
         let experts = max(expertCounts.count, 1)
         let ideal = Double(tokens * topK) / Double(experts)
         let mean = Double(expertCounts.reduce(0, +)) / Double(experts)
@@ -45,9 +45,9 @@ public struct DomainSpecialization: Sendable, Equatable {
     public var layer: Int
     /// `[domain][expert]` assignment counts.
     public var counts: [[Int]]
-    public var expertShare: [[Double]]
-    public var mutualInformation: Double
-    public var normalizedMutualInformation: Double
+    var expertShare: [[Double]]
+    var mutualInformation: Double
+    var normalizedMutualInformation: Double
 
     public init(layer: Int, counts: [[Int]]) {
         self.layer = layer
@@ -91,17 +91,17 @@ public struct RoutingLogInspection: Sendable {
 
     public struct LayerSummary: Sendable, Equatable {
         public var layer: Int
-        public var load: ExpertLoadStatistics
-        public var dropped: Int
+        var load: ExpertLoadStatistics
+        var dropped: Int
         public var auxLoss: Double
         public var zLoss: Double
-        public var entropy: Double
+        var entropy: Double
     }
 
     /// One step of the trend: per inspected layer, the CV of that step's counts and its aux loss.
     public struct TrendPoint: Sendable, Equatable {
         public var step: Int
-        public var coefficientOfVariation: [Double]
+        var coefficientOfVariation: [Double]
         public var auxLoss: [Double]
     }
 
@@ -112,9 +112,9 @@ public struct RoutingLogInspection: Sendable {
     /// Tokens over the selected steps.
     public let tokens: Int
     public let layers: [LayerSummary]
-    public let trend: [TrendPoint]
+    let trend: [TrendPoint]
     /// Per inspected layer, when the log has domains.
-    public let domainSpecialization: [DomainSpecialization]
+    let domainSpecialization: [DomainSpecialization]
     /// The selected steps' loss, learning rate and training columns (training logs; else empty).
     public let training: [RoutingLogStep]
 

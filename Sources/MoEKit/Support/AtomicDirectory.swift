@@ -3,13 +3,13 @@ import Foundation
 /// A directory built under a temporary name beside its destination and renamed into place by
 /// `commit()`. An existing destination is refused unless `replaceExisting`; an abandoned build
 /// (error, or the value dropped without commit) removes the temporary directory.
-public final class AtomicDirectory {
-    public let destination: String
-    public let temporaryPath: String
+final class AtomicDirectory {
+    let destination: String
+    let temporaryPath: String
     private let replaceExisting: Bool
     private var committed = false
 
-    public init(destination: String, replaceExisting: Bool) throws(FileError) {
+    init(destination: String, replaceExisting: Bool) throws(FileError) {
         let manager = FileManager.default
         let url = URL(fileURLWithPath: destination).standardizedFileURL
         self.destination = url.path
@@ -41,10 +41,10 @@ public final class AtomicDirectory {
     }
 
     /// Path of a file inside the directory being built.
-    public func path(_ name: String) -> String { temporaryPath + "/" + name }
+    func path(_ name: String) -> String { temporaryPath + "/" + name }
 
     /// Renames the finished directory into place (replacing an existing one when allowed).
-    public func commit() throws(FileError) {
+    func commit() throws(FileError) {
         let manager = FileManager.default
         var aside: String?
         var existingIsDirectory: ObjCBool = false
@@ -68,7 +68,7 @@ public final class AtomicDirectory {
     }
 
     /// Removes the temporary directory.
-    public func abandon() {
+    func abandon() {
         try? FileManager.default.removeItem(atPath: temporaryPath)
         TemporaryPaths.unregister(temporaryPath)
     }

@@ -7,8 +7,8 @@ import Glibc
 /// `commit()`, so a reader never sees a half-written file. Dropped without `commit()`, the
 /// temporary file is removed.
 public final class AtomicFileWriter {
-    public let destination: String
-    public let temporaryPath: String
+    let destination: String
+    let temporaryPath: String
     private var descriptor: Int32
     private var buffer: [UInt8] = []
     private let bufferLimit = 1 << 22
@@ -71,7 +71,7 @@ public final class AtomicFileWriter {
     }
 
     /// Flushes, closes and renames the file into place.
-    public func commit() throws(FileError) {
+    func commit() throws(FileError) {
         try flushBuffer()
         let result = close(descriptor)
         descriptor = -1

@@ -9,7 +9,7 @@ public enum MemoryEstimate {
     public struct TooLarge: Error, LocalizedError, Equatable, Sendable {
         public var what: String
         public var bytes: Int
-        public var available: Int
+        var available: Int
         public var errorDescription: String? {
             let need = bytes == .max ? "more than \(Int.max) bytes" : ByteSize.format(bytes)
             return "\(what) needs about \(need) of memory; this machine has \(ByteSize.format(available))"
@@ -17,10 +17,10 @@ public enum MemoryEstimate {
     }
 
     /// Physical memory of the machine.
-    public static var available: Int { Int(clamping: ProcessInfo.processInfo.physicalMemory) }
+    static var available: Int { Int(clamping: ProcessInfo.processInfo.physicalMemory) }
 
     /// Π factors, or `Int.max` when the product overflows (or a factor is negative).
-    public static func product(_ factors: Int...) -> Int {
+    static func product(_ factors: Int...) -> Int {
         var result = 1
         for factor in factors {
             guard factor >= 0 else { return .max }

@@ -27,7 +27,7 @@ public final class ProgressReporter: @unchecked Sendable {
         interval = self.style == .bar ? 0.1 : 5
     }
 
-    public func update(bytesDone: Int) {
+    func update(bytesDone: Int) {
         guard style != .quiet else { return }
         let now = Date()
         guard now.timeIntervalSince(lastReport) >= interval else { return }
@@ -35,7 +35,7 @@ public final class ProgressReporter: @unchecked Sendable {
         emit(bytesDone: bytesDone, final: false)
     }
 
-    public func finish(bytesDone: Int) {
+    func finish(bytesDone: Int) {
         guard style != .quiet else { return }
         emit(bytesDone: bytesDone, final: true)
     }

@@ -39,12 +39,12 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
     }
 
     /// Uniform in [0, 1) with 53 random bits.
-    public mutating func nextUniform() -> Double {
+    mutating func nextUniform() -> Double {
         Double(next() >> 11) * 0x1p-53
     }
 
     /// Standard normal N(0, 1) by the Box–Muller transform.
-    public mutating func nextNormal() -> Double {
+    mutating func nextNormal() -> Double {
         if let spare = spareNormal {
             spareNormal = nil
             return spare
@@ -58,7 +58,7 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
     }
 
     /// Fills `buffer` with N(0, std²) samples.
-    public mutating func fillNormal(_ buffer: UnsafeMutableBufferPointer<Float>, standardDeviation: Float) {
+    mutating func fillNormal(_ buffer: UnsafeMutableBufferPointer<Float>, standardDeviation: Float) {
         for i in buffer.indices { buffer[i] = Float(nextNormal()) * standardDeviation }
     }
 }

@@ -57,7 +57,7 @@ public final class Trainer {
     public let options: TrainingOptions
     public let sampler: BatchSampler
     public let schedule: LearningRateSchedule
-    public private(set) var optimizer: AdamW
+    private(set) var optimizer: AdamW
     public let outputDirectory: String
     public let logPath: String?
     /// The model directory the weights came from (OUT_DIR when resuming).
