@@ -67,9 +67,9 @@ enum MoEFeedForwardLayer {
     /// What `forward` keeps for `backward`.
     struct Cache: Sendable {
         /// `[T, H]` the layer's input x.
-        internal(set) var input = Tensor(shape: [0, 0])
+        var input = Tensor(shape: [0, 0])
         /// The routing the forward used, with the noise it applied.
-        internal(set) var routed = RoutedTokens(decision: MoEFeedForwardLayer.emptyDecision, logits: [])
+        var routed = RoutedTokens(decision: MoEFeedForwardLayer.emptyDecision, logits: [])
         /// The router's configuration, k, and the state the forward read (bias, noise weight).
         var configuration = RouterConfiguration()
         var topK = 1

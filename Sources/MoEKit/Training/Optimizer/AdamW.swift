@@ -29,11 +29,11 @@ struct AdamW: Sendable {
     /// (the order of `MiniCPMWeights.parameterTensors`; names are used for options and files only).
     let names: [String]
     /// Updates taken so far; the next `step` uses t = `stepCount` + 1 in the bias corrections.
-    internal(set) var stepCount: Int
+    var stepCount: Int
     /// m, the first-moment estimate of every parameter (PyTorch's `exp_avg`), in `names` order.
-    internal(set) var firstMoments: [Tensor]
+    var firstMoments: [Tensor]
     /// v, the second-moment estimate of every parameter (PyTorch's `exp_avg_sq`), in `names` order.
-    internal(set) var secondMoments: [Tensor]
+    var secondMoments: [Tensor]
     /// lr_p / lr for every parameter, in `names` order.
     let learningRateMultipliers: [Float]
     /// Whether each parameter receives weight decay, in `names` order.
