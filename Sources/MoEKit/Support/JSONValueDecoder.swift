@@ -153,6 +153,15 @@ struct JSONValueDecoder: Decoder {
     }
 }
 
+/// A coding key for a name only known at run time (a tensor in `weight_map`, an unknown key).
+struct JSONKey: CodingKey {
+    let stringValue: String
+    var intValue: Int? { nil }
+    init(_ name: String) { stringValue = name }
+    init?(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
 extension JSONValue {
     /// "a string", "an integer", … for error messages.
     var kindDescription: String {
