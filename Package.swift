@@ -1,9 +1,11 @@
 // swift-tools-version:6.1
 import PackageDescription
 
+// Builds on Linux only (Debian/Ubuntu, x86-64 and arm64): the sources use Glibc, and OpenBLAS and HDF5
+// come from the system through pkg-config. SwiftPM's `platforms` names Apple platforms only, so the
+// package declares none rather than claim a macOS it does not build on.
 let package = Package(
     name: "MoEKit",
-    platforms: [.macOS(.v14)],
     products: [
         .library(name: "MoEKit", targets: ["MoEKit"]),
         .executable(name: "moekit", targets: ["moekit"]),

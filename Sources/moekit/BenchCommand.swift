@@ -19,8 +19,8 @@ struct BenchCommand: ParsableCommand {
         """
     )
 
-    @Option(help: "Shapes: \(MiniCPMPreset.allCases.map(\.rawValue).joined(separator: ", ")).")
-    var preset: String = "minicpm-2.4b"
+    @Option(help: "Shapes of the models timed.")
+    var preset: MiniCPMPreset = .minicpm2_4b
     @Option(help: "Take the shapes (and an MoE's experts and top-k) from this model directory's config.json instead of --preset: MiniCPM, Llama, Mixtral, … (random weights of those shapes are timed).")
     var model: String?
     @Option(help: "Layers of the model-level models.")
@@ -34,13 +34,13 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("top-k"), help: "Experts per token (default: the --model's, else 2).")
     var topK: Int?
     @Option(help: "Token counts, comma-separated.")
-    var tokens: String = "128,512,2048"
+    var tokens: CommaSeparated<Int> = [128, 512, 2048]
     @Option(help: "Decode steps for the model-level decode measurement (0 skips it).")
     var decode: Int = 32
-    @Option(help: "Routing modes, comma-separated: learned, uniform, collapsed.")
-    var routing: String = "learned,uniform,collapsed"
+    @Option(help: "Routing modes, comma-separated.")
+    var routing: CommaSeparated<ThroughputBenchmark.Routing> = [.learned, .uniform, .collapsed]
     @Option(help: "Which levels: layer, model, all (both), or training (one training step, dense vs MoE, with --batch × --seq tokens).")
-    var level: String = "all"
+    var level: BenchLevel = .all
     @Option(help: "Training level: sequences per batch.")
     var batch: Int = 8
     @Option(help: "Training level: tokens per sequence.")
@@ -57,25 +57,24 @@ struct BenchCommand: ParsableCommand {
         try OptionRanges.check("--layers", layers, OptionRanges.layers)
         if let experts { try OptionRanges.check("--experts", experts, OptionRanges.experts) }
         if let topK { try OptionRanges.check("--top-k", topK, 1 ... (experts ?? ConfigLimits.numExperts)) }
-        for text in tokens.split(separator: ",") {
-            guard let count = Int(text.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("--tokens: '\(text)' is not an integer") }
-            try OptionRanges.check("--tokens", count, 1 ... ConfigLimits.maxPositionEmbeddings)
-        }
+        for count in tokens.values { try OptionRanges.check("--tokens", count, 1 ... ConfigLimits.maxPositionEmbeddings) }
         try OptionRanges.check("--decode", decode, OptionRanges.decodeSteps)
         try OptionRanges.check("--repeats", repeats, OptionRanges.repeats)
         try OptionRanges.check("--batch", batch, OptionRanges.batch)
         try OptionRanges.check("--seq", seq, OptionRanges.sequenceLength)
         try OptionRanges.check("--batch × --seq", batch * seq, 1 ... TrainingOptions.maximumTokensPerStep)
+        if (denseModel == nil) != (moeModel == nil) { throw ValidationError("--dense-model and --moe-model go together") }
+        if denseModel != nil && level != .model { throw ValidationError("--dense-model/--moe-model measure the model level: pass --level model") }
         try computePrecision.validateForThisCPU()
-        if computePrecision != .float32 && level == "training" { throw ValidationError("--compute bf16 is for inference: training computes in f32") }
+        if computePrecision != .float32 && level == .training { throw ValidationError("--compute bf16 is for inference: training computes in f32") }
     }
 
     /// The larger of the dense and the MoE run of the benchmark's shapes, for the memory estimate.
     private func estimatedBytes(_ config: MiniCPMConfig, tokens: Int, experts: Int, topK: Int) -> Int {
         var moe = config
         moe.numExperts = experts
-        moe.numExpertsPerToken = topK
-        if level == "training" {
+        moe.topK = topK
+        if level == .training {
             return max(MemoryEstimate.trainingBytes(config, batch: batch, seq: seq), MemoryEstimate.trainingBytes(moe, batch: batch, seq: seq))
         }
         let sequence = max(tokens, 128 + decode)
@@ -93,53 +92,43 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             var config: MiniCPMConfig
-            var shapeName = preset
+            var shapeName = preset.rawValue
             if let model {
                 config = try MiniCPMConfig(path: model + "/config.json")
                 shapeName = "\(model) (\(config.architecture.causalLMClassName))"
             } else {
-                guard let shapes = MiniCPMPreset(rawValue: preset) else { throw ValidationError("unknown preset '\(preset)'") }
-                config = shapes.config
+                config = preset.config
             }
-            var experts = self.experts ?? config.numExperts ?? 8, topK = self.topK ?? config.numExpertsPerToken ?? 2
+            var experts = self.experts ?? config.numExperts ?? 8, topK = self.topK ?? config.topK ?? 2
             config.numExperts = nil
-            config.numExpertsPerToken = nil
+            config.topK = nil
             config.numHiddenLayers = layers
-            if denseModel != nil || moeModel != nil {
-                guard let denseModel, let moeModel else { throw ValidationError("--dense-model and --moe-model go together") }
-                guard level == "model" else { throw ValidationError("--dense-model/--moe-model measure the model level: pass --level model") }
+            if let denseModel, let moeModel {
                 config = try MiniCPMConfig(path: denseModel + "/config.json")
                 let moeConfig = try MiniCPMConfig(path: moeModel + "/config.json")
                 guard !config.isMoE, let count = moeConfig.numExperts else { throw ValidationError("--dense-model must be dense and --moe-model a MiniCPM-MoE model") }
                 experts = count
-                topK = moeConfig.numExpertsPerToken ?? 2
+                topK = moeConfig.topK ?? 2
             }
             var options = ThroughputBenchmark.Options(config: config)
             options.experts = experts
             options.topK = topK
             options.denseModelDirectory = denseModel
             options.moeModelDirectory = moeModel
-            options.tokenCounts = try tokens.split(separator: ",").map {
-                guard let n = Int($0.trimmingCharacters(in: .whitespaces)), n > 0 else { throw ValidationError("--tokens: '\($0)' is not a positive integer") }
-                return n
-            }
-            options.routings = try routing.split(separator: ",").map {
-                guard let mode = ThroughputBenchmark.Routing(rawValue: String($0)) else { throw ValidationError("--routing: unknown mode '\($0)'") }
-                return mode
-            }
+            options.tokenCounts = tokens.values
+            options.routings = routing.values
             options.decodeSteps = decode
             options.repeats = max(1, repeats)
             options.computePrecision = computePrecision
             try MemoryEstimate.check(estimatedBytes(config, tokens: options.tokenCounts.max() ?? 0, experts: experts, topK: topK), for: "bench with these shapes")
-            options.layerLevel = level == "all" || level == "layer"
-            options.modelLevel = level == "all" || level == "model"
+            options.layerLevel = level.includesLayers
+            options.modelLevel = level.includesModel
             guard layers >= 1, experts >= 2, topK >= 1, topK <= experts else { throw ValidationError("need layers ≥ 1, experts ≥ 2, 1 ≤ top-k ≤ experts") }
             compute.apply()
-            if level == "training" {
+            if level == .training {
                 try runTraining(config: config, shapeName: shapeName, experts: experts, topK: topK)
                 return
             }
-            guard level == "all" || level == "layer" || level == "model" else { throw ValidationError("--level must be layer, model, all or training") }
             let machine = ThroughputBenchmark.Machine.current
             print(machine.reportLine)
             let ceilings = MachineCeilings.measure()

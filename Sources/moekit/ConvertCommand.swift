@@ -21,29 +21,15 @@ struct ConvertCommand: ParsableCommand {
     @Argument(help: "Output directory (must not exist unless --force).")
     var outputDirectory: String
 
-    @Option(help: "Storage dtype of floating-point tensors: keep, bf16, f16 or f32 (integer tensors keep theirs).")
-    var dtype: String = "keep"
+    @OptionGroup var weights: WeightOutputOptions
 
-    @Option(name: .customLong("shard-size"), help: "Maximum shard size (5GB, 500MB, 2GiB, …).")
-    var shardSize: String = "5GB"
-
-    @Flag(help: "Replace an existing output directory.")
-    var force = false
-
-    @Flag(help: "No progress output.")
-    var quiet = false
-
-    func validate() throws {
-        guard dtype.lowercased() == "keep" || StorageDTypeOption.parse(dtype) != nil else { throw ValidationError("--dtype must be keep, bf16, f16 or f32, got '\(dtype)'") }
-        guard ByteSize.parse(shardSize) != nil else { throw ValidationError("--shard-size: '\(shardSize)' is not a size (e.g. 5GB, 500MB)") }
-    }
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         try reportingErrors {
             let options = CheckpointConverter.Options(
-                dtype: dtype.lowercased() == "keep" ? nil : StorageDTypeOption.parse(dtype),
-                maximumShardBytes: ByteSize.parse(shardSize) ?? ShardedSafetensorsWriter.defaultShardSize,
-                replaceExisting: force, progress: quiet ? .quiet : .automatic)
+                dtype: weights.dtype.safetensors, maximumShardBytes: weights.shardSize.bytes,
+                replaceExisting: output.force, progress: output.progress)
             let start = Date()
             let result = try CheckpointConverter.run(directory: modelDirectory, outputDirectory: outputDirectory, options: options)
             print("wrote \(result.outputDirectory): \(result.tensorCount) tensors from \(result.sourceFormat == .pytorch ? "PyTorch .bin" : "safetensors"), \(ByteSize.format(result.bytesWritten)) in \(String(format: "%.2f", Date().timeIntervalSince(start)))s")

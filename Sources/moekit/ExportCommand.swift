@@ -23,41 +23,24 @@ struct ExportCommand: ParsableCommand {
     @Argument(help: "Output directory (must not exist unless --force).")
     var outputDirectory: String
 
-    @Option(help: "llama (dense), mixtral (MoE, renormalised top-k), qwen2_moe (MoE, top-k renormalised or not) or minicpm.")
-    var format: String
+    @Option(help: "llama (dense), mixtral (MoE, renormalised top-k), qwen2_moe (MoE, top-k renormalised or not), glm4_moe or minicpm.")
+    var format: ExportFormat
 
-    @Option(help: "Storage dtype: keep, f32, bf16 or f16.")
-    var dtype: String = "keep"
+    @OptionGroup var weights: WeightOutputOptions
 
-    @Option(name: .customLong("shard-size"), help: "Maximum shard size (5GB, 500MB, 2GiB, …).")
-    var shardSize: String = "5GB"
-
-    @Flag(help: "Replace an existing output directory.")
-    var force = false
-
-    @Flag(help: "No progress output.")
-    var quiet = false
-
-    func validate() throws {
-        guard ExportFormat(rawValue: format) != nil else {
-            throw ValidationError("--format must be \(ExportFormat.allCases.map(\.rawValue).joined(separator: ", ")), got '\(format)'")
-        }
-        guard dtype.lowercased() == "keep" || StorageDTypeOption.parse(dtype) != nil else { throw ValidationError("--dtype must be keep, f32, bf16 or f16, got '\(dtype)'") }
-        guard ByteSize.parse(shardSize) != nil else { throw ValidationError("--shard-size: '\(shardSize)' is not a size (e.g. 5GB, 500MB)") }
-    }
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         try reportingErrors {
-            let format = ExportFormat(rawValue: self.format) ?? .llama
-            var options = ExportPlan.Options(format: format, dtype: dtype.lowercased() == "keep" ? nil : StorageDTypeOption.parse(dtype))
-            options.maximumShardBytes = ByteSize.parse(shardSize) ?? ShardedSafetensorsWriter.defaultShardSize
-            options.replaceExisting = force
-            options.progress = quiet ? .quiet : .automatic
+            var options = ExportPlan.Options(format: format, dtype: weights.dtype.safetensors)
+            options.maximumShardBytes = weights.shardSize.bytes
+            options.replaceExisting = output.force
+            options.progress = output.progress
             let plan = try ExportPlan(directory: modelDirectory, options: options)
             let result = try Exporter.run(plan, outputDirectory: outputDirectory)
             let config = plan.outputConfig
             print("wrote \(result.outputDirectory): \(format.architecture.causalLMClassName), \(config.numHiddenLayers) layers"
-                  + (config.isMoE ? ", \(config.numExperts ?? 0) experts, top-\(config.numExpertsPerToken ?? 0)" : "")
+                  + (config.isMoE ? ", \(config.numExperts ?? 0) experts, top-\(config.topK ?? 0)" : "")
                   + ", \(config.torchDtype ?? "?"), \(ByteSize.format(result.bytesWritten))")
             print("  files: config.json, \((result.weightFiles + plan.otherFiles + [ExportPlan.reportFileName]).joined(separator: ", "))")
             if result.foldErrors.isEmpty {

@@ -61,7 +61,7 @@ struct ForwardCommand: ParsableCommand {
             let finished = Date()
             try SafetensorsWriter.write([("logits", logits, .float32)], to: output)
             let config = model.config
-            let kind = config.isMoE ? "MiniCPM-MoE (\(config.numExperts!) experts, top-\(config.numExpertsPerToken ?? 2))" : "MiniCPM (dense)"
+            let kind = config.isMoE ? "MiniCPM-MoE (\(config.numExperts!) experts, top-\(config.topK ?? 2))" : "MiniCPM (dense)"
             print("\(modelDirectory): \(kind), \(config.numHiddenLayers) layers, hidden \(config.hiddenSize), vocab \(config.vocabSize)")
             if !model.unexpectedTensors.isEmpty { print("  ignored unexpected tensors: \(model.unexpectedTensors.joined(separator: ", "))") }
             print("  \(sequences.count) sequence\(sequences.count == 1 ? "" : "s"), \(logits.rows) tokens; load \(String(format: "%.2f", loaded.timeIntervalSince(start)))s, forward \(String(format: "%.3f", finished.timeIntervalSince(loaded)))s")

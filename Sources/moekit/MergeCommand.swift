@@ -23,7 +23,7 @@ struct MergeCommand: ParsableCommand {
     var topK: Int = 2
 
     @Option(name: .customLong("router-init"), help: "normal, uniform (±1/sqrt(hidden)), uniform-std (mean 0, std --router-std) or zero.")
-    var routerInit: String = "normal"
+    var routerInit: RouterInitialization = .normal
 
     @Option(name: .customLong("router-std"), help: "Std of the normal or uniform-std router init.")
     var routerStd: Double = 0.1
@@ -34,38 +34,25 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "Random seed of the router.")
     var seed: UInt64 = 0
 
-    @Option(help: "Storage dtype: keep, bf16, f16 or f32.")
-    var dtype: String = "keep"
+    @OptionGroup var weights: WeightOutputOptions
 
-    @Option(name: .customLong("shard-size"), help: "Maximum shard size (5GB, 500MB, 2GiB, …).")
-    var shardSize: String = "5GB"
-
-    @Flag(help: "Replace an existing output directory.")
-    var force = false
-
-    @Flag(help: "No progress output.")
-    var quiet = false
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         guard paths.count >= 3 else { throw ValidationError("give at least two dense model directories and the output directory") }
-        guard RouterInitialization(rawValue: routerInit) != nil else {
-            throw ValidationError("--router-init must be normal, uniform, uniform-std or zero, got '\(routerInit)'")
-        }
-        guard dtype.lowercased() == "keep" || StorageDTypeOption.parse(dtype) != nil else { throw ValidationError("--dtype must be keep, bf16, f16 or f32, got '\(dtype)'") }
-        guard ByteSize.parse(shardSize) != nil else { throw ValidationError("--shard-size: '\(shardSize)' is not a size (e.g. 5GB, 500MB)") }
     }
 
     func run() throws {
         try reportingErrors {
             var options = MergeOptions(topK: topK)
-            options.routerInitialization = RouterInitialization(rawValue: routerInit) ?? .normal
+            options.routerInitialization = routerInit
             options.routerStandardDeviation = routerStd
             options.router = try router.map { try RouterConfiguration(text: $0) }
             options.seed = seed
-            options.dtype = dtype.lowercased() == "keep" ? nil : StorageDTypeOption.parse(dtype)
-            options.maximumShardBytes = ByteSize.parse(shardSize) ?? ShardedSafetensorsWriter.defaultShardSize
-            options.replaceExisting = force
-            options.progress = quiet ? .quiet : .automatic
+            options.dtype = weights.dtype.safetensors
+            options.maximumShardBytes = weights.shardSize.bytes
+            options.replaceExisting = output.force
+            options.progress = output.progress
             let plan = try MergePlan(denseDirectories: Array(paths.dropLast()), options: options)
             let result = try Merger.run(plan, outputDirectory: paths[paths.count - 1])
             let counts = MiniCPMLayout(config: plan.config).parameterCounts

@@ -27,7 +27,7 @@ struct ShowCommand: ParsableCommand {
                 return
             }
             if let config = inspection.config {
-                let kind = config.isMoE ? "MiniCPM-MoE, \(config.numExperts!) experts, top-\(config.numExpertsPerToken ?? 2)" : "MiniCPM (dense)"
+                let kind = config.isMoE ? "MiniCPM-MoE, \(config.numExperts!) experts, top-\(config.topK ?? 2)" : "MiniCPM (dense)"
                 print("\(path): \(kind), \(inspection.format == .pytorch ? "PyTorch .bin" : "safetensors") weights")
                 print("  hidden \(config.hiddenSize), intermediate \(config.intermediateSize), \(config.numHiddenLayers) layers, \(config.numAttentionHeads) heads (\(config.numKeyValueHeads) kv), vocab \(config.vocabSize)")
                 print("  scale_emb \(config.scaleEmb), dim_model_base \(config.dimModelBase), scale_depth \(config.scaleDepth), rope_theta \(config.ropeTheta), tied \(config.tieWordEmbeddings)")

@@ -18,8 +18,7 @@ struct TraceCommand: ParsableCommand {
 
     @OptionGroup var input: TokenInputOptions
 
-    @Option(help: "The routing log to write.")
-    var log: String?
+    @OptionGroup var log: LogOptions
 
     @Option(help: "Tokens per batch (one log step per batch).")
     var batchTokens: Int = 512
@@ -30,9 +29,6 @@ struct TraceCommand: ParsableCommand {
     @Option(help: "Router to use instead of the model's (e.g. softmax-topk, switch, \"topk:cf=1.25\"); see docs/routers.md.")
     var router: String?
 
-    @Flag(help: "Replace an existing log.")
-    var force = false
-
     @Flag(help: "Continue an existing log's step axis (refused when layers, experts or k differ).")
     var append = false
 
@@ -41,16 +37,14 @@ struct TraceCommand: ParsableCommand {
 
     @Option(name: .customLong("compute"), help: ComputePrecision.help)
     var computePrecision: ComputePrecision = .float32
+    @OptionGroup var output: OutputOptions
 
     @OptionGroup var compute: ComputeOptions
 
-    @Flag(help: "No progress line.")
-    var quiet = false
-
     func validate() throws {
-        if force && append { throw ValidationError("--force and --append exclude each other") }
-        if log == nil && !noLog { throw ValidationError("--log is required (or --no-log to run without one)") }
-        if log != nil && noLog { throw ValidationError("--log and --no-log exclude each other") }
+        if output.force && append { throw ValidationError("--force and --append exclude each other") }
+        if log.path == nil && !noLog { throw ValidationError("--log is required (or --no-log to run without one)") }
+        if log.path != nil && noLog { throw ValidationError("--log and --no-log exclude each other") }
         try OptionRanges.check("--batch-tokens", batchTokens, OptionRanges.tokensPerCall)
         try computePrecision.validateForThisCPU()
     }
@@ -69,22 +63,16 @@ struct TraceCommand: ParsableCommand {
             var options = RoutingTracer.Options()
             options.batchTokens = batchTokens
             options.perToken = perToken
-            options.logPath = noLog ? nil : log
-            options.mode = append ? .append : force ? .replace : .create
+            options.logPath = noLog ? nil : log.path
+            options.mode = append ? .append : output.force ? .replace : .create
             // The log to append to is first read by a child process (HDF5 can crash or loop on damaged metadata).
-            if append, let log { try IsolatedLogRead.check(log) }
+            if append, let log = log.path { try IsolatedLogRead.check(log) }
             let tracer = try RoutingTracer(model: model, options: options)
-            let terminal = isatty(STDERR_FILENO) == 1
-            var lastLine = Date.distantPast
+            let reporter = ProgressReporter(label: "trace", style: output.progress)
             let summary = try tracer.run(sequences, source: input.source.path) { progress in
-                guard !quiet else { return }
-                let now = Date()
-                let final = progress.step == progress.steps
-                guard terminal || final || now.timeIntervalSince(lastLine) >= 5 else { return }
-                lastLine = now
                 let rate = Double(progress.tokensDone) / max(progress.seconds, 1e-9)
-                let line = "trace: step \(progress.step)/\(progress.steps), \(progress.tokensDone)/\(progress.tokens) tokens, \(Int(rate)) tokens/s"
-                FileHandle.standardError.write(Data((terminal ? "\r" + line + "\u{1B}[K" + (final ? "\n" : "") : line + "\n").utf8))
+                reporter.show("trace: step \(progress.step)/\(progress.steps), \(progress.tokensDone)/\(progress.tokens) tokens, \(Int(rate)) tokens/s",
+                              persistent: progress.step == progress.steps)
             }
             let medianStep = summary.stepSeconds.sorted()[summary.stepSeconds.count / 2]
             print("\(modelDirectory): \(summary.tokens) tokens in \(summary.steps) steps (\(String(format: "%.2f", summary.seconds))s, median \(String(format: "%.4f", medianStep))s per step)")

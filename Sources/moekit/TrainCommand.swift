@@ -40,8 +40,8 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Peak learning rate η.")
     var lr: Float
 
-    @Option(help: "Learning-rate schedule: wsd, cosine or constant.")
-    var schedule: String = "wsd"
+    @Option(help: "Learning-rate schedule.")
+    var schedule: TrainingOptions.ScheduleKind = .wsd
 
     @Option(help: "Linear warmup steps (default: 1% of --steps, at least 1).")
     var warmup: Int?
@@ -49,8 +49,8 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "WSD: share of the steps spent decaying.")
     var decayFraction: Double = 0.1
 
-    @Option(help: "WSD: decay shape, exponential or linear.")
-    var decay: String = "exponential"
+    @Option(help: "WSD: decay shape.")
+    var decay: LearningRateSchedule.DecayShape = .exponential
 
     @Option(help: "WSD/cosine: final learning rate as a fraction of η.")
     var finalLrRatio: Float = 0.1
@@ -68,7 +68,7 @@ struct TrainCommand: ParsableCommand {
     var accumulate: Int = 1
 
     @Option(help: "Load-balancing granularity: micro (the loss per micro-batch), global (f_i counted over the whole step's batch; Qwen, Megatron global_aux_loss) or sequence (DeepSeek-V3's sequence-wise loss on s/Σs). See docs/routers.md.")
-    var balance: String = "micro"
+    var balance: RouterLoss.Balance = .micro
 
     @Option(help: "AdamW decoupled weight decay.")
     var weightDecay: Float = 0.1
@@ -79,8 +79,8 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Seed of batch sampling and router noise.")
     var seed: UInt64 = 0
 
-    @Option(help: "Element type of a raw .bin data file: uint16 or uint32 (default: by vocabulary size).")
-    var dataDtype: String?
+    @Option(help: "Element type of a raw .bin data file (default: by vocabulary size).")
+    var dataDtype: TokenDataType?
 
     @Option(help: "Share of the data (from its end) held out for validation.")
     var validationFraction: Double = 0
@@ -100,29 +100,20 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Output model directory.")
     var out: String
 
-    @Option(help: "Training log (HDF5) to write.")
-    var log: String?
+    @OptionGroup var log: LogOptions
 
     @Flag(help: "Continue the run saved in OUT_DIR (same options), appending to the log.")
     var resume = false
 
-    @Flag(help: "Replace an existing OUT_DIR and log.")
-    var force = false
+    @OptionGroup var output: OutputOptions
 
     @OptionGroup var compute: ComputeOptions
 
-    @Flag(help: "No progress lines.")
-    var quiet = false
-
     func validate() throws {
-        if resume && force { throw ValidationError("--resume and --force exclude each other") }
-        guard TrainingOptions.ScheduleKind(rawValue: schedule) != nil else { throw ValidationError("--schedule must be wsd, cosine or constant, got '\(schedule)'") }
-        guard LearningRateSchedule.DecayShape(rawValue: decay) != nil else { throw ValidationError("--decay must be exponential or linear, got '\(decay)'") }
-        guard RouterLoss.Balance(rawValue: balance) != nil else { throw ValidationError("--balance must be micro, global or sequence, got '\(balance)'") }
+        if resume && output.force { throw ValidationError("--resume and --force exclude each other") }
         guard accumulate >= 1, accumulate <= batch, batch % accumulate == 0 else {
             throw ValidationError("--accumulate must divide --batch \(batch) into equal micro-batches, got \(accumulate)")
         }
-        if let dataDtype, TokenDataType(rawValue: dataDtype) == nil { throw ValidationError("--data-dtype must be uint16 or uint32, got '\(dataDtype)'") }
         if clip < 0 || !clip.isFinite { throw ValidationError("--clip must be a finite number ≥ 0") }
         try OptionRanges.check("--steps", steps, OptionRanges.steps)
         try OptionRanges.check("--batch", batch, OptionRanges.batch)
@@ -143,20 +134,20 @@ struct TrainCommand: ParsableCommand {
 
     func makeOptions() throws -> TrainingOptions {
         var options = TrainingOptions(steps: steps, batchSize: batch, sequenceLength: seq, learningRate: lr)
-        options.schedule = TrainingOptions.ScheduleKind(rawValue: schedule) ?? .wsd
+        options.schedule = schedule
         options.warmupSteps = warmup
         options.decayFraction = decayFraction
-        options.decayShape = LearningRateSchedule.DecayShape(rawValue: decay) ?? .exponential
+        options.decayShape = decay
         options.finalLearningRateRatio = finalLrRatio
         options.auxiliaryLossCoefficient = auxLoss
         options.zLossCoefficient = zLoss
         options.router = try router.map { try RouterConfiguration(text: $0) }
         options.accumulationSteps = accumulate
-        options.balance = RouterLoss.Balance(rawValue: balance) ?? .micro
+        options.balance = balance
         options.weightDecay = weightDecay
         options.maxGradientNorm = clip > 0 ? clip : nil
         options.seed = seed
-        options.binaryDataType = dataDtype.flatMap(TokenDataType.init(rawValue:))
+        options.binaryDataType = dataDtype
         options.validationFraction = validationFraction
         options.evaluationInterval = evalEvery
         options.validationBatches = valBatches
@@ -172,15 +163,15 @@ struct TrainCommand: ParsableCommand {
                 MemoryEstimate.trainingBytes($0, batch: batch / max(accumulate, 1), seq: seq)
             }
             // --resume appends to the log: check it can be read without HDF5 failing on it.
-            if resume, let log { try IsolatedLogRead.check(log) }
-            let trainer = try Trainer(modelDirectory: modelDirectory, dataPath: data, outputDirectory: out, logPath: log,
-                                      options: try makeOptions(), resume: resume, replaceExisting: force)
+            if resume, let log = log.path { try IsolatedLogRead.check(log) }
+            let trainer = try Trainer(modelDirectory: modelDirectory, dataPath: data, outputDirectory: out, logPath: log.path,
+                                      options: try makeOptions(), resume: resume, replaceExisting: output.force)
             let kind = trainer.model.configurableRouter.map { "MoE, \($0.experts) experts, top-\($0.topK)" } ?? "dense"
             print("train: \(trainer.source) (\(kind), \(trainer.model.weights.elementCount) parameters) on \(data): "
                 + "\(trainer.sampler.trainingRange.count) training tokens, \(trainer.sampler.validationRange.count) held out"
                 + (trainer.domainNames.isEmpty ? "" : ", domains \(trainer.domainNames.joined(separator: ", "))"))
             if trainer.startStep > 0 { print("  resuming after step \(trainer.startStep) of \(steps)") }
-            let reporter = TrainingProgressPrinter(quiet: quiet)
+            let reporter = TrainingProgressPrinter(style: output.progress)
             let summary = try trainer.run(progress: reporter.report)
             print(String(format: "train: steps %d…%d, %d tokens in %.1fs (%.0f tokens/s); final loss %.4f (lm %.4f)",
                          summary.firstStep, summary.completedSteps - 1, summary.tokens, summary.trainingSeconds, summary.tokensPerSecond,
@@ -192,32 +183,20 @@ struct TrainCommand: ParsableCommand {
     }
 }
 
-/// One progress line per step on a terminal (redrawn), or every few seconds otherwise.
-final class TrainingProgressPrinter {
-    private let quiet: Bool
-    private let terminal = isatty(STDERR_FILENO) == 1
-    private var lastLine = Date.distantPast
+/// Each training step's line (loss, learning rate, gradient norm, throughput, time), shown through
+/// the one progress printer, `ProgressReporter`; the last step and evaluations stay on screen.
+struct TrainingProgressPrinter {
+    let reporter: ProgressReporter
 
-    init(quiet: Bool) { self.quiet = quiet }
+    init(style: ProgressReporter.Style) { reporter = ProgressReporter(label: "train", style: style) }
 
     func report(_ progress: Trainer.Progress) {
-        guard !quiet else { return }
-        let now = Date()
-        let final = progress.step + 1 == progress.totalSteps
-        guard terminal || final || progress.validationLoss != nil || now.timeIntervalSince(lastLine) >= 5 else { return }
-        lastLine = now
         var line = String(format: "step %d/%d  loss %.4f (lm %.4f)  lr %.2e  |g| %.3f  %.0f tok/s",
                           progress.step + 1, progress.totalSteps, progress.loss, progress.languageModelLoss, progress.learningRate,
                           progress.gradientNorm, progress.tokensPerSecond)
-            + "  elapsed \(Self.duration(progress.elapsed))  ETA \(Self.duration(progress.remaining))"
+            + "  elapsed \(ProgressReporter.duration(progress.elapsed))  ETA \(ProgressReporter.duration(progress.remaining))"
         if let validation = progress.validationLoss { line += String(format: "  val %.4f", validation) }
         if progress.saved { line += "  saved" }
-        let persistent = final || progress.validationLoss != nil
-        FileHandle.standardError.write(Data((terminal ? "\r" + line + "\u{1B}[K" + (persistent ? "\n" : "") : line + "\n").utf8))
-    }
-
-    static func duration(_ seconds: Double) -> String {
-        let total = Int(seconds.rounded())
-        return total >= 3600 ? String(format: "%d:%02d:%02d", total / 3600, total / 60 % 60, total % 60) : String(format: "%d:%02d", total / 60, total % 60)
+        reporter.show(line, persistent: progress.step + 1 == progress.totalSteps || progress.validationLoss != nil)
     }
 }

@@ -35,8 +35,8 @@ struct UpcycleCommand: ParsableCommand {
     @Option(name: .customLong("top-k"), help: "Experts per token, 1 ≤ K ≤ E.")
     var topK: Int
 
-    @Option(help: "copy, noise, partition, granular or drop.")
-    var method: String = "copy"
+    @Option(help: "How experts are made from the dense FFN (see above).")
+    var method: UpcycleMethod = .copy
 
     @Option(name: .customLong("drop-ratio"), help: "drop: share r of each expert's intermediate neurons redrawn (0…1, default 0.5).")
     var dropRatio: Double?
@@ -45,7 +45,7 @@ struct UpcycleCommand: ParsableCommand {
     var sharedExperts: Int = 0
 
     @Option(name: .customLong("router-init"), help: "normal, uniform (±1/sqrt(hidden)), uniform-std (mean 0, std --router-std) or zero (default: normal; drop: uniform-std).")
-    var routerInit: String?
+    var routerInit: RouterInitialization?
 
     @Option(name: .customLong("router-std"), help: "Std of the normal or uniform-std router init (default 0.1; drop: 0.02).")
     var routerStd: Double?
@@ -54,7 +54,7 @@ struct UpcycleCommand: ParsableCommand {
     var router: String?
 
     @Option(name: .customLong("weight-scale"), help: "none or auto (w2 × 1/Σ combine weights at a near-zero router: E/K for softmax then top-k unnormalised).")
-    var weightScale: String = "none"
+    var weightScale: WeightScaling = .none
 
     @Option(name: .customLong("noise-std"), help: "noise: std relative to each weight matrix's std.")
     var noiseStd: Double = 0.01
@@ -63,28 +63,20 @@ struct UpcycleCommand: ParsableCommand {
     var granularity: Int?
 
     @Option(name: .customLong("partition-by"), help: "partition: random or cluster (balanced k-means on gate/up rows).")
-    var partitionBy: String = "random"
+    var partitionBy: NeuronGrouping = .random
 
     @Option(help: "Random seed (router, noise, partition).")
     var seed: UInt64 = 0
 
-    @Option(help: "Storage dtype: keep, bf16, f16 or f32.")
-    var dtype: String = "keep"
-
-    @Option(name: .customLong("shard-size"), help: "Maximum shard size (5GB, 500MB, 2GiB, …).")
-    var shardSize: String = "5GB"
+    @OptionGroup var weights: WeightOutputOptions
 
     @Option(help: "Compare dense and upcycled logits on N fixed tokens (0 disables); copy must match within 1e-5.")
     var verify: Int = 16
 
-    @Flag(help: "Replace an existing output directory.")
-    var force = false
-
     @Flag(name: .customLong("dry-run"), help: "Print what would be written; needs only DENSE_DIR/config.json.")
     var dryRun = false
 
-    @Flag(help: "No progress output.")
-    var quiet = false
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         try OptionRanges.check("--experts", experts, OptionRanges.experts)
@@ -94,38 +86,30 @@ struct UpcycleCommand: ParsableCommand {
         if let routerStd { try OptionRanges.check("--router-std", routerStd, 0 ... 1e6) }
         try OptionRanges.check("--noise-std", noiseStd, 0 ... 1e6)
         if let dropRatio { try OptionRanges.check("--drop-ratio", dropRatio, 0 ... 1) }
-        guard UpcycleMethod(rawValue: method) != nil else { throw ValidationError("--method must be copy, noise, partition, granular or drop, got '\(method)'") }
-        if let routerInit, RouterInitialization(rawValue: routerInit) == nil {
-            throw ValidationError("--router-init must be normal, uniform, uniform-std or zero, got '\(routerInit)'")
-        }
-        guard WeightScaling(rawValue: weightScale) != nil else { throw ValidationError("--weight-scale must be none or auto, got '\(weightScale)'") }
-        if dropRatio != nil && method != UpcycleMethod.drop.rawValue { throw ValidationError("--drop-ratio only applies to --method drop") }
-        guard NeuronGrouping(rawValue: partitionBy) != nil else { throw ValidationError("--partition-by must be random or cluster, got '\(partitionBy)'") }
-        guard dtype.lowercased() == "keep" || StorageDTypeOption.parse(dtype) != nil else { throw ValidationError("--dtype must be keep, bf16, f16 or f32, got '\(dtype)'") }
-        guard ByteSize.parse(shardSize) != nil else { throw ValidationError("--shard-size: '\(shardSize)' is not a size (e.g. 5GB, 500MB)") }
-        if method == UpcycleMethod.granular.rawValue && granularity == nil { throw ValidationError("--method granular needs --granularity G") }
+        if dropRatio != nil && method != .drop { throw ValidationError("--drop-ratio only applies to --method drop") }
+        if method == .granular && granularity == nil { throw ValidationError("--method granular needs --granularity G") }
         if !dryRun && outputDirectory == nil { throw ValidationError("missing OUT_DIR (only --dry-run works without one)") }
     }
 
     func options() throws -> UpcycleOptions {
         var options = UpcycleOptions(experts: experts, topK: topK)
-        options.method = UpcycleMethod(rawValue: method) ?? .copy
+        options.method = method
         let paper = UpcycleOptions.paperRouter(for: options.method)
-        options.routerInitialization = routerInit.flatMap(RouterInitialization.init(rawValue:)) ?? paper.initialization
+        options.routerInitialization = routerInit ?? paper.initialization
         options.routerStandardDeviation = routerStd ?? paper.standardDeviation
         options.dropRatio = dropRatio ?? DropUpcycling.defaultRatio
         options.sharedExperts = sharedExperts
         options.router = try router.map { try RouterConfiguration(text: $0) }
-        options.weightScaling = WeightScaling(rawValue: weightScale) ?? WeightScaling.none
+        options.weightScaling = weightScale
         options.noiseStandardDeviation = noiseStd
         options.granularity = granularity ?? 1
-        options.partitionBy = NeuronGrouping(rawValue: partitionBy) ?? .random
+        options.partitionBy = partitionBy
         options.seed = seed
-        options.dtype = dtype.lowercased() == "keep" ? nil : StorageDTypeOption.parse(dtype)
-        options.maximumShardBytes = ByteSize.parse(shardSize) ?? ShardedSafetensorsWriter.defaultShardSize
+        options.dtype = weights.dtype.safetensors
+        options.maximumShardBytes = weights.shardSize.bytes
         options.verifyTokens = verify
-        options.replaceExisting = force
-        options.progress = quiet ? .quiet : .automatic
+        options.replaceExisting = output.force
+        options.progress = output.progress
         return options
     }
 

@@ -74,7 +74,7 @@ import Testing
         try Data("old".utf8).write(to: URL(fileURLWithPath: out + "/corpus.bin"))
         var options = DemoPipeline.Options()
         options.outputDirectory = out
-        #expect(throws: CheckpointError.self) { try DemoPipeline(options: options).prepareOutputDirectory() }
+        #expect(throws: FileError.self) { try DemoPipeline(options: options).prepareOutputDirectory() }
         #expect(Set(try FileManager.default.contentsOfDirectory(atPath: out)) == ["keep.txt", "corpus.bin", "moe-trained"])
         options.replaceExisting = true
         try DemoPipeline(options: options).prepareOutputDirectory()
@@ -82,8 +82,38 @@ import Testing
         #expect(FileManager.default.contents(atPath: out + "/keep.txt") == Data("mine".utf8))
 
         options.outputDirectory = out + "/keep.txt"
-        #expect(throws: CheckpointError.self) { try DemoPipeline(options: options).prepareOutputDirectory() }
+        #expect(throws: FileError.self) { try DemoPipeline(options: options).prepareOutputDirectory() }
         #expect(FileManager.default.contents(atPath: out + "/keep.txt") == Data("mine".utf8))
+    }
+
+    /// `demo --out .` (here spelled `DIR/.` and `DIR/sub/..`, the working directory's forms) is a
+    /// non-empty directory like any other: refused without `--force`; with it, only the demo's
+    /// `outputNames` go, and the user's files and directories (and what they hold) stay.
+    @Test func demoOutputInTheWorkingDirectoryKeepsEverythingElse() throws {
+        let directory = TemporaryDirectory()
+        let work = directory.file("work")
+        let manager = FileManager.default
+        try manager.createDirectory(atPath: work + "/data/moe-trained", withIntermediateDirectories: true)
+        try Data("notes".utf8).write(to: URL(fileURLWithPath: work + "/notes.txt"))
+        try Data("data".utf8).write(to: URL(fileURLWithPath: work + "/data/corpus.bin"))
+        try Data("old log".utf8).write(to: URL(fileURLWithPath: work + "/moe-train.h5"))
+        try manager.createDirectory(atPath: work + "/dense-trained", withIntermediateDirectories: true)
+        for spelling in [work + "/.", work + "/data/.."] {
+            var options = DemoPipeline.Options()
+            options.outputDirectory = spelling
+            #expect(throws: FileError.directoryNotEmpty(path: spelling, advice: "pass --force to replace the demo's files in it (other files are kept)")) {
+                try DemoPipeline(options: options).prepareOutputDirectory()
+            }
+            #expect(Set(try manager.contentsOfDirectory(atPath: work)) == ["data", "notes.txt", "moe-train.h5", "dense-trained"])
+        }
+        var options = DemoPipeline.Options()
+        options.outputDirectory = work + "/."
+        options.replaceExisting = true
+        try DemoPipeline(options: options).prepareOutputDirectory()
+        #expect(Set(try manager.contentsOfDirectory(atPath: work)) == ["data", "notes.txt"])
+        #expect(manager.contents(atPath: work + "/notes.txt") == Data("notes".utf8))
+        #expect(manager.contents(atPath: work + "/data/corpus.bin") == Data("data".utf8))
+        #expect(try manager.contentsOfDirectory(atPath: work + "/data").sorted() == ["corpus.bin", "moe-trained"])
     }
 
     /// An output that is the input, reaches it through a symbolic link or `..`, or holds it, is
@@ -94,7 +124,7 @@ import Testing
         try FileManager.default.createDirectory(atPath: input, withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: directory.file("link"), withDestinationPath: input)
         for output in [input, directory.file("link"), input + "/../model", input + "/", directory.path] {
-            #expect(throws: CheckpointError.self, "\(output)") { try OutputPaths.refuseOverlap(input: input, output: output) }
+            #expect(throws: FileError.self, "\(output)") { try OutputPaths.refuseOverlap(input: input, output: output) }
         }
         try OutputPaths.refuseOverlap(input: input, output: directory.file("moe"))
         try OutputPaths.refuseOverlap(input: input, output: input + "/moe")
@@ -107,7 +137,7 @@ import Testing
         let directory = TemporaryDirectory()
         let file = directory.file("notes.txt")
         try Data("mine".utf8).write(to: URL(fileURLWithPath: file))
-        #expect(throws: CheckpointError.self) { _ = try AtomicDirectory(destination: file, replaceExisting: true) }
+        #expect(throws: FileError.self) { _ = try AtomicDirectory(destination: file, replaceExisting: true) }
         #expect(FileManager.default.contents(atPath: file) == Data("mine".utf8))
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path) == ["notes.txt"])
     }

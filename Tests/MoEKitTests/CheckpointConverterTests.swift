@@ -72,7 +72,7 @@ import Testing
         let temp = TemporaryDirectory()
         let source = try binDirectory(temp)
         try FileManager.default.createDirectory(atPath: temp.file("out"), withIntermediateDirectories: true)
-        #expect(throws: CheckpointError.alreadyExists(path: temp.file("out"))) {
+        #expect(throws: CheckpointError.file(.alreadyExists(path: temp.file("out")))) {
             try CheckpointConverter.run(directory: source, outputDirectory: temp.file("out"), options: .init(progress: .quiet))
         }
         _ = try CheckpointConverter.run(directory: source, outputDirectory: temp.file("out"), options: .init(replaceExisting: true, progress: .quiet))

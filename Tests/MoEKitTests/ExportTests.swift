@@ -186,7 +186,7 @@ private func storedBytes(_ directory: String) throws -> [String: [UInt8]] {
         "num_experts_per_tok": .integer(2), "sliding_window": .null, "rope_theta": .number(1e6),
     ])
     let config = try MiniCPMConfig(json: mixtral)
-    #expect(config.architecture == .mixtral && config.numExperts == 4 && config.numExpertsPerToken == 2)
+    #expect(config.architecture == .mixtral && config.numExperts == 4 && config.topK == 2)
     #expect(config.scaleEmb == 1 && config.residualScale == 1 && config.logitDivisor == 1)
     #expect(!config.tieWordEmbeddings && config.rmsNormEps == 1e-5 && config.ropeTheta == 1e6)
     let written = config.jsonObject()

@@ -51,7 +51,7 @@ import Testing
         let dense = SmallModels.weights(for: denseConfig, seed: 5)
         var moeConfig = denseConfig
         moeConfig.numExperts = experts
-        moeConfig.numExpertsPerToken = topK
+        moeConfig.topK = topK
         let moe = SmallModels.upcycledWeights(dense: dense, denseConfig: denseConfig, experts: experts, seed: 99)
         let sequences = [[1, 2, 3, 4, 5, 6, 7, 8], [40, 41]]
         let denseLogits = try SmallModels.model(denseConfig, weights: dense).logits(for: sequences)

@@ -31,7 +31,7 @@ import Testing
         #expect(config.scaleDepth == 1.4)
         #expect(config.tieWordEmbeddings)
         #expect(config.torchDtype == "bfloat16")
-        #expect(!config.isMoE && config.numExperts == nil && config.numExpertsPerToken == nil)
+        #expect(!config.isMoE && config.numExperts == nil && config.topK == nil)
         #expect(config.headDim == 16)
         #expect(config.otherKeys["bos_token_id"] == .integer(1))
         #expect(config.otherKeys["eos_token_id"] == .integer(2))
@@ -84,12 +84,12 @@ import Testing
     @Test func moeFieldsAreReadAndWritten() throws {
         let directory = TemporaryDirectory()
         let moe = try MiniCPMConfig(path: Self.configFile(#"{\#(Self.required), "num_experts": 8, "num_experts_per_tok": 2}"#, in: directory))
-        #expect(moe.isMoE && moe.numExperts == 8 && moe.numExpertsPerToken == 2)
+        #expect(moe.isMoE && moe.numExperts == 8 && moe.topK == 2)
         #expect(moe.jsonObject()["num_experts"] == .integer(8))
         #expect(moe.jsonObject()["num_experts_per_tok"] == .integer(2))
         #expect(try MiniCPMConfig(json: .object(moe.jsonObject())) == moe)
         let defaultTopK = try MiniCPMConfig(path: Self.configFile(#"{\#(Self.required), "num_experts": 4}"#, in: directory))
-        #expect(defaultTopK.numExpertsPerToken == 2)
+        #expect(defaultTopK.topK == 2)
         let dense = try MiniCPMConfig(path: Self.configFile(#"{\#(Self.required), "num_experts": 0}"#, in: directory))
         #expect(!dense.isMoE && dense.jsonObject()["num_experts"] == nil)
     }

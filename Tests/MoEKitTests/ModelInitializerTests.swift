@@ -90,7 +90,7 @@ import Testing
     @Test func moeOnThe2_4BShapesHasTheExpectedTotalAndActiveCounts() {
         var config = MiniCPMPreset.minicpm2_4b.config
         config.numExperts = 8
-        config.numExpertsPerToken = 2
+        config.topK = 2
         let counts = MiniCPMLayout(config: config).parameterCounts
         let expert = 3 * 2304 * 5760
         let perLayer = 4 * 2304 * 2304 + 2 * 2304 + 8 * 2304 + 8 * expert
@@ -110,7 +110,7 @@ import Testing
         let output = directory.file("model")
         try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: false)
         writeBytes([42], to: output + "/keep.txt")
-        #expect(throws: CheckpointError.alreadyExists(path: output)) {
+        #expect(throws: CheckpointError.file(.alreadyExists(path: output))) {
             try ModelInitializer.write(config: Self.smallConfig, to: output, dtype: .bfloat16, seed: 0, progress: .quiet)
         }
         #expect(directoryEntries(directory.path) == ["model"])
@@ -139,7 +139,7 @@ import Testing
         bad.numAttentionHeads = 3
         #expect(throws: CheckpointError.self) { try ModelInitializer.write(config: bad, to: output, dtype: .float32, seed: 0, progress: .quiet) }
         #expect(directoryEntries(directory.path).isEmpty)
-        #expect(throws: CheckpointError.missingFile(path: directory.file("absent"))) {
+        #expect(throws: CheckpointError.file(.missingDirectory(path: directory.file("absent")))) {
             try ModelInitializer.write(config: Self.smallConfig, to: directory.file("absent/model"), dtype: .float32, seed: 0, progress: .quiet)
         }
         #expect(directoryEntries(directory.path).isEmpty)

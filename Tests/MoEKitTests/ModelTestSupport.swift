@@ -15,7 +15,7 @@ enum SmallModels {
         config.tieWordEmbeddings = tied
         if let experts {
             config.numExperts = experts
-            config.numExpertsPerToken = topK
+            config.topK = topK
         }
         return config
     }
@@ -112,7 +112,7 @@ enum PerTokenReference {
                     let maximum = routerLogits.max()!
                     let exps = routerLogits.map { exp($0 - maximum) }
                     let probabilities = exps.map { $0 / exps.reduce(0, +) }
-                    let chosen = Array(probabilities.indices.sorted { probabilities[$0] > probabilities[$1] || (probabilities[$0] == probabilities[$1] && $0 < $1) }.prefix(c.numExpertsPerToken!))
+                    let chosen = Array(probabilities.indices.sorted { probabilities[$0] > probabilities[$1] || (probabilities[$0] == probabilities[$1] && $0 < $1) }.prefix(c.topK!))
                     let total = chosen.reduce(0.0) { $0 + probabilities[$1] }
                     for e in chosen where e < experts {
                         let y = swiGLU(x, gate: w[MiniCPMTensorNames.expertGate(layer, e)]!, up: w[MiniCPMTensorNames.expertUp(layer, e)]!,

@@ -225,7 +225,7 @@ private func randomGradients(like parameters: NamedParameters, seed: UInt64, sta
         }
 
         config.numExperts = 2
-        config.numExpertsPerToken = 1
+        config.topK = 1
         config.tieWordEmbeddings = false
         let moe = TensorProgramRules.learningRateMultipliers(config: config, names: MiniCPMLayout(config: config).entries.map(\.name))
         for name in [MiniCPMTensorNames.router(0), MiniCPMTensorNames.expertGate(0, 1), MiniCPMTensorNames.expertUp(0, 0), MiniCPMTensorNames.expertDown(0, 1)] {

@@ -57,7 +57,7 @@ import Testing
         var model = MiniCPMConfig(hiddenSize: 8, intermediateSize: 16, numHiddenLayers: 2, numAttentionHeads: 2,
                                   numKeyValueHeads: 2, vocabSize: 32)
         model.numExperts = 4
-        model.numExpertsPerToken = 2
+        model.topK = 2
         #expect(try RouterConfiguration(modelConfig: model) == RouterConfiguration())
         var expertChoice = RouterConfiguration()
         expertChoice.mode = .expertChoice
@@ -76,6 +76,9 @@ import Testing
             (.object(["capacity_factor": .string("lots")]), "capacity_factor"),
             (.object(["scoring": .string("tanh")]), "scoring"),
             (.object(["top_k": .integer(0)]), "top_k"),
+            (.object(["top_k": .number(2.5)]), "moekit_router.top_k"),
+            (.object(["top_k": .number(2)]), "moekit_router.top_k"),
+            (.object(["noisy_top_k": .integer(1)]), "moekit_router.noisy_top_k"),
             (.object(["capacity": .integer(2)]), "moekit_router.capacity"),
             (.object(["mode": .string("expert_choice")]), "capacity_factor"),
             (.array([]), "moekit_router"),
@@ -90,6 +93,20 @@ import Testing
                 #expect(message.contains(field), "\(message) does not name \(field)")
             }
         }
+    }
+
+    /// `moekit_router` decodes straight from the parsed JSON with its strictness: an integer
+    /// setting must be a JSON integer (`2.0` is refused above), a number setting takes an integer.
+    @Test func jsonDecodesDirectlyWithIntegersAsNumbers() throws {
+        let decoded = try RouterConfiguration(json: .object(["top_k": .integer(3), "weight_scale": .integer(2), "capacity_factor": .number(1.25),
+                                                             "noise_seed": .integer(7), "scoring": .string("sigmoid")]))
+        var expected = RouterConfiguration()
+        expected.topK = 3
+        expected.weightScale = 2
+        expected.capacityFactor = 1.25
+        expected.noiseSeed = 7
+        expected.scoring = .sigmoid
+        #expect(decoded == expected)
     }
 
     /// Text-form round trip: `RouterConfiguration(text: c.description)` gives back `c`, for every

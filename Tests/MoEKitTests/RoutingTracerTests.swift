@@ -61,7 +61,7 @@ import Testing
         _ = try Self.writeMoECheckpoint(to: directory.path)
         let model = try MiniCPMModel(directory: directory.path)
         try model.useRouter(RouterConfiguration(text: "expert-choice"))
-        #expect(throws: CheckpointError.self) { try RoutingTracer(model: model, options: RoutingTracer.Options()) }
+        #expect(throws: RoutingLogError.expertChoiceRouter(model: directory.path)) { try RoutingTracer(model: model, options: RoutingTracer.Options()) }
 
         let moe = try MiniCPMModel(directory: directory.path)
         var options = RoutingTracer.Options()

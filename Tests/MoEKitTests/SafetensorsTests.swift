@@ -507,6 +507,19 @@ func bitPatterns(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         #expect(throws: CheckpointError.invalidField(path: indexPath, field: "weight_map", reason: "missing or not an object")) { try ModelCheckpoint(directory: directory.path) }
         try Data(#"{"weight_map": {"a": "../elsewhere.safetensors"}}"#.utf8).write(to: URL(fileURLWithPath: indexPath))
         #expect(throws: CheckpointError.invalidField(path: indexPath, field: "weight_map.a", reason: "not a shard file name")) { try ModelCheckpoint(directory: directory.path) }
+        try Data(#"{"weight_map": {"a": 3}}"#.utf8).write(to: URL(fileURLWithPath: indexPath))
+        #expect(throws: CheckpointError.invalidField(path: indexPath, field: "weight_map.a", reason: "not a shard file name")) { try ModelCheckpoint(directory: directory.path) }
+    }
+
+    /// The index is `Codable` under Hugging Face's keys: decoding what it encodes gives it back,
+    /// and `metadata.total_size` is optional (0 when absent), as some writers leave it out.
+    @Test func indexCodableRoundTripUnderHuggingFaceKeys() throws {
+        let index = SafetensorsIndex(totalSize: 392, weightMap: ["a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"])
+        #expect(try JSONValueDecoder.decode(SafetensorsIndex.self, from: index.jsonValue) == index)
+        let encoded = try #require(JSONValue.parse(try JSONEncoder().encode(index)))
+        #expect(encoded == index.jsonValue)
+        let withoutSize = try JSONValueDecoder.decode(SafetensorsIndex.self, from: .object(["weight_map": .object(["a": .string("model.safetensors")])]))
+        #expect(withoutSize == SafetensorsIndex(totalSize: 0, weightMap: ["a": "model.safetensors"]))
     }
 }
 

@@ -123,7 +123,7 @@ import Testing
         let (model, data) = try Self.setUp(directory)
         let out = directory.file("out")
         try Trainer(modelDirectory: model, dataPath: data, outputDirectory: out, logPath: nil, options: Self.options(steps: 2)).run()
-        #expect(throws: CheckpointError.alreadyExists(path: out)) {
+        #expect(throws: FileError.alreadyExists(path: out)) {
             try Trainer(modelDirectory: model, dataPath: data, outputDirectory: out, logPath: nil, options: Self.options(steps: 2))
         }
         var changed = Self.options(steps: 2)

@@ -256,7 +256,7 @@ struct BranchTrainMixTests {
             #expect(isClose(try merged.floatTensor(name).values, mean, relativeTolerance: 1e-6, absoluteTolerance: 1e-7), "\(name)")
         }
         let config = try MiniCPMConfig(path: output + "/config.json")
-        #expect(config.numExperts == 3 && config.numExpertsPerToken == 2)
+        #expect(config.numExperts == 3 && config.topK == 2)
         #expect(FileManager.default.fileExists(atPath: output + "/" + MergePlan.reportFileName))
         _ = try MiniCPMModel(directory: output).logits(for: [[1, 2, 3]])
     }

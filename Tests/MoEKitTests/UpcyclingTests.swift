@@ -267,7 +267,7 @@ struct UpcyclingOutputTests {
         #expect(FileManager.default.contents(atPath: output + "/tokenizer.json") == Data("{\"tok\": 1}".utf8))
         let index = try SafetensorsIndex(path: output + "/" + SafetensorsIndex.fileName)
         let config = try MiniCPMConfig(path: output + "/config.json")
-        #expect(config.numExperts == 4 && config.numExpertsPerToken == 2)
+        #expect(config.numExperts == 4 && config.topK == 2)
         #expect(config.otherKeys["rope_scaling"]?.objectValue?["type"] == .string("linear"))
         #expect(config.otherKeys["rope_scaling"]?.objectValue?["factor"]?.doubleValue == 2)
         #expect(config.scaleDepth == 1.4 && config.scaleEmb == 12 && config.dimModelBase == 8)
@@ -286,7 +286,7 @@ struct UpcyclingOutputTests {
         let output = temp.file("moe")
         try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: false)
         try Data("keep".utf8).write(to: URL(fileURLWithPath: output + "/marker"))
-        #expect(throws: UpcycleError.checkpoint(.alreadyExists(path: output))) { try upcycle(dense, output, options(experts: 2, topK: 1)) }
+        #expect(throws: UpcycleError.file(.alreadyExists(path: output))) { try upcycle(dense, output, options(experts: 2, topK: 1)) }
         #expect(FileManager.default.fileExists(atPath: output + "/marker"))
         try upcycle(dense, output, options(experts: 2, topK: 1) { $0.replaceExisting = true })
         #expect(!FileManager.default.fileExists(atPath: output + "/marker"))

@@ -137,7 +137,7 @@ final class WeightBytes {
     @Test func forwardEstimateLeavesMappedWeightsOut() throws {
         var config = MiniCPMPreset.minicpm2_4b.config
         config.numExperts = 8
-        config.numExpertsPerToken = 2
+        config.topK = 2
         #expect(MemoryEstimate.modelBytes(config) > 50_000_000_000)
         #expect(MemoryEstimate.forwardBytes(config, tokens: 4096, sequence: 128) < 6_000_000_000)
     }

@@ -16,7 +16,7 @@ extension ThroughputBenchmark {
         public let experts: Int
         public let topK: Int
         public let dense: SwiGLUWeights
-        public let denseActive: SwiGLUWeights
+        let denseActive: SwiGLUWeights
         public let moe: MoEWeights
         /// `[2I, H]` the dense FFN's gate and up rows as one f32 matrix (the bare sgemm's operand).
         let gateUpMatrix: Tensor
@@ -140,7 +140,7 @@ extension ThroughputBenchmark {
         let dense = try MiniCPMModel(config: denseConfig, source: "bench-dense") { try denseTensor($0) }
         var moeConfig = denseConfig
         moeConfig.numExperts = options.experts
-        moeConfig.numExpertsPerToken = options.topK
+        moeConfig.topK = options.topK
         let moe = try MiniCPMModel(config: moeConfig, source: "bench-moe") { name in
             let parts = name.split(separator: ".")
             if name.hasSuffix("mlp.gate.weight") {

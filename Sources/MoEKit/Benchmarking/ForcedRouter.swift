@@ -2,19 +2,19 @@
 /// force the assignment pattern: `uniform` sends token t to experts (t·k + j) mod E — perfectly
 /// balanced, the grouped kernel's best case; `collapsed` sends every token to experts 0 ..< k —
 /// all work on k experts, the worst load imbalance. Weights are 1/k.
-public final class ForcedRouter: ExpertRouter {
-    public enum Pattern: String, Sendable { case uniform, collapsed }
+final class ForcedRouter: ExpertRouter {
+    enum Pattern: String, Sendable { case uniform, collapsed }
 
-    public let pattern: Pattern
-    public let topK: Int
-    public var slotsPerToken: Int { topK }
+    let pattern: Pattern
+    let topK: Int
+    var slotsPerToken: Int { topK }
 
-    public init(pattern: Pattern, topK: Int) {
+    init(pattern: Pattern, topK: Int) {
         self.pattern = pattern
         self.topK = topK
     }
 
-    public func route(inputs: Tensor, gateWeight: Tensor, layer: Int) -> RoutedTokens {
+    func route(inputs: Tensor, gateWeight: Tensor, layer: Int) -> RoutedTokens {
         let logits = MatrixMultiply.product(inputs, gateWeight, transposeB: true)
         let probabilities = Kernels.softmaxRows(logits)
         let tokens = inputs.rows, experts = gateWeight.rows

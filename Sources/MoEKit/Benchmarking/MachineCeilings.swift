@@ -13,21 +13,21 @@ import Foundation
 /// then "dense / sgemm = 0.95" says little about the machine.
 public struct MachineCeilings: Sendable {
     /// FMA-loop GFLOP/s on all benchmark threads; nil when the CPU has neither AVX-512F nor AVX2+FMA.
-    public var peakGFLOPs: Double?
+    var peakGFLOPs: Double?
     /// The instruction set the peak loop used: "avx512f", "avx2+fma" or "none".
-    public var peakInstructionSet: String
+    var peakInstructionSet: String
     public var threads: Int
     /// `cblas_sgemm` GFLOP/s at n = ``sgemmSize``.
-    public var sgemmGFLOPs: Double
-    public var sgemmSize: Int
-    public var openBLASVersion: String
-    public var openBLASCore: String
-    public var genericCore: Bool
+    var sgemmGFLOPs: Double
+    var sgemmSize: Int
+    var openBLASVersion: String
+    var openBLASCore: String
+    var genericCore: Bool
     /// Warnings for the report: generic kernels, a BLAS ceiling far below the peak.
-    public var flags: [String]
+    var flags: [String]
 
     /// A BLAS ceiling below this share of the FMA peak is flagged.
-    public static let farBelowPeakShare = 0.5
+    static let farBelowPeakShare = 0.5
 
     public init(peakGFLOPs: Double?, peakInstructionSet: String, threads: Int, sgemmGFLOPs: Double, sgemmSize: Int,
                 openBLASVersion: String, openBLASCore: String) {
@@ -44,7 +44,7 @@ public struct MachineCeilings: Sendable {
     }
 
     /// The report's warnings, a pure function of the kernels and the two ceilings.
-    public static func flags(core: String, peakGFLOPs: Double?, sgemmGFLOPs: Double, better: String?) -> [String] {
+    static func flags(core: String, peakGFLOPs: Double?, sgemmGFLOPs: Double, better: String?) -> [String] {
         var flags: [String] = []
         if BLASKernelSelection.isGeneric(core: core) {
             flags.append("OpenBLAS runs its generic \(core) kernels" + (better.map { "; this CPU has \($0)'s (see docs/blas-kernels.md)" } ?? ""))

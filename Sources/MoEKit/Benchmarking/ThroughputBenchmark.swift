@@ -19,7 +19,7 @@ public struct ThroughputBenchmark {
         public var decodeSteps = 32
         public var routings: [Routing] = Routing.allCases
         public var repeats = 5
-        public var warmups = 1
+        var warmups = 1
         public var layerLevel = true
         public var modelLevel = true
         public var seed: UInt64 = 0
@@ -62,11 +62,11 @@ public struct ThroughputBenchmark {
     }
 
     public struct Machine: Sendable {
-        public var cpu: String
-        public var cores: Int
-        public var openblas: String
-        public var openblasVersion: String
-        public var openblasCore: String
+        var cpu: String
+        var cores: Int
+        var openblas: String
+        var openblasVersion: String
+        var openblasCore: String
         public var threads: Int
 
         public static var current: Machine {

@@ -59,7 +59,7 @@ public struct TrainingBenchmark {
         let config = options.config
         var moeConfig = config
         moeConfig.numExperts = options.experts
-        moeConfig.numExpertsPerToken = options.topK
+        moeConfig.topK = options.topK
         let denseParameters = Self.parameters(config: config, dense: nil, seed: options.seed)
         let moeParameters = Self.parameters(config: moeConfig, dense: denseParameters, seed: options.seed)
         let router = try ConfigurableRouter(configuration: RouterConfiguration(), model: moeConfig)

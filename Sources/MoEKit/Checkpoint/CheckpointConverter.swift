@@ -52,12 +52,13 @@ public enum CheckpointConverter {
         let configPath = directory + "/config.json"
         guard let configData = FileManager.default.contents(atPath: configPath) else { throw .missingFile(path: configPath) }
         guard case .object(var config)? = JSONValue.parse(configData) else { throw .invalidJSON(path: configPath, reason: "not a JSON object") }
-        try OutputPaths.refuseOverlap(input: directory, output: outputDirectory)
+        do { try OutputPaths.refuseOverlap(input: directory, output: outputDirectory) } catch { throw .file(error) }
 
         let specs = checkpoint.tensors.map { info in
             TensorSpec(name: info.name, dtype: outputDType(for: info.dtype, requested: options.dtype), shape: info.shape)
         }
-        let output = try AtomicDirectory(destination: outputDirectory, replaceExisting: options.replaceExisting)
+        let output: AtomicDirectory
+        do { output = try AtomicDirectory(destination: outputDirectory, replaceExisting: options.replaceExisting) } catch { throw .file(error) }
         var weightFiles: [String]
         do {
             let writer = try ShardedSafetensorsWriter(directory: output.temporaryPath, tensors: specs,
@@ -76,7 +77,7 @@ public enum CheckpointConverter {
         } catch let error as SafetensorsError {
             throw .safetensors(error)
         } catch {
-            throw .invalidArgument("\(outputDirectory): \(error.localizedDescription)")
+            throw .file(.writeFailed(path: outputDirectory, reason: error.localizedDescription))
         }
 
         var copied = ["config.json"]
@@ -94,12 +95,12 @@ public enum CheckpointConverter {
                 try FileManager.default.copyItem(atPath: directory + "/" + name, toPath: output.path(name))
                 copied.append(name)
             }
-        } catch let error as CheckpointError {
-            throw error
+        } catch let error as FileError {
+            throw .file(error)
         } catch {
-            throw .invalidArgument("\(outputDirectory): cannot copy the model's other files: \(error.localizedDescription)")
+            throw .file(.cannotCopy(path: directory, destination: outputDirectory, reason: error.localizedDescription))
         }
-        try output.commit()
+        do { try output.commit() } catch { throw .file(error) }
         return Result(outputDirectory: output.destination, sourceFormat: checkpoint.format, weightFiles: weightFiles,
                       copiedFiles: copied, tensorCount: specs.count, bytesWritten: specs.reduce(0) { $0 + $1.byteCount })
     }

@@ -9,17 +9,14 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
     case missingField(path: String, field: String)
     case invalidField(path: String, field: String, reason: String)
     case missingTensor(directory: String, tensor: String)
-    case unexpectedTensors(directory: String, tensors: [String])
     case shapeMismatch(directory: String, tensor: String, expected: [Int], actual: [Int])
     case shardMissingTensor(path: String, tensor: String)
     case safetensors(SafetensorsError)
     case pytorch(PyTorchCheckpointError)
-    case alreadyExists(path: String)
     /// An input path that cannot be read as a file (a directory, FIFO, device, too large…).
     case inputFile(InputFileError)
-    /// An output path that is an input or holds it (writing would replace the input).
-    case outputOverlapsInput(output: String, input: String, reason: String)
-    case invalidArgument(String)
+    /// Creating, writing or replacing an output failed.
+    case file(FileError)
 
     public var errorDescription: String? {
         switch self {
@@ -31,19 +28,13 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
         case let .missingField(path, field): return "\(path): missing field '\(field)'"
         case let .invalidField(path, field, reason): return "\(path): field '\(field)' \(reason)"
         case let .missingTensor(directory, tensor): return "\(directory): missing tensor '\(tensor)'"
-        case let .unexpectedTensors(directory, tensors):
-            let shown = tensors.prefix(5).map { "'\($0)'" }.joined(separator: ", ")
-            return "\(directory): unexpected tensor\(tensors.count == 1 ? "" : "s") \(shown)\(tensors.count > 5 ? " and \(tensors.count - 5) more" : "")"
         case let .shapeMismatch(directory, tensor, expected, actual):
             return "\(directory): tensor '\(tensor)' has shape \(actual), config.json implies \(expected)"
         case let .shardMissingTensor(path, tensor): return "\(path): index names tensor '\(tensor)' but the shard does not hold it"
         case let .safetensors(error): return error.errorDescription
         case let .pytorch(error): return error.errorDescription
-        case let .alreadyExists(path): return "\(path): already exists (use --force to replace it)"
         case let .inputFile(error): return error.errorDescription
-        case let .outputOverlapsInput(output, input, reason):
-            return "\(output): the output \(reason) (\(input)); choose another output directory"
-        case let .invalidArgument(message): return message
+        case let .file(error): return error.errorDescription
         }
     }
 }

@@ -14,7 +14,7 @@ public enum ConfigLimits {
     public static let maxPositionEmbeddings = 1 << 20
     public static let numExperts = 1 << 14
     /// Experts over all layers (layers × experts): bounds the number of tensors a config implies.
-    public static let totalExperts = 1 << 17
+    static let totalExperts = 1 << 17
 }
 
 extension MiniCPMConfig {

@@ -41,7 +41,7 @@ public final class MappedFile: @unchecked Sendable {
 
     /// Tells the kernel the pages of `range` will not be needed soon, so streaming a large file
     /// through the map does not grow the resident set.
-    public func release(_ range: Range<Int>) {
+    func release(_ range: Range<Int>) {
         guard let base, !range.isEmpty else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = range.lowerBound / page * page

@@ -29,7 +29,7 @@ public enum ModelArchitecture: String, Sendable, CaseIterable {
 
     /// Whether configs of this architecture carry MiniCPM's three scalars; the others are read
     /// with neutral ones.
-    public var hasMiniCPMScalars: Bool { self == .minicpm }
+    var hasMiniCPMScalars: Bool { self == .minicpm }
 
     /// The class name transformers registers for the architecture (`architectures` in config.json).
     public var causalLMClassName: String {
@@ -47,7 +47,7 @@ public enum ModelArchitecture: String, Sendable, CaseIterable {
     /// `….block_sparse_moe.experts.E.w1.weight`); every other name is MiniCPM's (which is Llama's).
     /// Qwen2-MoE names its experts' matrices like a dense MLP (`….mlp.experts.E.gate_proj.weight`,
     /// `up_proj`, `down_proj` for w1, w3, w2).
-    public func storedName(_ miniCPMName: String) -> String {
+    func storedName(_ miniCPMName: String) -> String {
         switch self {
         case .minicpm, .llama:
             return miniCPMName
@@ -69,7 +69,7 @@ public enum ModelArchitecture: String, Sendable, CaseIterable {
     }
 
     /// The MiniCPM name of a tensor stored under `storedName` (the inverse of `storedName(_:)`).
-    public func miniCPMName(_ storedName: String) -> String {
+    func miniCPMName(_ storedName: String) -> String {
         switch self {
         case .minicpm, .llama:
             return storedName
@@ -97,10 +97,10 @@ public enum ModelArchitecture: String, Sendable, CaseIterable {
     /// Qwen2-MoE's shared expert and its gate (`model.layers.L.mlp.shared_expert.*`,
     /// `….mlp.shared_expert_gate.weight`), GLM-4.5-MoE's shared experts (`….mlp.shared_experts.*`).
     /// MoEKit reads them only when all zero.
-    public static func isSharedExpertTensor(_ name: String) -> Bool { name.contains(".mlp.shared_expert") }
+    static func isSharedExpertTensor(_ name: String) -> Bool { name.contains(".mlp.shared_expert") }
 
     /// The architecture `directory/config.json` declares (MiniCPM when it has none or cannot be read).
-    public static func declared(byDirectory directory: String) -> ModelArchitecture {
+    static func declared(byDirectory directory: String) -> ModelArchitecture {
         guard let data = FileManager.default.contents(atPath: directory + "/config.json"),
               case .object(let object)? = JSONValue.parse(data) else { return .minicpm }
         return ModelArchitecture(modelType: object["model_type"]?.stringValue)
@@ -172,9 +172,9 @@ extension MiniCPMConfig {
                 guard let value = k.integerValue, value >= 1, value < Int64(Int32.max) else {
                     throw .invalidField(path: path, field: "num_experts_per_tok", reason: "must be an integer ≥ 1")
                 }
-                numExpertsPerToken = Int(value)
+                topK = Int(value)
             } else {
-                numExpertsPerToken = 2
+                topK = 2
             }
             otherKeys["num_local_experts"] = nil
         } else if architecture == .llama && numExperts != nil {
@@ -207,7 +207,7 @@ extension MiniCPMConfig {
         guard topK >= 1 && topK <= experts else {
             throw .invalidField(path: path, field: "num_experts_per_tok", reason: "(\(topK)) must be between 1 and n_routed_experts (\(experts))")
         }
-        numExpertsPerToken = Int(topK)
+        self.topK = Int(topK)
         guard let expertSize = present("moe_intermediate_size")?.integerValue, expertSize >= 1, expertSize < Int64(Int32.max) else {
             throw .invalidField(path: path, field: "moe_intermediate_size", reason: "must be an integer ≥ 1")
         }

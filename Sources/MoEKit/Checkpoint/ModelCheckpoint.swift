@@ -42,7 +42,7 @@ public final class ModelCheckpoint: @unchecked Sendable {
     /// The architecture whose tensor names the files use (`model_type` of the directory's
     /// config.json). Every name this type takes and returns is MiniCPM's (`MiniCPMTensorNames`);
     /// a Mixtral's `block_sparse_moe` names are translated on the way (`ModelArchitecture`).
-    public let storedArchitecture: ModelArchitecture
+    let storedArchitecture: ModelArchitecture
     /// Tensor name (MiniCPM's) → its weight file.
     private let fileForTensor: [String: WeightFile]
 
@@ -119,7 +119,7 @@ public final class ModelCheckpoint: @unchecked Sendable {
 
     /// The format and whether an index lists shards, for the weights `init(directory:)` would
     /// open; `nil` when the directory has none.
-    public static func weightLayout(directory: String) -> (format: Format, indexed: Bool)? {
+    static func weightLayout(directory: String) -> (format: Format, indexed: Bool)? {
         let manager = FileManager.default
         if manager.fileExists(atPath: directory + "/" + SafetensorsIndex.fileName) { return (.safetensors, true) }
         if manager.fileExists(atPath: directory + "/" + safetensorsFileName) { return (.safetensors, false) }
@@ -290,7 +290,3 @@ enum WeightFile {
         }
     }
 }
-
-/// The former name, from when model directories could only hold safetensors.
-@available(*, deprecated, renamed: "ModelCheckpoint")
-public typealias SafetensorsCheckpoint = ModelCheckpoint

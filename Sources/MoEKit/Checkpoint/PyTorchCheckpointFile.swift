@@ -6,13 +6,13 @@ public struct PyTorchTensorInfo: Sendable, Equatable {
     public let dtype: SafetensorsDType
     public let shape: [Int]
     /// Element strides (PyTorch's `tensor.stride()`).
-    public let strides: [Int]
+    let strides: [Int]
     /// The first element's index in the storage (`tensor.storage_offset()`).
-    public let storageOffset: Int
+    let storageOffset: Int
     /// The zip record holding the storage, `<archive>/data/<key>`.
-    public let storageRecord: String
+    let storageRecord: String
     /// Whether the elements lie in row-major order from the offset (read straight from the map).
-    public let isContiguous: Bool
+    let isContiguous: Bool
     /// The storage record's bytes in the file.
     let storageRange: Range<Int>
 

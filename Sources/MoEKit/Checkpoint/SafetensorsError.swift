@@ -18,7 +18,8 @@ public enum SafetensorsError: Error, LocalizedError, Equatable, Sendable {
     case dataNotContiguous(file: String, tensor: String, expectedStart: Int, actualStart: Int)
     case dataLengthMismatch(file: String, coveredBytes: Int, dataBytes: Int)
     case tensorNotFound(file: String, tensor: String)
-    case writeFailed(file: String, reason: String)
+    /// Writing the output file failed (`AtomicFileWriter`).
+    case file(FileError)
     case invalidWrite(file: String, reason: String)
 
     public var errorDescription: String? {
@@ -53,8 +54,8 @@ public enum SafetensorsError: Error, LocalizedError, Equatable, Sendable {
             return "\(file): tensors cover \(covered) bytes of a \(dataBytes)-byte data buffer (\(covered < dataBytes ? "trailing bytes or truncated header" : "file truncated"))"
         case let .tensorNotFound(file, tensor):
             return "\(file): no tensor named '\(tensor)'"
-        case let .writeFailed(file, reason):
-            return "\(file): write failed: \(reason)"
+        case let .file(error):
+            return error.errorDescription
         case let .invalidWrite(file, reason):
             return "\(file): \(reason)"
         }

@@ -6,7 +6,7 @@ public struct SafetensorsTensorInfo: Sendable, Equatable {
     public let dtype: SafetensorsDType
     public let shape: [Int]
     /// Byte range inside the data buffer (which starts after the header).
-    public let dataOffsets: Range<Int>
+    let dataOffsets: Range<Int>
 
     public var elementCount: Int { shape.reduce(1, *) }
     public var byteCount: Int { dataOffsets.count }

@@ -39,8 +39,12 @@ public final class SafetensorsWriter {
             throw .invalidWrite(file: path, reason: "'__metadata__' is reserved and cannot name a tensor")
         }
         tensorsInWriteOrder = ordered
-        file = try AtomicFileWriter(destination: path)
-        try file.write(Self.header(for: ordered, metadata: metadata))
+        do {
+            file = try AtomicFileWriter(destination: path)
+            try file.write(Self.header(for: ordered, metadata: metadata))
+        } catch {
+            throw .file(error)
+        }
         skipEmptyTensors()
     }
 
@@ -76,7 +80,7 @@ public final class SafetensorsWriter {
         while !remaining.isEmpty {
             guard let spec = nextTensor else { throw .invalidWrite(file: path, reason: "more bytes than the header declares") }
             let take = min(remaining.count, spec.byteCount - writtenInCurrent)
-            try file.write(UnsafeRawBufferPointer(rebasing: remaining[..<take]))
+            do { try file.write(UnsafeRawBufferPointer(rebasing: remaining[..<take])) } catch { throw .file(error) }
             writtenInCurrent += take
             remaining = UnsafeRawBufferPointer(rebasing: remaining[take...])
             if writtenInCurrent == spec.byteCount {
@@ -94,7 +98,7 @@ public final class SafetensorsWriter {
         guard let spec = nextTensor else { throw .invalidWrite(file: path, reason: "more bytes than the header declares") }
         do {
             try TensorEncoding.withEncoded(floats, as: spec.dtype, file: path) { raw in try append(raw) }
-        } catch let error as SafetensorsError { throw error } catch { throw .writeFailed(file: path, reason: "\(error)") }
+        } catch let error as SafetensorsError { throw error } catch { throw .file(.writeFailed(path: path, reason: "\(error)")) }
     }
 
     private func skipEmptyTensors() {
@@ -106,7 +110,7 @@ public final class SafetensorsWriter {
         if let spec = nextTensor {
             throw .invalidWrite(file: path, reason: "tensor '\(spec.name)' incomplete: \(writtenInCurrent) of \(spec.byteCount) bytes written")
         }
-        try file.commit()
+        do { try file.commit() } catch { throw .file(error) }
     }
 
     /// Writes whole f32 tensors, each stored in the given dtype.
@@ -118,7 +122,7 @@ public final class SafetensorsWriter {
             guard let entry = byName[spec.name] else { continue }
             do {
                 try entry.tensor.values.withUnsafeBufferPointer { (values) in try writer.append(floats: values) }
-            } catch let error as SafetensorsError { throw error } catch { throw .writeFailed(file: path, reason: "\(error)") }
+            } catch let error as SafetensorsError { throw error } catch { throw .file(.writeFailed(path: path, reason: "\(error)")) }
         }
         try writer.finish()
     }

@@ -6,50 +6,47 @@ public struct SafetensorsIndex: Sendable, Equatable {
     public static let fileName = "model.safetensors.index.json"
 
     /// Sum of the tensors' byte sizes (`metadata.total_size`).
-    public var totalSize: Int
+    var totalSize: Int
     /// Tensor name → shard file name (`weight_map`).
-    public var weightMap: [String: String]
+    var weightMap: [String: String]
 
     public init(totalSize: Int, weightMap: [String: String]) {
         self.totalSize = totalSize
         self.weightMap = weightMap
     }
 
+    /// Reads `model.safetensors.index.json`; errors name the file and the field.
     public init(path: String) throws(CheckpointError) {
         let data: Data
         do { data = try InputFile.read(path, limit: InputFile.jsonLimit) } catch { throw error == .missing(path: path) ? .missingFile(path: path) : .inputFile(error) }
-        guard case .object(let root)? = JSONValue.parse(data) else { throw .invalidJSON(path: path, reason: "not a JSON object") }
-        guard case .object(let map)? = root["weight_map"] else { throw .invalidField(path: path, field: "weight_map", reason: "missing or not an object") }
-        var weightMap: [String: String] = [:]
-        for (name, shard) in map {
-            guard let shardName = shard.stringValue, !shardName.contains("/") else {
-                throw .invalidField(path: path, field: "weight_map.\(name)", reason: "not a shard file name")
-            }
-            weightMap[name] = shardName
+        guard let root = JSONValue.parse(data), case .object = root else { throw .invalidJSON(path: path, reason: "not a JSON object") }
+        do {
+            self = try JSONValueDecoder.decode(SafetensorsIndex.self, from: root)
+        } catch let DecodingError.dataCorrupted(context) {
+            throw .invalidField(path: path, field: context.codingPath.map(\.stringValue).joined(separator: "."), reason: context.debugDescription)
+        } catch {
+            throw .invalidJSON(path: path, reason: "\(error)")
         }
-        var totalSize = 0
-        if case .object(let metadata)? = root["metadata"], let size = metadata["total_size"]?.integerValue {
-            totalSize = Int(size)
-        }
-        self.init(totalSize: totalSize, weightMap: weightMap)
     }
 
-    public func serialized() -> Data {
-        JSONValue.object([
-            "metadata": .object(["total_size": .integer(Int64(totalSize))]),
-            "weight_map": .object(weightMap.mapValues { .string($0) }),
-        ]).serialized()
+    public func serialized() -> Data { jsonValue.serialized() }
+
+    var jsonValue: JSONValue {
+        .object([
+            CodingKeys.metadata.rawValue: .object([MetadataKeys.totalSize.rawValue: .integer(Int64(totalSize))]),
+            CodingKeys.weightMap.rawValue: .object(weightMap.mapValues { .string($0) }),
+        ])
     }
 
     /// `model-0000i-of-0000n.safetensors` (1-based, five digits as Hugging Face pads them).
-    public static func shardName(_ index: Int, of count: Int) -> String {
+    static func shardName(_ index: Int, of count: Int) -> String {
         func pad(_ value: Int) -> String { let s = String(value); return String(repeating: "0", count: max(0, 5 - s.count)) + s }
         return "model-\(pad(index))-of-\(pad(count)).safetensors"
     }
 
     /// Splits tensors, in order, into shards of at most `maximumShardBytes` each (a tensor larger
     /// than the limit gets a shard of its own, as Hugging Face does).
-    public static func planShards(_ tensors: [TensorSpec], maximumShardBytes: Int) -> [[TensorSpec]] {
+    static func planShards(_ tensors: [TensorSpec], maximumShardBytes: Int) -> [[TensorSpec]] {
         var shards: [[TensorSpec]] = []
         var current: [TensorSpec] = []
         var currentBytes = 0
@@ -65,6 +62,39 @@ public struct SafetensorsIndex: Sendable, Equatable {
         if !current.isEmpty || shards.isEmpty { shards.append(current) }
         return shards
     }
+}
+
+/// The index as Hugging Face writes it: `{"metadata": {"total_size": N}, "weight_map": {tensor: shard}}`.
+/// `metadata.total_size` is optional (0 when absent); every shard must be a file name in the directory.
+extension SafetensorsIndex: Codable {
+    enum CodingKeys: String, CodingKey {
+        case metadata
+        case weightMap = "weight_map"
+    }
+
+    enum MetadataKeys: String, CodingKey {
+        case totalSize = "total_size"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let map: [String: JSONValue]
+        do { map = try container.decode([String: JSONValue].self, forKey: .weightMap) } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: [CodingKeys.weightMap], debugDescription: "missing or not an object"))
+        }
+        var weightMap: [String: String] = [:]
+        for (name, shard) in map {
+            guard let shardName = shard.stringValue, !shardName.contains("/") else {
+                throw DecodingError.dataCorrupted(.init(codingPath: [CodingKeys.weightMap, JSONKey(name)], debugDescription: "not a shard file name"))
+            }
+            weightMap[name] = shardName
+        }
+        let metadata = try? container.nestedContainer(keyedBy: MetadataKeys.self, forKey: .metadata)
+        let totalSize = (try? metadata?.decode(Int64.self, forKey: .totalSize)) ?? 0
+        self.init(totalSize: Int(totalSize), weightMap: weightMap)
+    }
+
+    public func encode(to encoder: Encoder) throws { try jsonValue.encode(to: encoder) }
 }
 
 /// Writes a checkpoint as shards plus `model.safetensors.index.json`, tensor by tensor.
@@ -149,7 +179,7 @@ public final class ShardedSafetensorsWriter {
             for spec in shard { weightMap[spec.name] = shardFiles[index] }
         }
         let index = SafetensorsIndex(totalSize: tensorsInWriteOrder.reduce(0) { $0 + $1.byteCount }, weightMap: weightMap)
-        try AtomicFileWriter.write(index.serialized(), to: directory + "/" + SafetensorsIndex.fileName)
+        do { try AtomicFileWriter.write(index.serialized(), to: directory + "/" + SafetensorsIndex.fileName) } catch { throw .file(error) }
     }
 }
 

@@ -9,8 +9,10 @@ import Foundation
 /// 3. the MoE model trained further with the load-balancing loss (coefficient 0.01) under WSD,
 ///    every step logged (loss, lr, routing statistics, per-domain expert counts);
 /// 4. the dense model trained the same steps on the same batches, as the baseline;
-/// 5. a report: the dense vs MoE loss at equal steps, the expert load and domain specialisation
-///    of the MoE run, dense vs MoE throughput, and where every file is.
+/// 5. the figures for a report: the dense vs MoE loss at equal steps, the expert load and domain
+///    specialisation of the MoE run, dense vs MoE throughput, and where every file is.
+///
+/// The library runs the steps and returns figures; `moekit demo` words the stage lines and report.
 public struct DemoPipeline {
     public struct Options: Sendable {
         /// Everything the demo writes goes here (`outputNames`, nothing else).
@@ -23,7 +25,7 @@ public struct DemoPipeline {
         public var experts = 8
         public var topK = 2
         public var corpusTokens = 400_000
-        public var corpusSeed: UInt64 = 2026
+        var corpusSeed: UInt64 = 2026
         public var steps = 120
         public var batchSize = 8
         public var sequenceLength = 128
@@ -37,42 +39,68 @@ public struct DemoPipeline {
     public struct LossRow: Sendable {
         public var step: Int
         public var dense: Float
-        public var mixture: Float
+        public var moe: Float
+    }
+
+    /// Where the demo writes, inside `Options.outputDirectory` (the directories and files of `outputNames`).
+    public struct Paths: Sendable {
+        public let corpus: String, upcycled: String, trainedMoE: String, trainedDense: String, moeLog: String, denseLog: String
+
+        init(outputDirectory out: String) {
+            corpus = out + "/corpus.bin"
+            upcycled = out + "/moe-upcycled"
+            trainedMoE = out + "/moe-trained"
+            trainedDense = out + "/dense-trained"
+            moeLog = out + "/moe-train.h5"
+            denseLog = out + "/dense-train.h5"
+        }
+    }
+
+    /// A step about to run or just done, for the progress lines.
+    public enum Stage: Sendable {
+        /// The corpus is written: its token count and each domain's.
+        case corpus(tokens: Int, domainNames: [String], domainTokens: [Int])
+        /// The dense model is upcycled, with the verification against its logits.
+        case upcycled(verification: UpcycleVerification?)
+        /// The MoE model's training starts.
+        case trainingMoE
+        /// The dense baseline's training starts.
+        case trainingDense
     }
 
     public struct Report: Sendable {
         public var lossRows: [LossRow]
         public var denseValidationLoss: Float?
-        public var mixtureValidationLoss: Float?
+        public var moeValidationLoss: Float?
         public var denseTrainingTokensPerSecond: Double
-        public var mixtureTrainingTokensPerSecond: Double
+        public var moeTrainingTokensPerSecond: Double
         public var denseForwardTokensPerSecond: Double
-        public var mixtureForwardTokensPerSecond: Double
+        public var moeForwardTokensPerSecond: Double
         public var inspection: RoutingLogInspection
-        public var files: [(path: String, what: String)]
+        public var paths: Paths
     }
 
     public let options: Options
     public init(options: Options = Options()) { self.options = options }
 
     /// The files and directories the demo writes in its output directory.
-    public static let outputNames = ["corpus.bin", "corpus.domains.bin", "corpus.domains.json", "moe-upcycled", "moe-trained",
+    static let outputNames = ["corpus.bin", "corpus.domains.bin", "corpus.domains.json", "moe-upcycled", "moe-trained",
                                      "dense-trained", "moe-train.h5", "dense-train.h5"]
 
     /// Creates the output directory, or checks an existing one: a file is refused, a non-empty
     /// directory needs `replaceExisting`, and then only the demo's own `outputNames` are removed.
-    func prepareOutputDirectory() throws {
+    func prepareOutputDirectory() throws(FileError) {
         let out = options.outputDirectory, manager = FileManager.default
         var isDirectory: ObjCBool = false
         if manager.fileExists(atPath: out, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw CheckpointError.invalidArgument("\(out): exists and is not a directory; choose another --out") }
+            guard isDirectory.boolValue else { throw .notADirectory(path: out, advice: "choose another --out") }
             let entries = (try? manager.contentsOfDirectory(atPath: out)) ?? []
             guard entries.isEmpty || options.replaceExisting else {
-                throw CheckpointError.invalidArgument("\(out): directory is not empty; pass --force to replace the demo's files in it (other files are kept)")
+                throw .directoryNotEmpty(path: out, advice: "pass --force to replace the demo's files in it (other files are kept)")
             }
             for name in Self.outputNames where entries.contains(name) {
                 do { try manager.removeItem(atPath: out + "/" + name) } catch {
-                    throw CheckpointError.invalidArgument("\(out)/\(name): cannot remove: \(error.localizedDescription)")
+                    throw .cannotRemove(path: out + "/" + name, reason: error.localizedDescription)
                 }
             }
             return
@@ -80,28 +108,29 @@ public struct DemoPipeline {
         do {
             try manager.createDirectory(atPath: out, withIntermediateDirectories: true)
         } catch {
-            throw CheckpointError.invalidArgument("\(out): cannot create directory: \(error.localizedDescription)")
+            throw .cannotCreateDirectory(path: out, reason: error.localizedDescription)
         }
     }
 
-    /// Runs the demo; `say` receives each progress line as it happens.
-    public func run(say: (String) -> Void, trainingProgress: (Trainer.Progress) throws -> Void = { _ in }) throws -> Report {
-        let out = options.outputDirectory
+    /// Where this run writes.
+    public var paths: Paths { Paths(outputDirectory: options.outputDirectory) }
+
+    /// Runs the demo; `stage` is told each step as it happens.
+    public func run(stage: (Stage) -> Void, trainingProgress: (Trainer.Progress) throws -> Void = { _ in }) throws -> Report {
         let manager = FileManager.default
         guard manager.fileExists(atPath: options.denseModel + "/config.json") else {
             throw CheckpointError.missingFile(path: options.denseModel + "/config.json")
         }
         try prepareOutputDirectory()
-        let corpusPath = out + "/corpus.bin"
-        let moeInitial = out + "/moe-upcycled", moeTrained = out + "/moe-trained", denseTrained = out + "/dense-trained"
-        let moeLog = out + "/moe-train.h5", denseLog = out + "/dense-train.h5"
+        let paths = self.paths
+        let corpusPath = paths.corpus
+        let moeInitial = paths.upcycled, moeTrained = paths.trainedMoE, denseTrained = paths.trainedDense
+        let moeLog = paths.moeLog, denseLog = paths.denseLog
 
         // 1. Data.
         let corpus = SyntheticCorpus.generate(tokens: options.corpusTokens, seed: options.corpusSeed)
         try corpus.write(to: corpusPath)
-        let counts = corpus.domainTokenCounts
-        say("1. corpus: \(corpusPath), \(corpus.tokens.count) tokens in \(SyntheticCorpus.domainNames.count) domains ("
-            + zip(SyntheticCorpus.domainNames, counts).map { "\($0) \($1)" }.joined(separator: ", ") + ")")
+        stage(.corpus(tokens: corpus.tokens.count, domainNames: SyntheticCorpus.domainNames, domainTokens: corpus.domainTokenCounts))
 
         // 2. Upcycle.
         var upcycle = UpcycleOptions(experts: options.experts, topK: options.topK)
@@ -110,8 +139,7 @@ public struct DemoPipeline {
         upcycle.verifyTokens = 16
         let plan = try UpcyclePlan(denseDirectory: options.denseModel, options: upcycle)
         let upcycled = try Upcycler.run(plan, outputDirectory: moeInitial, verifier: MiniCPMForwardLogits())
-        let verified = upcycled.verification.map { String(format: "; logits equal the dense model's to %.1e (max relative difference)", $0.maxRelativeDifference) } ?? ""
-        say("2. upcycled \(options.denseModel) → \(moeInitial): \(options.experts) experts (copies of each MLP), top-\(options.topK), router ~ N(0, 0.01)\(verified)")
+        stage(.upcycled(verification: upcycled.verification))
 
         // 3–4. Train both the same steps on the same batches.
         var training = TrainingOptions(steps: options.steps, batchSize: options.batchSize, sequenceLength: options.sequenceLength,
@@ -124,11 +152,11 @@ public struct DemoPipeline {
         moeOptions.auxiliaryLossCoefficient = options.auxiliaryLossCoefficient
         let moeTrainer = try Trainer(modelDirectory: moeInitial, dataPath: corpusPath, outputDirectory: moeTrained, logPath: moeLog,
                                      options: moeOptions, replaceExisting: true)
-        say("3. training the MoE model \(options.steps) steps (batch \(options.batchSize) × \(options.sequenceLength) tokens, WSD, lr \(options.learningRate), load-balancing loss \(options.auxiliaryLossCoefficient)), logging to \(moeLog)")
+        stage(.trainingMoE)
         let moeSummary = try moeTrainer.run(progress: trainingProgress)
         let denseTrainer = try Trainer(modelDirectory: options.denseModel, dataPath: corpusPath, outputDirectory: denseTrained, logPath: denseLog,
                                        options: training, replaceExisting: true)
-        say("4. training the dense model the same \(options.steps) steps on the same batches, logging to \(denseLog)")
+        stage(.trainingDense)
         let denseSummary = try denseTrainer.run(progress: trainingProgress)
 
         // 5. Report.
@@ -136,7 +164,7 @@ public struct DemoPipeline {
         let denseSteps = try RoutingLogReader(path: denseLog).steps(0 ..< options.steps)
         let shown = RoutingLogInspection.evenlySpaced(count: options.steps, limit: 6)
         let rows = shown.map { LossRow(step: $0, dense: denseSteps[$0].training?.languageModelLoss ?? .nan,
-                                       mixture: moeSteps[$0].training?.languageModelLoss ?? .nan) }
+                                       moe: moeSteps[$0].training?.languageModelLoss ?? .nan) }
         let inspection = try RoutingLogInspection(path: moeLog, selection: .last(max(1, options.steps / 4)))
 
         let forwardBatch = moeTrainer.sampler.validationBatches(maximumBatches: 1).first?.inputs ?? [Array(corpus.tokens.prefix(options.sequenceLength).map(Int.init))]
@@ -144,18 +172,10 @@ public struct DemoPipeline {
         moeTrainer.model.configurableRouter?.isTraining = false
         let moeForward = try Self.forwardTokensPerSecond(model: moeTrainer.model, sequences: forwardBatch)
 
-        let files: [(String, String)] = [
-            (corpusPath, "synthetic corpus (uint16 token ids) with corpus.domains.bin / .json domain labels"),
-            (moeInitial, "the upcycled MoE before training (with upcycle-report.json)"),
-            (moeTrained, "the MoE after training: Hugging Face directory, training_state/ for --resume"),
-            (denseTrained, "the dense baseline after the same training"),
-            (moeLog, "MoE training log: loss, lr, routing statistics, domain counts (HDF5, h5py-readable while it grows)"),
-            (denseLog, "dense training log"),
-        ]
-        return Report(lossRows: rows, denseValidationLoss: denseSummary.finalValidationLoss, mixtureValidationLoss: moeSummary.finalValidationLoss,
-                      denseTrainingTokensPerSecond: denseSummary.tokensPerSecond, mixtureTrainingTokensPerSecond: moeSummary.tokensPerSecond,
-                      denseForwardTokensPerSecond: denseForward, mixtureForwardTokensPerSecond: moeForward, inspection: inspection,
-                      files: files.map { (path: $0.0, what: $0.1) })
+        return Report(lossRows: rows, denseValidationLoss: denseSummary.finalValidationLoss, moeValidationLoss: moeSummary.finalValidationLoss,
+                      denseTrainingTokensPerSecond: denseSummary.tokensPerSecond, moeTrainingTokensPerSecond: moeSummary.tokensPerSecond,
+                      denseForwardTokensPerSecond: denseForward, moeForwardTokensPerSecond: moeForward, inspection: inspection,
+                      paths: paths)
     }
 
     /// Median tokens/s of 5 full forward passes over `sequences` (after one warm-up).
@@ -169,32 +189,5 @@ public struct DemoPipeline {
             times.append(Date().timeIntervalSince(start))
         }
         return Double(tokens) / max(times.sorted()[times.count / 2], 1e-9)
-    }
-}
-
-extension DemoPipeline.Report {
-    /// The demo's closing report as text.
-    public func text(colour: Bool) -> String {
-        var lines = ["", "Language-model loss at equal steps (training batch; same batches for both)", "     step     dense       MoE"]
-        for row in lossRows {
-            lines.append(String(format: "%9d %9.4f %9.4f", row.step, row.dense, row.mixture))
-        }
-        if let dense = denseValidationLoss, let mixture = mixtureValidationLoss {
-            lines.append(String(format: "validation %7.4f %9.4f   (held-out 5%% of the corpus, after the last step)", dense, mixture))
-        }
-        lines.append("")
-        lines.append("Expert load of the MoE run (last \(inspection.steps.count) step\(inspection.steps.count == 1 ? "" : "s"))")
-        lines.append(inspection.textReport(colour: colour))
-        lines.append("")
-        lines.append("Throughput, tiny model, this machine")
-        lines.append(String(format: "  training (forward + backward + AdamW): dense %.0f tokens/s, MoE %.0f tokens/s (MoE/dense %.2f)",
-                            denseTrainingTokensPerSecond, mixtureTrainingTokensPerSecond, mixtureTrainingTokensPerSecond / max(denseTrainingTokensPerSecond, 1e-9)))
-        lines.append(String(format: "  inference forward: dense %.0f tokens/s, MoE %.0f tokens/s (MoE/dense %.2f)",
-                            denseForwardTokensPerSecond, mixtureForwardTokensPerSecond, mixtureForwardTokensPerSecond / max(denseForwardTokensPerSecond, 1e-9)))
-        lines.append("")
-        lines.append("Files")
-        for file in files { lines.append("  \(file.path): \(file.what)") }
-        lines.append("  Plot the logs: Notebooks-data/training-analysis.ipynb (MOEKIT_TRAINING_LOG=\(files[4].path) MOEKIT_DENSE_LOG=\(files[5].path))")
-        return lines.joined(separator: "\n")
     }
 }

@@ -3,6 +3,10 @@ import Foundation
 /// Why `moekit export` cannot write a model in the asked-for architecture.
 public enum ExportError: Error, LocalizedError, Equatable, Sendable {
     case checkpoint(CheckpointError)
+    /// Writing a shard of the output failed.
+    case safetensors(SafetensorsError)
+    /// Creating, copying into or renaming the output directory failed.
+    case file(FileError)
     /// A routing setting of the model's `moekit_router` that the target architecture cannot express.
     case inexpressibleRouter(path: String, setting: String, format: String, reason: String)
     /// A dense model asked for as an MoE architecture, or the other way round.
@@ -14,6 +18,8 @@ public enum ExportError: Error, LocalizedError, Equatable, Sendable {
     public var errorDescription: String? {
         switch self {
         case let .checkpoint(error): return error.errorDescription
+        case let .safetensors(error): return error.errorDescription
+        case let .file(error): return error.errorDescription
         case let .inexpressibleRouter(path, setting, format, reason):
             return "\(path): router setting '\(setting)' cannot be exported as \(format): \(reason)"
         case let .wrongKind(directory, format, reason): return "\(directory): cannot export as \(format): \(reason)"

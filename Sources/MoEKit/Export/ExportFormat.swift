@@ -40,24 +40,24 @@ public enum ExportFormat: String, Sendable, CaseIterable {
 /// also computes softmax → top-k without renormalising (`norm_topk_prob` false), with the same loss;
 /// GLM-4.5-MoE computes sigmoid → top-k of the scores plus the selection bias → renormalised or not
 /// → × `routed_scaling_factor` (DeepSeek-V3's router, MoEKit's `scoring: sigmoid`).
-public struct ExportRouting: Sendable, Equatable {
-    public var routerAuxiliaryLossCoefficient: Double
+struct ExportRouting: Sendable, Equatable {
+    var routerAuxiliaryLossCoefficient: Double
     /// Mixtral's `router_jitter_noise`: the same multiplicative U(1−ε, 1+ε) input jitter as `input_jitter`.
-    public var jitterNoise: Double
-    public var topK: Int
+    var jitterNoise: Double
+    var topK: Int
     /// Whether the k weights are renormalised (Qwen2-MoE's `norm_topk_prob`; always true for Mixtral).
-    public var normalizesTopK: Bool
+    var normalizesTopK: Bool
     /// Factor on every combine weight (GLM-4.5-MoE's `routed_scaling_factor`; 1 elsewhere).
-    public var weightScale: Double
+    var weightScale: Double
     /// Whether selection adds the auxiliary-loss-free bias (GLM-4.5-MoE's `e_score_correction_bias`).
-    public var selectionBias: Bool
+    var selectionBias: Bool
     /// Training-time settings that Mixtral's config drops (the exported function is unchanged).
-    public var notes: [String]
+    var notes: [String]
 
     /// The routing of `configuration` for a model with `layers` MoE layers, or the refusal naming
     /// the first setting Mixtral's router cannot compute. `biasIsZero`: whether every stored
     /// auxiliary-loss-free bias (`moekit_bias`) is zero.
-    public init(_ configuration: RouterConfiguration, layers: Int, modelTopK: Int, biasIsZero: Bool, path: String,
+    init(_ configuration: RouterConfiguration, layers: Int, modelTopK: Int, biasIsZero: Bool, path: String,
                 format: ExportFormat = .mixtral) throws(ExportError) {
         func refuse(_ setting: String, _ reason: String) -> ExportError {
             .inexpressibleRouter(path: path, setting: setting, format: format.rawValue, reason: reason)
@@ -105,7 +105,7 @@ public struct ExportRouting: Sendable, Equatable {
 }
 
 /// The config.json keys of the architectures `export` and `upcycle` write, every value explicit.
-public enum ArchitectureConfigKeys {
+enum ArchitectureConfigKeys {
     /// Keys a Llama or Mixtral config has that MiniCPM's does not, and MiniCPM's own keys, which
     /// are dropped when changing architecture.
     static let architectureSpecific: Set<String> = [
@@ -120,7 +120,7 @@ public enum ArchitectureConfigKeys {
 
     /// The keys beyond `MiniCPMConfig`'s typed fields that make `config` (already neutral: no
     /// MiniCPM scalars) a `format` config. Token ids and `initializer_range` are kept from `keys`.
-    public static func otherKeys(_ keys: [String: JSONValue], config: MiniCPMConfig, format: ExportFormat,
+    static func otherKeys(_ keys: [String: JSONValue], config: MiniCPMConfig, format: ExportFormat,
                                  routing: ExportRouting?) -> [String: JSONValue] {
         var object = keys.filter { !architectureSpecific.contains($0.key) }
         object["model_type"] = .string(format.architecture.rawValue)
@@ -139,7 +139,7 @@ public enum ArchitectureConfigKeys {
         object["rope_scaling"] = .null
         // transformers 5 reads RoPE from `rope_parameters`; older readers from `rope_theta` (also written).
         object["rope_parameters"] = .object(["rope_type": .string("default"), "rope_theta": .number(config.ropeTheta)])
-        let auxiliaryLossCoefficient = routing?.routerAuxiliaryLossCoefficient ?? 0.01 * Double(config.numHiddenLayers) / Double(config.numExpertsPerToken ?? 2)
+        let auxiliaryLossCoefficient = routing?.routerAuxiliaryLossCoefficient ?? 0.01 * Double(config.numHiddenLayers) / Double(config.topK ?? 2)
         switch format {
         case .llama:
             object["attention_bias"] = .bool(false)
@@ -185,7 +185,7 @@ public enum ArchitectureConfigKeys {
     }
 
     /// A dense Llama's keys turned into a Mixtral's with MoEKit's default routing (upcycle).
-    public static func mixtralFromLlama(_ keys: [String: JSONValue], config: MiniCPMConfig) -> [String: JSONValue] {
+    static func mixtralFromLlama(_ keys: [String: JSONValue], config: MiniCPMConfig) -> [String: JSONValue] {
         otherKeys(keys, config: config, format: .mixtral, routing: nil)
     }
 }

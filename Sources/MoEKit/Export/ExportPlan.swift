@@ -22,20 +22,20 @@ public struct ExportPlan: @unchecked Sendable {
 
     public struct PlannedTensor: Sendable, Equatable {
         /// The name written (the target architecture's).
-        public var outputName: String
+        var outputName: String
         /// The MiniCPM name read from the source checkpoint.
-        public var sourceName: String
+        var sourceName: String
         public var shape: [Int]
         public var dtype: SafetensorsDType
-        public var sourceDType: SafetensorsDType
+        var sourceDType: SafetensorsDType
         /// The factor folded in (exactly 1 for tensors copied as they are; 0 for the all-zero
         /// tensors a Qwen2-MoE shared expert needs, which have no source).
-        public var scale: Double
+        var scale: Double
         public var fold: Fold?
         public var byteCount: Int { shape.reduce(1, *) * dtype.size }
         /// Copied without arithmetic: raw bytes when the dtype is kept, converted otherwise.
-        public var isCopy: Bool { scale == 1 }
-        public var isZero: Bool { scale == 0 }
+        var isCopy: Bool { scale == 1 }
+        var isZero: Bool { scale == 0 }
     }
 
     public struct Options: Sendable {
@@ -118,7 +118,7 @@ public struct ExportPlan: @unchecked Sendable {
             do { router = try RouterConfiguration(modelConfig: config, path: directory + "/config.json") } catch {
                 throw .checkpoint(.invalidField(path: directory + "/config.json", field: RouterConfiguration.configKey, reason: error.localizedDescription))
             }
-            let mapped = try ExportRouting(router, layers: config.numHiddenLayers, modelTopK: config.numExpertsPerToken ?? 2,
+            let mapped = try ExportRouting(router, layers: config.numHiddenLayers, modelTopK: config.topK ?? 2,
                                             biasIsZero: biasIsZero, path: directory + "/config.json", format: format)
             if format == .qwen2MoE && mapped.jitterNoise != 0 { notes.append("input_jitter (training only) is not in Qwen2-MoE's config") }
             notes += mapped.notes
@@ -139,7 +139,7 @@ public struct ExportPlan: @unchecked Sendable {
         output.dimModelBase = Double(config.hiddenSize)
         output.scaleDepth = Double(config.numHiddenLayers).squareRoot()
         output.tieWordEmbeddings = tied
-        if let routing { output.numExpertsPerToken = routing.topK }
+        if let routing { output.topK = routing.topK }
         // Shared experts: MiniCPM keeps them under its own names (the layout below); Qwen2-MoE and
         // GLM-4.5-MoE hold them in their own tensors, planned with the formats' other extras.
         let sharedExperts = config.numSharedExperts

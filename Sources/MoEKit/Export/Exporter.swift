@@ -31,7 +31,7 @@ public enum Exporter {
     @discardableResult
     public static func run(_ plan: ExportPlan, outputDirectory: String) throws(ExportError) -> Result {
         let directory: AtomicDirectory
-        do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: plan.options.replaceExisting) } catch { throw .checkpoint(error) }
+        do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: plan.options.replaceExisting) } catch { throw .file(error) }
         var weightFiles: [String]
         var accumulators: [ExportPlan.Fold: FoldAccumulator] = [:]
         do {
@@ -64,24 +64,26 @@ public enum Exporter {
         } catch let error as CheckpointError {
             throw .checkpoint(error)
         } catch let error as SafetensorsError {
-            throw .write(directory: outputDirectory, reason: error.errorDescription ?? "\(error)")
+            throw .safetensors(error)
         } catch {
             throw .write(directory: outputDirectory, reason: "\(error)")
         }
 
         let foldErrors = ExportPlan.Fold.allCases.compactMap { fold in accumulators[fold].map { $0.result(fold) } }
         let report = self.report(plan, weightFiles: weightFiles, foldErrors: foldErrors)
-        do {
-            try AtomicFileWriter.write(JSONValue.object(plan.outputConfig.jsonObject()).serialized(), to: directory.path("config.json"))
-            for name in plan.otherFiles {
+        do { try AtomicFileWriter.write(JSONValue.object(plan.outputConfig.jsonObject()).serialized(), to: directory.path("config.json")) } catch { throw .file(error) }
+        for name in plan.otherFiles {
+            do {
                 try FileManager.default.copyItem(atPath: plan.sourceDirectory + "/" + name, toPath: directory.path(name))
+            } catch {
+                throw .file(.cannotCopy(path: plan.sourceDirectory + "/" + name, destination: outputDirectory, reason: error.localizedDescription))
             }
+        }
+        do {
             try AtomicFileWriter.write(report.serialized(), to: directory.path(ExportPlan.reportFileName))
             try directory.commit()
-        } catch let error as CheckpointError {
-            throw .checkpoint(error)
         } catch {
-            throw .write(directory: outputDirectory, reason: "cannot write the config or copy the model's other files: \(error.localizedDescription)")
+            throw .file(error)
         }
         return Result(outputDirectory: directory.destination, weightFiles: weightFiles, bytesWritten: plan.totalBytes,
                       foldErrors: foldErrors, report: report)

@@ -22,18 +22,18 @@ import Foundation
 /// about half the full T×T work at long T), the (sequence, head) pairs — (sequence, kv head) in
 /// the backward, whose heads sum into one dk, dv — as one pool of tiles over the cores
 /// (`ParallelTiles`), each tile's GEMMs single-threaded.
-public enum CausalAttentionLayer {
+enum CausalAttentionLayer {
     /// The four projections; see `AttentionWeights`.
-    public typealias Weights = AttentionWeights
+    typealias Weights = AttentionWeights
 
     /// Head layout: `heads` query heads, `keyValueHeads` key/value heads, RoPE frequencies (head size).
-    public struct Geometry: Sendable {
-        public var heads: Int
-        public var keyValueHeads: Int
-        public var rotary: RotaryEmbedding
-        public var headDim: Int { rotary.headDim }
+    struct Geometry: Sendable {
+        var heads: Int
+        var keyValueHeads: Int
+        var rotary: RotaryEmbedding
+        var headDim: Int { rotary.headDim }
 
-        public init(heads: Int, keyValueHeads: Int, rotary: RotaryEmbedding) {
+        init(heads: Int, keyValueHeads: Int, rotary: RotaryEmbedding) {
             precondition(heads > 0 && keyValueHeads > 0 && heads % keyValueHeads == 0, "\(heads) heads over \(keyValueHeads) kv heads")
             self.heads = heads
             self.keyValueHeads = keyValueHeads
@@ -42,7 +42,7 @@ public enum CausalAttentionLayer {
 
         /// A model's attention geometry. RoPE's cos/sin are computed for the positions a call
         /// uses, never for all of `max_position_embeddings`.
-        public init(config: MiniCPMConfig) {
+        init(config: MiniCPMConfig) {
             self.init(heads: config.numAttentionHeads, keyValueHeads: config.numKeyValueHeads,
                       rotary: RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta)))
         }
@@ -50,44 +50,44 @@ public enum CausalAttentionLayer {
 
     /// One sequence's rows of a batch: `length` new tokens, continuing what `cache` holds (its
     /// keys and values for this layer get the new rows) or, without a cache, starting at position 0.
-    public struct Span {
-        public var length: Int
-        public var cache: KVCache?
+    struct Span {
+        var length: Int
+        var cache: KVCache?
 
-        public init(length: Int, cache: KVCache? = nil) {
+        init(length: Int, cache: KVCache? = nil) {
             self.length = length
             self.cache = cache
         }
     }
 
     /// What `forward` keeps for `backward`.
-    public struct Cache: Sendable {
+    struct Cache: Sendable {
         /// `[N, hidden]` the input x.
-        public var input: Tensor
+        var input: Tensor
         /// `[N, hidden]` queries after RoPE.
-        public var queries: Tensor
+        var queries: Tensor
         /// `[N, kvHeads · d]` keys after RoPE.
-        public var keys: Tensor
+        var keys: Tensor
         /// `[N, kvHeads · d]` values.
-        public var values: Tensor
+        var values: Tensor
         /// Per sequence s, per head h, `[T_s, T_s]` attention probabilities (zeros above the diagonal),
         /// blocks in (s, h) order.
-        public var probabilities: [Float]
+        var probabilities: [Float]
         /// `[N, hidden]` the heads' outputs before the output projection.
-        public var context: Tensor
-        public var sequenceLengths: [Int]
+        var context: Tensor
+        var sequenceLengths: [Int]
         /// `[N]` each row's position within its sequence.
-        public var positions: [Int]
+        var positions: [Int]
     }
 
     /// Each row's position within its sequence (sequences stacked in order).
-    public static func positions(sequenceLengths: [Int]) -> [Int] {
+    static func positions(sequenceLengths: [Int]) -> [Int] {
         sequenceLengths.flatMap { 0 ..< $0 }
     }
 
     /// x `[N, hidden]` (sequences of `sequenceLengths` stacked, each from position 0) → y `[N, hidden]`,
     /// keeping what `backward` needs.
-    public static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> (output: Tensor, cache: Cache) {
+    static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> (output: Tensor, cache: Cache) {
         let result = forward(x, weights: weights, geometry: geometry, spans: sequenceLengths.map { Span(length: $0) }, layer: 0, keepCache: true)
         return (result.output, result.cache!)
     }
@@ -96,7 +96,7 @@ public enum CausalAttentionLayer {
     /// with a KV cache attend to its earlier tokens too and append their keys and values to it at
     /// `layer` (the caller advances the caches after the last layer). `keepCache` (training: spans
     /// without KV caches only) keeps what `backward` needs.
-    public static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, spans: [Span], layer: Int,
+    static func forward(_ x: Tensor, weights: Weights, geometry: Geometry, spans: [Span], layer: Int,
                                keepCache: Bool) -> (output: Tensor, cache: Cache?) {
         let rows = x.rows, d = geometry.headDim, heads = geometry.heads
         let hidden = heads * d, kvWidth = geometry.keyValueHeads * d, groupSize = heads / geometry.keyValueHeads
@@ -214,7 +214,7 @@ public enum CausalAttentionLayer {
     }
 
     /// dy `[N, hidden]` → dx `[N, hidden]` and the four weights' gradients (fresh tensors).
-    public static func backward(_ outputGradient: Tensor, cache: Cache, weights: Weights, geometry: Geometry) -> (input: Tensor, weights: Weights) {
+    static func backward(_ outputGradient: Tensor, cache: Cache, weights: Weights, geometry: Geometry) -> (input: Tensor, weights: Weights) {
         let rows = cache.input.rows, d = geometry.headDim, heads = geometry.heads, kvHeads = geometry.keyValueHeads
         let hidden = heads * d, kvWidth = kvHeads * d, groupSize = heads / kvHeads
         precondition(outputGradient.shape == [rows, hidden], "attention backward: dy \(outputGradient.shape) for \(rows) rows of \(hidden)")
@@ -315,99 +315,5 @@ public enum CausalAttentionLayer {
             MatrixMultiply.gemm(m: visible, n: d, k: blockRows, a: scratch, lda: visible, transposeA: true, b: q + blockStart * queryStride,
                                 ldb: queryStride, beta: 1, c: dk, ldc: keyStride)
         }
-    }
-
-    // MARK: Reference
-
-    /// The forward pass token by token with plain loops in Double (projections by the reference
-    /// product, RoPE from its definition), for tests.
-    public static func referenceForward(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> Tensor {
-        let core = referenceCore(x, weights: weights, geometry: geometry, sequenceLengths: sequenceLengths)
-        return MatrixMultiply.referenceProduct(core.context, weights.output, transposeB: true)
-    }
-
-    /// The backward pass from the formulas, element by element in Double, for tests.
-    public static func referenceBackward(_ outputGradient: Tensor, input x: Tensor, weights: Weights, geometry: Geometry,
-                                         sequenceLengths: [Int]) -> (input: Tensor, weights: Weights) {
-        let d = geometry.headDim, heads = geometry.heads, groupSize = heads / geometry.keyValueHeads
-        let core = referenceCore(x, weights: weights, geometry: geometry, sequenceLengths: sequenceLengths)
-        let contextGradient = MatrixMultiply.referenceProduct(outputGradient, weights.output)
-        let outputWeightGradient = MatrixMultiply.referenceProduct(outputGradient, core.context, transposeA: true)
-        var dq = Tensor(shape: core.queries.shape), dk = Tensor(shape: core.keys.shape), dv = Tensor(shape: core.values.shape)
-        let scale = 1 / Double(d).squareRoot()
-        var start = 0
-        for length in sequenceLengths {
-            for head in 0 ..< heads {
-                let g = head / groupSize
-                for i in 0 ..< length {
-                    let p = core.probabilities(start, head, i)
-                    // dP_ij = dc_i · v_j
-                    let dP = (0 ... i).map { j in (0 ..< d).reduce(0.0) { $0 + Double(contextGradient[start + i, head * d + $1]) * Double(core.values[start + j, g * d + $1]) } }
-                    let dot = (0 ... i).reduce(0.0) { $0 + p[$1] * dP[$1] }
-                    for j in 0 ... i {
-                        let dS = p[j] * (dP[j] - dot) * scale
-                        for e in 0 ..< d {
-                            dv[start + j, g * d + e] += Float(p[j] * Double(contextGradient[start + i, head * d + e]))
-                            dq[start + i, head * d + e] += Float(dS * Double(core.keys[start + j, g * d + e]))
-                            dk[start + j, g * d + e] += Float(dS * Double(core.queries[start + i, head * d + e]))
-                        }
-                    }
-                }
-            }
-            start += length
-        }
-        let positions = positions(sequenceLengths: sequenceLengths)
-        dq = RotaryLayer.referenceBackward(dq, heads: heads, headDim: d, positions: positions, theta: geometry.rotary.theta)
-        dk = RotaryLayer.referenceBackward(dk, heads: geometry.keyValueHeads, headDim: d, positions: positions, theta: geometry.rotary.theta)
-        var dx = MatrixMultiply.referenceProduct(dq, weights.query)
-        Kernels.add(MatrixMultiply.referenceProduct(dk, weights.key), to: &dx)
-        Kernels.add(MatrixMultiply.referenceProduct(dv, weights.value), to: &dx)
-        let gradients = Weights(query: MatrixMultiply.referenceProduct(dq, x, transposeA: true),
-                                key: MatrixMultiply.referenceProduct(dk, x, transposeA: true),
-                                value: MatrixMultiply.referenceProduct(dv, x, transposeA: true),
-                                output: outputWeightGradient)
-        return (dx, gradients)
-    }
-
-    private struct ReferenceCore {
-        var queries: Tensor, keys: Tensor, values: Tensor, context: Tensor
-        var probabilities: (_ start: Int, _ head: Int, _ row: Int) -> [Double]
-    }
-
-    private static func referenceCore(_ x: Tensor, weights: Weights, geometry: Geometry, sequenceLengths: [Int]) -> ReferenceCore {
-        let d = geometry.headDim, heads = geometry.heads, groupSize = heads / geometry.keyValueHeads
-        let positions = positions(sequenceLengths: sequenceLengths)
-        let theta = geometry.rotary.theta
-        let queries = ReferenceKernels.applyRotary(MatrixMultiply.referenceProduct(x, weights.query, transposeB: true),
-                                                   heads: heads, headDim: d, positions: positions, theta: theta)
-        let keys = ReferenceKernels.applyRotary(MatrixMultiply.referenceProduct(x, weights.key, transposeB: true),
-                                                heads: geometry.keyValueHeads, headDim: d, positions: positions, theta: theta)
-        let values = MatrixMultiply.referenceProduct(x, weights.value, transposeB: true)
-        // Row i of a sequence starting at `start` attends to rows start ... start + i.
-        func probabilities(_ start: Int, _ head: Int, _ i: Int) -> [Double] {
-            let g = head / groupSize
-            let scores = (0 ... i).map { j in
-                (0 ..< d).reduce(0.0) { $0 + Double(queries[start + i, head * d + $1]) * Double(keys[start + j, g * d + $1]) } / Double(d).squareRoot()
-            }
-            let maximum = scores.max() ?? 0
-            let exponentials = scores.map { Foundation.exp($0 - maximum) }
-            let sum = exponentials.reduce(0, +)
-            return exponentials.map { $0 / sum }
-        }
-        var context = Tensor(shape: [x.rows, heads * d])
-        var start = 0
-        for length in sequenceLengths {
-            for head in 0 ..< heads {
-                let g = head / groupSize
-                for i in 0 ..< length {
-                    let p = probabilities(start, head, i)
-                    for e in 0 ..< d {
-                        context[start + i, head * d + e] = Float((0 ... i).reduce(0.0) { $0 + p[$1] * Double(values[start + $1, g * d + e]) })
-                    }
-                }
-            }
-            start += length
-        }
-        return ReferenceCore(queries: queries, keys: keys, values: values, context: context, probabilities: probabilities)
     }
 }

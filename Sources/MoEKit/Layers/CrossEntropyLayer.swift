@@ -13,51 +13,51 @@ import Foundation
 /// Logits are computed block of rows by block, so a `[N, vocab]` matrix is only held whole when
 /// it is small (`keptLogitLimit`); otherwise `backward` recomputes each block's logits from z and
 /// the saved log-sum-exps.
-public enum CrossEntropyLayer {
+enum CrossEntropyLayer {
     /// The most logits (rows × vocab) for which `forward` keeps dlogits whole for `backward`
     /// (64 MB in f32); larger batches recompute them block by block.
-    public static let keptLogitLimit = 1 << 24
+    static let keptLogitLimit = 1 << 24
     /// The most logits computed at once in one block (unless `forward` is given `blockRows`).
-    public static let blockLogitLimit = 1 << 21
+    static let blockLogitLimit = 1 << 21
 
     /// What `forward` keeps for `backward`.
-    public struct Cache: Sendable {
-        public var norm: RMSNormLayer.Cache
+    struct Cache: Sendable {
+        var norm: RMSNormLayer.Cache
         /// `[N, hidden]` z = rmsNorm(h) / divisor.
-        public var scaledNormed: Tensor
-        public var targets: [Int]
-        public var countedTokens: Int
-        public var divisor: Float
+        var scaledNormed: Tensor
+        var targets: [Int]
+        var countedTokens: Int
+        var divisor: Float
         /// `[N]` logsumexp of each row's logits.
-        public var logSumExp: [Float]
+        var logSumExp: [Float]
         /// `[N, vocab]` dlogits when the batch is small enough to keep them (see `keptLogitLimit`).
-        public var logitGradient: Tensor?
+        var logitGradient: Tensor?
         /// Rows per block of logits.
-        public var blockRows: Int
+        var blockRows: Int
     }
 
-    public struct Output: Sendable {
+    struct Output: Sendable {
         /// The mean cross-entropy over counted tokens (0 when none is counted).
-        public var loss: Float
+        var loss: Float
         /// `[N]` each token's cross-entropy (0 for ignored targets).
-        public var tokenLosses: [Float]
+        var tokenLosses: [Float]
         /// M, the number of targets ≥ 0.
-        public var countedTokens: Int
-        public var cache: Cache
+        var countedTokens: Int
+        var cache: Cache
     }
 
-    public struct Gradients: Sendable {
+    struct Gradients: Sendable {
         /// `[N, hidden]` ∂L/∂h.
-        public var input: Tensor
+        var input: Tensor
         /// `[hidden]` ∂L/∂w_norm.
-        public var normWeight: Tensor
+        var normWeight: Tensor
         /// `[vocab, hidden]` ∂L/∂head (tied: the caller adds it into the embedding's gradient).
-        public var head: Tensor
+        var head: Tensor
     }
 
     /// h `[N, hidden]`, final-norm weight `[hidden]`, head `[vocab, hidden]`, targets `[N]` (each
     /// `< vocab`; negative = ignored).
-    public static func forward(_ h: Tensor, normWeight: Tensor, head: Weight, targets: [Int], divisor: Float, epsilon: Float,
+    static func forward(_ h: Tensor, normWeight: Tensor, head: Weight, targets: [Int], divisor: Float, epsilon: Float,
                                keepLogitGradient: Bool = true, blockRows requestedBlockRows: Int? = nil) -> Output {
         let rows = h.rows, hidden = h.columns, vocabulary = head.rows
         precondition(head.columns == hidden && targets.count == rows, "cross-entropy: h \(h.shape), head \(head.shape), \(targets.count) targets")
@@ -100,7 +100,7 @@ public enum CrossEntropyLayer {
 
     /// Logits `[N, vocab]` = z · headᵀ for h `[N, hidden]`: what inference returns, from the same
     /// z the loss uses.
-    public static func logits(_ h: Tensor, normWeight: Tensor, head: Weight, divisor: Float, epsilon: Float) -> Tensor {
+    static func logits(_ h: Tensor, normWeight: Tensor, head: Weight, divisor: Float, epsilon: Float) -> Tensor {
         MatrixMultiply.product(headInput(h, normWeight: normWeight, divisor: divisor, epsilon: epsilon).z, head, transposeB: true)
     }
 
@@ -112,7 +112,7 @@ public enum CrossEntropyLayer {
     }
 
     /// ∂L/∂h, ∂L/∂w_norm and ∂L/∂head.
-    public static func backward(cache: Cache, normWeight: Tensor, head: Weight) -> Gradients {
+    static func backward(cache: Cache, normWeight: Tensor, head: Weight) -> Gradients {
         let rows = cache.scaledNormed.rows, hidden = cache.scaledNormed.columns, vocabulary = head.rows
         var scaledGradient: Tensor
         var headGradient: Tensor
@@ -189,7 +189,7 @@ public enum CrossEntropyLayer {
     // MARK: Reference
 
     /// The loss and per-token losses from the definition, in Double over all logits at once (for tests).
-    public static func referenceForward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float)
+    static func referenceForward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float)
         -> (loss: Float, tokenLosses: [Float]) {
         let logits = referenceLogits(h, normWeight: normWeight, head: head, divisor: divisor, epsilon: epsilon)
         var tokenLosses = [Float](repeating: 0, count: h.rows)
@@ -206,7 +206,7 @@ public enum CrossEntropyLayer {
     }
 
     /// The gradients from the definition with whole matrices and the reference product (for tests).
-    public static func referenceBackward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float) -> Gradients {
+    static func referenceBackward(_ h: Tensor, normWeight: Tensor, head: Tensor, targets: [Int], divisor: Float, epsilon: Float) -> Gradients {
         let logits = referenceLogits(h, normWeight: normWeight, head: head, divisor: divisor, epsilon: epsilon)
         let counted = Double(targets.filter { $0 >= 0 }.count)
         var logitGradient = Tensor(shape: logits.shape)

@@ -1,7 +1,7 @@
 /// Token embedding as MiniCPM scales it: `h₀[t] = embed[token_t] · scale_emb`.
-public enum EmbeddingLayer {
+enum EmbeddingLayer {
     /// tokens `[N]` (each in `0 ..< vocab`), embedding `[vocab, hidden]` (any stored dtype) → h₀ `[N, hidden]`.
-    public static func forward(tokens: [Int], embedding: Weight, scale: Float) -> Tensor {
+    static func forward(tokens: [Int], embedding: Weight, scale: Float) -> Tensor {
         let hidden = embedding.columns
         var output = Tensor(uninitializedShape: [tokens.count, hidden])
         output.values.withUnsafeMutableBufferPointer { out in
@@ -15,7 +15,7 @@ public enum EmbeddingLayer {
 
     /// dh₀ `[N, hidden]` → scatter-adds `scale · dh₀[t]` into row `token_t` of `embeddingGradient`
     /// `[vocab, hidden]` (a token seen twice receives both rows).
-    public static func backward(_ outputGradient: Tensor, tokens: [Int], scale: Float, into embeddingGradient: inout Tensor) {
+    static func backward(_ outputGradient: Tensor, tokens: [Int], scale: Float, into embeddingGradient: inout Tensor) {
         let hidden = embeddingGradient.columns
         precondition(outputGradient.shape == [tokens.count, hidden], "embedding backward: dh₀ \(outputGradient.shape) for \(tokens.count) tokens of \(hidden)")
         outputGradient.values.withUnsafeBufferPointer { dh in
@@ -30,7 +30,7 @@ public enum EmbeddingLayer {
     }
 
     /// The forward pass by index arithmetic (for tests).
-    public static func referenceForward(tokens: [Int], embedding: Tensor, scale: Float) -> Tensor {
+    static func referenceForward(tokens: [Int], embedding: Tensor, scale: Float) -> Tensor {
         var output = Tensor(shape: [tokens.count, embedding.columns])
         for (row, token) in tokens.enumerated() {
             for j in 0 ..< embedding.columns { output[row, j] = embedding[token, j] * scale }
@@ -39,7 +39,7 @@ public enum EmbeddingLayer {
     }
 
     /// ∂L/∂embed from its definition: row v sums scale · dh₀[t] over the positions t holding token v.
-    public static func referenceBackward(_ outputGradient: Tensor, tokens: [Int], scale: Float, vocabularySize: Int) -> Tensor {
+    static func referenceBackward(_ outputGradient: Tensor, tokens: [Int], scale: Float, vocabularySize: Int) -> Tensor {
         let hidden = outputGradient.columns
         var gradient = Tensor(shape: [vocabularySize, hidden])
         for v in 0 ..< vocabularySize {

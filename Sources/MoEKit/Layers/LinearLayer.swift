@@ -2,24 +2,24 @@
 /// GEMM (or one per converted block of a bf16/f16 weight, see `MatrixMultiply.gemm(…, timesTransposeOf:)`).
 ///
 ///     dX = dY · W        dW = dYᵀ · X
-public enum LinearLayer {
+enum LinearLayer {
     /// x `[rows, in]`, W `[out, in]` → y `[rows, out]`.
-    public static func forward(_ x: Tensor, weight: Weight) -> Tensor {
+    static func forward(_ x: Tensor, weight: Weight) -> Tensor {
         MatrixMultiply.product(x, weight, transposeB: true)
     }
 
     /// dy `[rows, out]` → dx `[rows, in]` = dY · W.
-    public static func inputGradient(_ outputGradient: Tensor, weight: Weight) -> Tensor {
+    static func inputGradient(_ outputGradient: Tensor, weight: Weight) -> Tensor {
         MatrixMultiply.product(outputGradient, weight, transposeB: false)
     }
 
     /// dy `[rows, out]`, x `[rows, in]` → dW `[out, in]` = dYᵀ · X.
-    public static func weightGradient(_ outputGradient: Tensor, input: Tensor) -> Tensor {
+    static func weightGradient(_ outputGradient: Tensor, input: Tensor) -> Tensor {
         MatrixMultiply.product(outputGradient, input, transposeA: true)
     }
 
     /// `dX += dY · W` into an existing `[rows, in]` gradient (several projections of one input).
-    public static func accumulateInputGradient(_ outputGradient: Tensor, weight: Weight, into inputGradient: inout Tensor) {
+    static func accumulateInputGradient(_ outputGradient: Tensor, weight: Weight, into inputGradient: inout Tensor) {
         let rows = outputGradient.rows, outputs = weight.rows, inputs = weight.columns
         precondition(outputGradient.columns == outputs && inputGradient.shape == [rows, inputs],
                      "linear backward: dy \(outputGradient.shape), W \(weight.shape), dx \(inputGradient.shape)")
@@ -31,7 +31,7 @@ public enum LinearLayer {
     }
 
     /// dy → (dx, dW).
-    public static func backward(_ outputGradient: Tensor, input: Tensor, weight: Weight) -> (input: Tensor, weight: Tensor) {
+    static func backward(_ outputGradient: Tensor, input: Tensor, weight: Weight) -> (input: Tensor, weight: Tensor) {
         (inputGradient(outputGradient, weight: weight), weightGradient(outputGradient, input: input))
     }
 }

@@ -3,7 +3,7 @@ import Foundation
 extension MoEFeedForwardLayer {
     /// The layer's expert output for a given routing decision, computed token by token, expert by
     /// expert with `SwiGLULayer.referenceForward` (for tests).
-    public static func referenceForward(_ x: Tensor, decision: RoutingDecision, experts: [SwiGLUWeights]) -> Tensor {
+    static func referenceForward(_ x: Tensor, decision: RoutingDecision, experts: [SwiGLUWeights]) -> Tensor {
         let hidden = x.columns
         var output = Tensor(shape: [x.rows, hidden])
         for t in 0 ..< x.rows {
@@ -27,7 +27,7 @@ extension MoEFeedForwardLayer {
     /// weighting's ∂w/∂s, rather than by the vector formulas of `selectionLogitGradient`.
     /// Reads from `cache` only the input, the routing (with its noise), the router state the
     /// forward saw and the auxiliary loss's logit gradients.
-    public static func referenceBackward(_ outputGradient: Tensor, cache: Cache, gateWeight: Tensor, experts: [SwiGLUWeights]) -> Gradients {
+    static func referenceBackward(_ outputGradient: Tensor, cache: Cache, gateWeight: Tensor, experts: [SwiGLUWeights]) -> Gradients {
         let x = cache.input, routed = cache.routed, decision = routed.decision
         let tokens = x.rows, hidden = x.columns, expertCount = decision.experts, slots = decision.slotsPerToken
         let configuration = cache.configuration, scale = Double(configuration.weightScale)

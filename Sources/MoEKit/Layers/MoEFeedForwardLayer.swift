@@ -64,13 +64,13 @@ import Foundation
 /// the forward's GEMM FLOPs); the router adds O(T·E·H) GEMMs and O(T·E·k) loops. No per-token
 /// loop runs an expert. The auxiliary-loss-free bias is not updated here (the trainer calls
 /// `ConfigurableRouter.updateBalancingBias` with the step's expert counts).
-public enum MoEFeedForwardLayer {
+enum MoEFeedForwardLayer {
     /// What `forward` keeps for `backward`.
-    public struct Cache: Sendable {
+    struct Cache: Sendable {
         /// `[T, H]` the layer's input x.
-        public internal(set) var input = Tensor(shape: [0, 0])
+        var input = Tensor(shape: [0, 0])
         /// The routing the forward used, with the noise it applied.
-        public internal(set) var routed = RoutedTokens(decision: MoEFeedForwardLayer.emptyDecision, logits: [])
+        var routed = RoutedTokens(decision: MoEFeedForwardLayer.emptyDecision, logits: [])
         /// The router's configuration, k, and the state the forward read (bias, noise weight).
         var configuration = RouterConfiguration()
         var topK = 1
@@ -93,31 +93,31 @@ public enum MoEFeedForwardLayer {
         var activated: [Float] = []
         var expertOutputs: [Float] = []
 
-        public init() {}
+        init() {}
     }
 
-    public struct Output: Sendable {
+    struct Output: Sendable {
         /// `[tokens, hidden]` Σ_j w_j · expert_j(x).
-        public var output: Tensor
+        var output: Tensor
         /// The routing (decision, clean logits, noise) — for logs and the auxiliary-loss-free bias.
-        public var routed: RoutedTokens
+        var routed: RoutedTokens
         /// The weighted auxiliary loss of this layer and its terms (`total` is added to the training
         /// loss); nil when no loss was asked for (inference).
-        public var auxiliaryLoss: RouterLoss.Value?
+        var auxiliaryLoss: RouterLoss.Value?
         /// What `backward` needs; nil unless `keepCache`.
-        public var cache: Cache?
+        var cache: Cache?
     }
 
-    public struct Gradients: Sendable {
+    struct Gradients: Sendable {
         /// `[tokens, hidden]` ∂L/∂x (through the experts and through the router).
-        public var input: Tensor
+        var input: Tensor
         /// `[experts, hidden]` ∂L/∂W_gate: combine-weight path plus the auxiliary losses' gradient.
-        public var gateWeight: Tensor
+        var gateWeight: Tensor
         /// Per expert; experts that received no token have zero gradients.
-        public var experts: [SwiGLUWeights]
+        var experts: [SwiGLUWeights]
         /// `[experts, hidden]` ∂L/∂W_noise of noisy top-k (the router's `noiseWeights[layer]`), through
         /// the combine weights and the load loss; `nil` unless the forward applied noisy top-k noise.
-        public var noiseWeight: Tensor?
+        var noiseWeight: Tensor?
     }
 
     /// x `[tokens, hidden]` of `sequenceLengths` (summing to tokens; used by the per-sequence loss).
@@ -125,7 +125,7 @@ public enum MoEFeedForwardLayer {
     /// `loss`, evaluates it with k = the router's top-k. Inference passes no loss and
     /// `keepCache: false`; training needs a `ConfigurableRouter` (its configuration, bias and noise
     /// weights are what the backward differentiates).
-    public static func forward(_ x: Tensor, weights: MoEWeights, router: ExpertRouter, layer: Int, loss: RouterLoss?,
+    static func forward(_ x: Tensor, weights: MoEWeights, router: ExpertRouter, layer: Int, loss: RouterLoss?,
                                sequenceLengths: [Int], keepCache: Bool = true, timer: StageTimer? = nil) -> Output {
         let tokens = x.rows, hidden = x.columns, experts = weights.experts
         precondition(weights.router.shape == [experts.count, hidden], "MoE layer: router \(weights.router.shape) for \(experts.count) experts of \(hidden)")
@@ -173,7 +173,7 @@ public enum MoEFeedForwardLayer {
 
     /// dy `[tokens, hidden]` → gradients; the auxiliary loss's logit gradient is added with weight 1
     /// (its coefficients are already inside `RouterLoss`).
-    public static func backward(_ outputGradient: Tensor, cache: Cache, weights: MoEWeights) -> Gradients {
+    static func backward(_ outputGradient: Tensor, cache: Cache, weights: MoEWeights) -> Gradients {
         let x = cache.input, tokens = x.rows, hidden = x.columns
         precondition(outputGradient.count == tokens * hidden, "MoE backward: gradient \(outputGradient.shape) for [\(tokens), \(hidden)]")
         precondition(weights.experts.count == cache.plan.experts && weights.router.shape == [weights.experts.count, hidden], "MoE backward: weights do not match the cache")

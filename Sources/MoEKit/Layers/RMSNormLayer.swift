@@ -4,23 +4,23 @@
 ///
 ///     dx = r · g − (r³ / d) · (Σ_j g_j x_j) · x
 ///     dw = Σ_rows dy ⊙ x · r
-public enum RMSNormLayer {
+enum RMSNormLayer {
     /// What `forward` keeps for `backward`: the input and each row's r.
-    public struct Cache: Sendable {
+    struct Cache: Sendable {
         /// `[rows, d]` the input x.
-        public var input: Tensor
+        var input: Tensor
         /// `[rows]` r = 1 / sqrt(mean(x²) + eps).
-        public var inverseRMS: [Float]
+        var inverseRMS: [Float]
     }
 
     /// x `[rows, d]`, weight `[d]` → y `[rows, d]`: the inference kernel `Kernels.rmsNorm`, keeping r.
-    public static func forward(_ x: Tensor, weight: Tensor, epsilon: Float) -> (output: Tensor, cache: Cache) {
+    static func forward(_ x: Tensor, weight: Tensor, epsilon: Float) -> (output: Tensor, cache: Cache) {
         let (y, inverseRMS) = Kernels.rmsNormKeepingScales(x, weight: weight.values, epsilon: epsilon)
         return (y, Cache(input: x, inverseRMS: inverseRMS))
     }
 
     /// dy `[rows, d]` → dx `[rows, d]` and dw `[d]`.
-    public static func backward(_ outputGradient: Tensor, cache: Cache, weight: Tensor) -> (input: Tensor, weight: Tensor) {
+    static func backward(_ outputGradient: Tensor, cache: Cache, weight: Tensor) -> (input: Tensor, weight: Tensor) {
         let x = cache.input
         let d = x.columns, rows = x.rows
         precondition(outputGradient.shape == x.shape, "RMSNorm backward: dy \(outputGradient.shape) vs x \(x.shape)")
@@ -54,7 +54,7 @@ public enum RMSNormLayer {
 
     /// dx and dw by the chain rule written out with the full Jacobian ∂y_j/∂x_k = w_j (r δ_jk − r³ x_j x_k / d),
     /// in Double (for tests).
-    public static func referenceBackward(_ outputGradient: Tensor, input x: Tensor, weight: Tensor, epsilon: Float) -> (input: Tensor, weight: Tensor) {
+    static func referenceBackward(_ outputGradient: Tensor, input x: Tensor, weight: Tensor, epsilon: Float) -> (input: Tensor, weight: Tensor) {
         let d = x.columns
         var dx = Tensor(shape: x.shape)
         var dw = [Double](repeating: 0, count: d)

@@ -19,17 +19,17 @@ import Foundation
 /// The forward is 6·R·H·I FLOPs (three GEMM-equivalents), the backward twice that (dW_d, da, dx,
 /// dW_g, dW_u): forward + backward ≈ 3 × forward. The MoE layer runs the same kernels on each
 /// expert's gathered block (`forwardBlock` / `backwardBlock`).
-public enum SwiGLULayer {
+enum SwiGLULayer {
     /// What `forward` keeps for `backward`: the input and the two activations.
-    public struct Cache: Sendable {
+    struct Cache: Sendable {
         /// `[R, H]` x.
-        public var input: Tensor
+        var input: Tensor
         /// `[R, 2I]` each row `[g | u]`, the gate and up pre-activations.
-        public var gateUp: Tensor
+        var gateUp: Tensor
         /// `[R, I]` a = silu(g) ⊙ u, the down projection's input.
-        public var activated: Tensor
+        var activated: Tensor
 
-        public init(input: Tensor, gateUp: Tensor, activated: Tensor) {
+        init(input: Tensor, gateUp: Tensor, activated: Tensor) {
             self.input = input
             self.gateUp = gateUp
             self.activated = activated
@@ -38,7 +38,7 @@ public enum SwiGLULayer {
 
     /// x `[rows, hidden]` → y `[rows, hidden]`; with `keepCache`, also g, u and a for `backward`.
     /// Inference calls it without the cache; the activations then live only in scratch.
-    public static func forward(_ x: Tensor, weights: SwiGLUWeights, keepCache: Bool = true) -> (output: Tensor, cache: Cache?) {
+    static func forward(_ x: Tensor, weights: SwiGLUWeights, keepCache: Bool = true) -> (output: Tensor, cache: Cache?) {
         let rows = x.rows, hidden = weights.hiddenSize, intermediate = weights.intermediateSize
         precondition(x.columns == hidden, "SwiGLU: input \(x.shape) does not match weights of hidden size \(hidden)")
         var output = Tensor(uninitializedShape: [rows, hidden])
@@ -62,7 +62,7 @@ public enum SwiGLULayer {
 
     /// dy `[rows, hidden]` → dx `[rows, hidden]` and the weights' gradients (fresh, owned, with
     /// gate and up stacked as in the weights).
-    public static func backward(_ outputGradient: Tensor, cache: Cache, weights: SwiGLUWeights) -> (input: Tensor, weights: SwiGLUWeights) {
+    static func backward(_ outputGradient: Tensor, cache: Cache, weights: SwiGLUWeights) -> (input: Tensor, weights: SwiGLUWeights) {
         let rows = cache.input.rows, hidden = weights.hiddenSize, intermediate = weights.intermediateSize
         precondition(outputGradient.count == rows * hidden, "SwiGLU backward: gradient \(outputGradient.shape) for \(rows) rows of \(hidden)")
         precondition(cache.activated.columns == intermediate || rows == 0, "SwiGLU backward: cache does not match the weights")
@@ -156,12 +156,12 @@ public enum SwiGLULayer {
     // MARK: Reference
 
     /// The forward by plain loops with Double accumulators, for tests.
-    public static func referenceForward(_ x: Tensor, weights: SwiGLUWeights) -> Tensor {
+    static func referenceForward(_ x: Tensor, weights: SwiGLUWeights) -> Tensor {
         referencePass(x, weights: weights, outputGradient: nil).output
     }
 
     /// The backward by plain loops with Double accumulators (recomputing the forward), for tests.
-    public static func referenceBackward(_ outputGradient: Tensor, input x: Tensor, weights: SwiGLUWeights) -> (input: Tensor, weights: SwiGLUWeights) {
+    static func referenceBackward(_ outputGradient: Tensor, input x: Tensor, weights: SwiGLUWeights) -> (input: Tensor, weights: SwiGLUWeights) {
         let result = referencePass(x, weights: weights, outputGradient: outputGradient)
         return (result.inputGradient, result.weightGradients)
     }

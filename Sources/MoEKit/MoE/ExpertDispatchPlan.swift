@@ -1,16 +1,16 @@
 /// Token → expert assignments sorted by expert, megablocks-style: histogram of assignments per
 /// expert → exclusive prefix sum → stable counting sort. Expert e's assignments are
 /// `offsets[e] ..< offsets[e+1]`, in token order.
-public struct ExpertDispatchPlan: Sendable, Equatable {
-    public let experts: Int
+struct ExpertDispatchPlan: Sendable, Equatable {
+    let experts: Int
     /// `[experts + 1]` start of each expert's block; `offsets[experts]` is the number of assignments.
-    public let offsets: [Int]
+    let offsets: [Int]
     /// Token of each sorted assignment.
-    public let tokens: [Int32]
+    let tokens: [Int32]
     /// Combine weight of each sorted assignment.
-    public let weights: [Float]
+    let weights: [Float]
 
-    public init(_ decision: RoutingDecision) {
+    init(_ decision: RoutingDecision) {
         let experts = decision.experts
         var counts = [Int](repeating: 0, count: experts)
         for expert in decision.selectedExperts where expert >= 0 { counts[Int(expert)] += 1 }
@@ -35,11 +35,11 @@ public struct ExpertDispatchPlan: Sendable, Equatable {
         self.weights = weights
     }
 
-    public var assignmentCount: Int { offsets[experts] }
-    public func range(of expert: Int) -> Range<Int> { offsets[expert] ..< offsets[expert + 1] }
+    var assignmentCount: Int { offsets[experts] }
+    func range(of expert: Int) -> Range<Int> { offsets[expert] ..< offsets[expert + 1] }
 
     /// Dispatch: row a of `blocks` `[assignments, width]` = row `tokens[a]` of `rows` `[tokens, width]`.
-    public func gather(_ rows: UnsafePointer<Float>, width: Int, into blocks: UnsafeMutablePointer<Float>) {
+    func gather(_ rows: UnsafePointer<Float>, width: Int, into blocks: UnsafeMutablePointer<Float>) {
         for a in 0 ..< assignmentCount {
             (blocks + a * width).update(from: rows + Int(tokens[a]) * width, count: width)
         }
@@ -47,7 +47,7 @@ public struct ExpertDispatchPlan: Sendable, Equatable {
 
     /// Combine: row `tokens[a]` of `rows` += w_a · row a of `blocks`, with w_a the assignment's
     /// combine weight (`weighted`) or 1 (summing a token's k input gradients in the backward pass).
-    public func scatterAdd(_ blocks: UnsafePointer<Float>, width: Int, into rows: UnsafeMutablePointer<Float>, weighted: Bool) {
+    func scatterAdd(_ blocks: UnsafePointer<Float>, width: Int, into rows: UnsafeMutablePointer<Float>, weighted: Bool) {
         for a in 0 ..< assignmentCount {
             let weight: Float = weighted ? weights[a] : 1
             let source = blocks + a * width

@@ -15,25 +15,25 @@ public protocol ExpertRouter: AnyObject {
 /// A routing decision together with the router logits it came from, and the noise the selection
 /// saw while training.
 public struct RoutedTokens: Sendable {
-    public var decision: RoutingDecision
+    var decision: RoutingDecision
     /// `[tokens, experts]` router logits, `gate(x)` (before any noise).
     public var logits: [Float]
     /// `[tokens, experts]` the noisy logits z̃ the selection was made from (input jitter, logit
     /// noise and noisy top-k noise all applied, see `RouterConfiguration`); `nil` when no noise
     /// was applied (evaluation, or a router without noise).
-    public var noisyLogits: [Float]?
+    var noisyLogits: [Float]?
     /// `[tokens, experts]` σ = softplus(x'·W_noiseᵀ), the standard deviations of Shazeer's noisy
     /// top-k noise exactly as applied (z̃ gained σ ⊙ ε with ε ~ N(0, 1)); `nil` unless noisy top-k
     /// noise was applied. When set, `noisyLogits` is set too. The load loss needs both
     /// (`RouterLosses.loadLoss`).
-    public var noiseStandardDeviations: [Float]?
+    var noiseStandardDeviations: [Float]?
     /// `[tokens, hidden]` the input jitter factors f ~ U(1−ε, 1+ε) applied (x' = x ⊙ f, the inputs
     /// the noisy logits came from); `nil` unless input jitter was applied. The training backward
     /// needs them (∂z̃/∂W uses x', ∂x' /∂x is f).
-    public var inputJitterFactors: [Float]?
+    var inputJitterFactors: [Float]?
     /// `[tokens, experts]` the standard normal samples ε of noisy top-k (z̃ gained σ ⊙ ε); `nil`
     /// unless noisy top-k noise was applied. The training backward needs them for ∂z̃/∂σ = ε.
-    public var noisyTopKSamples: [Float]?
+    var noisyTopKSamples: [Float]?
 
     public init(decision: RoutingDecision, logits: [Float], noisyLogits: [Float]? = nil, noiseStandardDeviations: [Float]? = nil,
                 inputJitterFactors: [Float]? = nil, noisyTopKSamples: [Float]? = nil) {

@@ -10,14 +10,14 @@ public struct RoutingDecision: Sendable, Equatable {
     public var experts: Int
     public var slotsPerToken: Int
     /// `[tokens, slotsPerToken]` expert indices, `-1` for an empty slot.
-    public var selectedExperts: [Int32]
+    var selectedExperts: [Int32]
     /// `[tokens, slotsPerToken]` combine weights (0 for an empty slot).
-    public var combineWeights: [Float]
+    var combineWeights: [Float]
     /// `[tokens, experts]`: the router's scores after its scoring function (softmax
     /// probabilities by default; sigmoid scores for sigmoid routing), without noise or bias.
-    public var probabilities: [Float]
+    var probabilities: [Float]
     /// Assignments chosen by the router but dropped by a capacity limit.
-    public var droppedAssignments: Int
+    var droppedAssignments: Int
 
     public init(tokens: Int, experts: Int, slotsPerToken: Int, selectedExperts: [Int32], combineWeights: [Float],
                 probabilities: [Float], droppedAssignments: Int = 0) {
@@ -33,7 +33,7 @@ public struct RoutingDecision: Sendable, Equatable {
     }
 
     /// Assignments per expert (empty slots not counted).
-    public var expertCounts: [Int] {
+    var expertCounts: [Int] {
         var counts = [Int](repeating: 0, count: experts)
         for expert in selectedExperts where expert >= 0 { counts[Int(expert)] += 1 }
         return counts

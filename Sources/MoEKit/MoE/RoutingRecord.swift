@@ -21,21 +21,21 @@ public struct RoutingRecord: Sendable, Equatable {
     public var tokens: Int
     public var experts: Int
     public var topK: Int
-    public var expertCounts: [Int]
-    public var probabilityMean: [Float]
-    public var droppedAssignments: Int
-    public var loadBalancingLoss: Float
+    var expertCounts: [Int]
+    var probabilityMean: [Float]
+    var droppedAssignments: Int
+    var loadBalancingLoss: Float
     public var zLoss: Float
-    public var entropy: Float
+    var entropy: Float
     /// `[experts, experts]`, row-major.
-    public var coactivation: [Int]
+    var coactivation: [Int]
     /// `[tokens, topK]` chosen experts (−1 for an empty slot); only with `.perToken`.
-    public var selectedExperts: [Int32]?
+    var selectedExperts: [Int32]?
     /// `[tokens, topK]` combine weights; only with `.perToken`.
-    public var combineWeights: [Float]?
+    var combineWeights: [Float]?
     /// `[experts + 1]`: tokens with exactly n active experts (filled slots), n = 0…E; only for
     /// routers whose active experts vary per token (ReLU routing), else nil.
-    public var activeExperts: [Int]?
+    var activeExperts: [Int]?
 
     public init(tokens: Int, experts: Int, topK: Int, expertCounts: [Int], probabilityMean: [Float], droppedAssignments: Int,
                 loadBalancingLoss: Float, zLoss: Float, entropy: Float, coactivation: [Int],

@@ -10,9 +10,9 @@ import Foundation
 /// recomputed from its `prob_mean` and `expert_counts`. For softmax routers it equals
 /// `RouterLosses.switchLoadBalancing`, and the z-loss `RouterLosses.zLoss` (a test pins both); they
 /// are computed here without the gradients those functions also return.
-public enum RoutingStatistics {
+enum RoutingStatistics {
     /// `variableActiveExperts` (ReLU routing) adds the histogram of active experts per token.
-    public static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail, variableActiveExperts: Bool = false) -> RoutingRecord {
+    static func record(_ routed: RoutedTokens, topK: Int, detail: RoutingRecord.Detail, variableActiveExperts: Bool = false) -> RoutingRecord {
         let decision = routed.decision
         let tokens = decision.tokens, experts = decision.experts, slots = decision.slotsPerToken
         let counts = decision.expertCounts

@@ -3,22 +3,18 @@
 /// Keys are stored after RoPE, `[length, num_key_value_heads · head_dim]` per layer.
 public final class KVCache {
     public let layers: Int
-    public let keyValueWidth: Int
-    public let maximumLength: Int
     var keys: [[Float]]
     var values: [[Float]]
     /// Tokens already in the cache (the position of the next token).
-    public private(set) var length = 0
+    private(set) var length = 0
 
     public init(config: MiniCPMConfig) {
         layers = config.numHiddenLayers
-        keyValueWidth = config.numKeyValueHeads * config.headDim
-        maximumLength = config.maxPositionEmbeddings
         keys = Array(repeating: [], count: layers)
         values = Array(repeating: [], count: layers)
     }
 
-    /// Appends `count` new rows for `layer` (`[count, keyValueWidth]` each).
+    /// Appends `count` new rows for `layer` (`[count, num_key_value_heads · head_dim]` each).
     func append(layer: Int, keys newKeys: UnsafeBufferPointer<Float>, values newValues: UnsafeBufferPointer<Float>) {
         keys[layer].append(contentsOf: newKeys)
         values[layer].append(contentsOf: newValues)
@@ -28,7 +24,7 @@ public final class KVCache {
     func advance(by count: Int) { length += count }
 
     /// Forgets everything.
-    public func reset() {
+    func reset() {
         length = 0
         for layer in 0 ..< layers { keys[layer].removeAll(keepingCapacity: true); values[layer].removeAll(keepingCapacity: true) }
     }

@@ -26,7 +26,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
     /// MiniCPM-MoE: the number of experts per MoE layer (`num_experts`); `nil` for a dense model.
     public var numExperts: Int?
     /// MiniCPM-MoE: experts chosen per token (`num_experts_per_tok`).
-    public var numExpertsPerToken: Int?
+    public var topK: Int?
     /// Shared experts per MoE layer (`n_shared_experts`, DeepSeekMoE): always active, never routed; 0 when absent.
     public var numSharedExperts: Int = 0
     /// Every key of the file that is not a typed field above, kept as read.
@@ -105,7 +105,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
             if numExperts == 0 { numExperts = nil }
         }
         if numExperts != nil {
-            numExpertsPerToken = try integer("num_experts_per_tok", default: 2)
+            topK = try integer("num_experts_per_tok", default: 2)
         }
         otherKeys = object.filter { !Self.typedKeys.contains($0.key) }
         // MiniCPM-MoE with shared experts (MoEKit's convention, DeepSeek's key). Other architectures
@@ -134,7 +134,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
         guard dimModelBase > 0 else { throw .invalidField(path: path, field: "dim_model_base", reason: "must be positive") }
         try checkLimits(path: path)
         if let experts = numExperts {
-            let topK = numExpertsPerToken ?? 0
+            let topK = self.topK ?? 0
             guard topK >= 1 && topK <= experts else {
                 throw .invalidField(path: path, field: "num_experts_per_tok", reason: "(\(topK)) must be between 1 and num_experts (\(experts))")
             }
@@ -164,7 +164,7 @@ public struct MiniCPMConfig: Sendable, Equatable {
         if let torchDtype { object["torch_dtype"] = .string(torchDtype) }
         if let numExperts {
             object["num_experts"] = .integer(Int64(numExperts))
-            object["num_experts_per_tok"] = .integer(Int64(numExpertsPerToken ?? 2))
+            object["num_experts_per_tok"] = .integer(Int64(topK ?? 2))
             if numSharedExperts > 0 { object["n_shared_experts"] = .integer(Int64(numSharedExperts)) }
         }
         return architectureJSONObject(object)
@@ -179,6 +179,6 @@ public struct MiniCPMConfig: Sendable, Equatable {
 
     /// Writes `config.json` atomically.
     public func write(to path: String) throws(CheckpointError) {
-        do { try AtomicFileWriter.write(serialized(), to: path) } catch { throw .safetensors(error) }
+        do { try AtomicFileWriter.write(serialized(), to: path) } catch { throw .file(error) }
     }
 }

@@ -187,28 +187,28 @@ public final class MiniCPMModel {
     // MARK: Training
 
     /// What one forward (and backward) pass over a batch gives.
-    public struct StepResult: Sendable {
+    struct StepResult: Sendable {
         /// The training objective: `languageModelLoss + Σ routerLosses[i].total`.
-        public var loss: Float
+        var loss: Float
         /// Mean next-token cross-entropy over the targets ≥ 0.
-        public var languageModelLoss: Float
+        var languageModelLoss: Float
         /// How many targets the language-model loss averages over.
-        public var countedTokens: Int
+        var countedTokens: Int
         /// Per MoE layer (in layer order): the router's auxiliary losses, weighted total and terms.
-        public var routerLosses: [RouterLoss.Value]
+        var routerLosses: [RouterLoss.Value]
         /// Per MoE layer (in layer order): the routing of the batch's N tokens (for statistics and
         /// the auxiliary-loss-free bias update).
-        public var routing: [RoutedTokens]
+        var routing: [RoutedTokens]
         /// ∂loss/∂weights, typed as the weights are (`lossAndGradients` only).
-        public var gradients: MiniCPMWeights?
+        var gradients: MiniCPMWeights?
 
         /// `[MoE layer][expert]` assignments each expert received (after drops): what
         /// `ConfigurableRouter.updateBalancingBias(expertCounts:)` takes.
-        public var expertCounts: [[Int]] { routing.map(\.decision.expertCounts) }
+        var expertCounts: [[Int]] { routing.map(\.decision.expertCounts) }
     }
 
     /// The loss of a batch, forward only, with the router in evaluation mode (no noise).
-    public func evaluate(_ batch: TrainingBatch) throws -> StepResult {
+    func evaluate(_ batch: TrainingBatch) throws -> StepResult {
         try step(batch, routerTraining: false, gradients: false)
     }
 
@@ -219,7 +219,7 @@ public final class MiniCPMModel {
     /// With `microBatch`, the batch is one micro-batch of a global batch (gradient accumulation):
     /// the loss and gradients are this micro-batch's part of the global objective (see
     /// `MicroBatch`), so the parts of all micro-batches add up to the global batch's.
-    public func lossAndGradients(_ batch: TrainingBatch, microBatch: MicroBatch = .whole) throws -> StepResult {
+    func lossAndGradients(_ batch: TrainingBatch, microBatch: MicroBatch = .whole) throws -> StepResult {
         try step(batch, routerTraining: true, gradients: true, microBatch: microBatch)
     }
 
@@ -295,7 +295,7 @@ public final class MiniCPMModel {
 
     private enum FeedForwardCache {
         case dense(SwiGLULayer.Cache)
-        case mixture(MoEFeedForwardLayer.Cache, shared: SwiGLULayer.Cache?)
+        case moe(MoEFeedForwardLayer.Cache, shared: SwiGLULayer.Cache?)
     }
 
     private struct LayerCache {
@@ -341,7 +341,7 @@ public final class MiniCPMModel {
                 let result = timer.measure(.denseFFN) { SwiGLULayer.forward(mlpInput, weights: swiGLU, keepCache: keepCaches) }
                 mlpOutput = result.output
                 feedForward = result.cache.map { .dense($0) }
-            case .mixture(let moe):
+            case .moe(let moe):
                 guard let router else { preconditionFailure("a MoE model without a router") }
                 let loss = routerLoss.map { microBatch.routerLoss($0, moeLayer: moeLayer) }
                 moeLayer += 1
@@ -350,7 +350,7 @@ public final class MiniCPMModel {
                 var output = result.output
                 let sharedCache = MoEFeedForwardLayer.addSharedExperts(mlpInput, weights: moe.shared, to: &output, keepCache: keepCaches, timer: timer)
                 mlpOutput = output
-                feedForward = result.cache.map { .mixture($0, shared: sharedCache) }
+                feedForward = result.cache.map { .moe($0, shared: sharedCache) }
                 if training {
                     pass.routed.append(result.routed)
                     if let loss = result.auxiliaryLoss { pass.routerLosses.append(loss) }
@@ -419,12 +419,12 @@ public final class MiniCPMModel {
                 let result = SwiGLULayer.backward(mlpGradient, cache: ffnCache, weights: swiGLU)
                 mlpInputGradient = result.input
                 feedForwardGradient = .dense(result.weights)
-            case (.mixture(let moeCache, let sharedCache), .mixture(let moe)):
+            case (.moe(let moeCache, let sharedCache), .moe(let moe)):
                 let result = MoEFeedForwardLayer.backward(mlpGradient, cache: moeCache, weights: moe)
                 var inputGradient = result.input
                 let shared = MoEFeedForwardLayer.sharedExpertsBackward(mlpGradient, cache: sharedCache, weights: moe.shared, addingInputGradientTo: &inputGradient)
                 mlpInputGradient = inputGradient
-                feedForwardGradient = .mixture(MoEWeights(router: result.gateWeight, experts: result.experts, shared: shared))
+                feedForwardGradient = .moe(MoEWeights(router: result.gateWeight, experts: result.experts, shared: shared))
             default:
                 preconditionFailure("layer \(index): cache and weights disagree on the MLP kind")
             }

@@ -1,34 +1,34 @@
 /// Checkpoint tensor names of MiniCPM and MiniCPM-MoE, exactly as the published checkpoints spell them.
-public enum MiniCPMTensorNames {
-    public static let embedTokens = "model.embed_tokens.weight"
-    public static let finalNorm = "model.norm.weight"
-    public static let lmHead = "lm_head.weight"
+enum MiniCPMTensorNames {
+    static let embedTokens = "model.embed_tokens.weight"
+    static let finalNorm = "model.norm.weight"
+    static let lmHead = "lm_head.weight"
 
-    public static func layer(_ layer: Int) -> String { "model.layers.\(layer)" }
-    public static func inputLayerNorm(_ layer: Int) -> String { "\(Self.layer(layer)).input_layernorm.weight" }
-    public static func postAttentionLayerNorm(_ layer: Int) -> String { "\(Self.layer(layer)).post_attention_layernorm.weight" }
-    public static func queryProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.q_proj.weight" }
-    public static func keyProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.k_proj.weight" }
-    public static func valueProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.v_proj.weight" }
-    public static func outputProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.o_proj.weight" }
+    static func layer(_ layer: Int) -> String { "model.layers.\(layer)" }
+    static func inputLayerNorm(_ layer: Int) -> String { "\(Self.layer(layer)).input_layernorm.weight" }
+    static func postAttentionLayerNorm(_ layer: Int) -> String { "\(Self.layer(layer)).post_attention_layernorm.weight" }
+    static func queryProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.q_proj.weight" }
+    static func keyProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.k_proj.weight" }
+    static func valueProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.v_proj.weight" }
+    static func outputProjection(_ layer: Int) -> String { "\(Self.layer(layer)).self_attn.o_proj.weight" }
     /// Dense MLP: `mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj`.
-    public static func gateProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate_proj.weight" }
-    public static func upProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.up_proj.weight" }
-    public static func downProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.down_proj.weight" }
+    static func gateProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate_proj.weight" }
+    static func upProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.up_proj.weight" }
+    static func downProjection(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.down_proj.weight" }
     /// MoE router, `[experts, hidden]`.
-    public static func router(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate.weight" }
+    static func router(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate.weight" }
     /// MoE expert weights: w1 = gate_proj `[intermediate, hidden]`, w3 = up_proj, w2 = down_proj `[hidden, intermediate]`.
-    public static func expertGate(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w1.weight" }
-    public static func expertUp(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w3.weight" }
-    public static func expertDown(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w2.weight" }
+    static func expertGate(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w1.weight" }
+    static func expertUp(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w3.weight" }
+    static func expertDown(_ layer: Int, _ expert: Int) -> String { "\(Self.layer(layer)).mlp.experts.\(expert).w2.weight" }
     /// Shared experts (DeepSeekMoE), stored as DeepSeek-V2/V3 store them (vLLM's `deepseek_v2.py`,
     /// transformers' `DeepseekV3MoE`): the S shared FFNs as one SwiGLU of S·I neurons,
     /// `mlp.shared_experts.gate_proj`/`up_proj` `[S·I, hidden]` and `down_proj` `[hidden, S·I]`.
-    public static func sharedExpertsGate(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.gate_proj.weight" }
-    public static func sharedExpertsUp(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.up_proj.weight" }
-    public static func sharedExpertsDown(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.down_proj.weight" }
+    static func sharedExpertsGate(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.gate_proj.weight" }
+    static func sharedExpertsUp(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.up_proj.weight" }
+    static func sharedExpertsDown(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.shared_experts.down_proj.weight" }
     /// MoEKit's auxiliary-loss-free balancing bias, `[experts]` f32 (ignored by other loaders).
-    public static func routerBias(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate.moekit_bias" }
+    static func routerBias(_ layer: Int) -> String { "\(Self.layer(layer)).mlp.gate.moekit_bias" }
 }
 
 /// The tensors a config implies, with shapes, and the parameter counts that follow.
@@ -37,14 +37,14 @@ public struct MiniCPMLayout: Sendable {
 
     public init(config: MiniCPMConfig) { self.config = config }
 
-    public struct Entry: Sendable, Equatable {
-        public let name: String
-        public let shape: [Int]
-        public var elementCount: Int { shape.reduce(1, *) }
+    struct Entry: Sendable, Equatable {
+        let name: String
+        let shape: [Int]
+        var elementCount: Int { shape.reduce(1, *) }
     }
 
     /// Every tensor of the checkpoint in layer order.
-    public var entries: [Entry] {
+    var entries: [Entry] {
         let c = config
         let hidden = c.hiddenSize, kvDim = c.numKeyValueHeads * c.headDim
         var result: [Entry] = [Entry(name: MiniCPMTensorNames.embedTokens, shape: [c.vocabSize, hidden])]
@@ -97,7 +97,7 @@ public struct MiniCPMLayout: Sendable {
         }
         if let experts = c.numExperts {
             let perExpert = 3 * c.hiddenSize * c.intermediateSize
-            inactive = c.numHiddenLayers * (experts - (c.numExpertsPerToken ?? 2)) * perExpert
+            inactive = c.numHiddenLayers * (experts - (c.topK ?? 2)) * perExpert
         }
         return ParameterCounts(total: total, nonEmbedding: total - embedding, activePerToken: total - inactive,
                                activeNonEmbedding: total - embedding - inactive)

@@ -1,13 +1,13 @@
 /// The four projections of one attention layer (PyTorch `[out, in]`): query `[hidden, hidden]`,
 /// key and value `[kvHeads · d, hidden]`, output `[hidden, hidden]`. The same struct holds their
 /// gradients.
-public struct AttentionWeights: Sendable {
-    public var query: Weight
-    public var key: Weight
-    public var value: Weight
-    public var output: Weight
+struct AttentionWeights: Sendable {
+    var query: Weight
+    var key: Weight
+    var value: Weight
+    var output: Weight
 
-    public init(query: Weight, key: Weight, value: Weight, output: Weight) {
+    init(query: Weight, key: Weight, value: Weight, output: Weight) {
         precondition(query.shape.count == 2 && key.shape == value.shape && output.shape == query.shape
                      && key.columns == query.columns && query.rows == query.columns,
                      "attention shapes \(query.shape), \(key.shape), \(value.shape), \(output.shape)")
@@ -18,12 +18,12 @@ public struct AttentionWeights: Sendable {
     }
 
     /// Owned f32 weights from tensors.
-    public init(query: Tensor, key: Tensor, value: Tensor, output: Tensor) {
+    init(query: Tensor, key: Tensor, value: Tensor, output: Tensor) {
         self.init(query: Weight(query), key: Weight(key), value: Weight(value), output: Weight(output))
     }
 
     /// Zeros of the same shapes (a gradient accumulator).
-    public func zeros() -> AttentionWeights {
+    func zeros() -> AttentionWeights {
         AttentionWeights(query: query.zeros(), key: key.zeros(), value: value.zeros(), output: output.zeros())
     }
 }
@@ -33,8 +33,8 @@ public struct AttentionWeights: Sendable {
 /// (gate rows, then up rows; two segments, no copy), and down (`down_proj` / `w2`)
 /// `[hidden, intermediate]`. The same struct holds their gradients.
 public struct SwiGLUWeights: Sendable {
-    public var gateUp: Weight
-    public var down: Weight
+    var gateUp: Weight
+    var down: Weight
 
     public var intermediateSize: Int { down.columns }
     public var hiddenSize: Int { down.rows }
@@ -52,14 +52,14 @@ public struct SwiGLUWeights: Sendable {
     }
 
     /// The gate projection as an f32 tensor `[I, H]` (a copy; for references, tests and I/O).
-    public var gate: Tensor { gateUp.floatTensor().rows(0 ..< intermediateSize) }
+    var gate: Tensor { gateUp.floatTensor().rows(0 ..< intermediateSize) }
     /// The up projection as an f32 tensor `[I, H]` (a copy).
-    public var up: Tensor { gateUp.floatTensor().rows(intermediateSize ..< 2 * intermediateSize) }
+    var up: Tensor { gateUp.floatTensor().rows(intermediateSize ..< 2 * intermediateSize) }
     /// The down projection as an f32 tensor `[H, I]` (a copy).
-    public var downTensor: Tensor { down.floatTensor() }
+    var downTensor: Tensor { down.floatTensor() }
 
     /// Zeros of the same shapes (a gradient accumulator).
-    public func zeros() -> SwiGLUWeights {
+    func zeros() -> SwiGLUWeights {
         SwiGLUWeights(gateUp: gateUp.zeros(), down: down.zeros())
     }
 
@@ -90,17 +90,17 @@ public struct MoEWeights: Sendable {
 }
 
 /// A decoder layer's MLP: SwiGLU, or the MoE layer.
-public enum FeedForwardWeights: Sendable {
+enum FeedForwardWeights: Sendable {
     case dense(SwiGLUWeights)
-    case mixture(MoEWeights)
+    case moe(MoEWeights)
 }
 
 /// One decoder layer's weights. Norm gains are f32 vectors.
 public struct DecoderLayerWeights: Sendable {
-    public var inputNorm: Tensor
-    public var attention: AttentionWeights
-    public var postAttentionNorm: Tensor
-    public var feedForward: FeedForwardWeights
+    var inputNorm: Tensor
+    var attention: AttentionWeights
+    var postAttentionNorm: Tensor
+    var feedForward: FeedForwardWeights
 }
 
 /// Every weight of a MiniCPM or MiniCPM-MoE model, typed by layer. Checkpoint names appear only
@@ -115,15 +115,15 @@ public struct DecoderLayerWeights: Sendable {
 /// (`lmHead` is nil, and a stored `lm_head.weight` is ignored); otherwise `lm_head.weight`.
 public struct MiniCPMWeights: Sendable {
     /// `[vocab, hidden]` `model.embed_tokens.weight`.
-    public var embedding: Weight
+    var embedding: Weight
     public var layers: [DecoderLayerWeights]
     /// `[hidden]` `model.norm.weight`.
-    public var finalNorm: Tensor
+    var finalNorm: Tensor
     /// `[vocab, hidden]` an untied `lm_head.weight`; nil when tied.
-    public var lmHead: Weight?
+    var lmHead: Weight?
 
     /// The output head: `lm_head`, or the embedding when tied.
-    public var head: Weight { lmHead ?? embedding }
+    var head: Weight { lmHead ?? embedding }
 
     /// Reads every layout tensor of `checkpoint` (checked against `config` first by the caller),
     /// mapping matrices in their stored dtype when the checkpoint holds them contiguously, else
@@ -186,7 +186,7 @@ public struct MiniCPMWeights: Sendable {
                                            up: try matrix(MiniCPMTensorNames.sharedExpertsUp(layer), [size, hidden]),
                                            down: try matrix(MiniCPMTensorNames.sharedExpertsDown(layer), [hidden, size]))
                 }
-                feedForward = .mixture(MoEWeights(router: router, experts: blocks, shared: shared))
+                feedForward = .moe(MoEWeights(router: router, experts: blocks, shared: shared))
             } else {
                 feedForward = .dense(try swiGLU(gate: MiniCPMTensorNames.gateProjection(layer), up: MiniCPMTensorNames.upProjection(layer),
                                                 down: MiniCPMTensorNames.downProjection(layer)))
@@ -226,8 +226,8 @@ public struct MiniCPMWeights: Sendable {
                 feedForward: {
                     switch layer.feedForward {
                     case .dense(let w): return .dense(swiGLU(w))
-                    case .mixture(let moe):
-                        return .mixture(MoEWeights(router: vector(moe.router), experts: moe.experts.map(swiGLU), shared: moe.shared.map(swiGLU)))
+                    case .moe(let moe):
+                        return .moe(MoEWeights(router: vector(moe.router), experts: moe.experts.map(swiGLU), shared: moe.shared.map(swiGLU)))
                     }
                 }())
         }
@@ -235,10 +235,10 @@ public struct MiniCPMWeights: Sendable {
     }
 
     /// f32 copies of every weight the model owns (training's master copies; see `moekit train --help`).
-    public func owned() -> MiniCPMWeights { mapped(matrix: { $0.owned() }, vector: { $0 }) }
+    func owned() -> MiniCPMWeights { mapped(matrix: { $0.owned() }, vector: { $0 }) }
 
     /// Zeros of every parameter's shape (gradients, optimiser moments).
-    public func zeros() -> MiniCPMWeights { mapped(matrix: { $0.zeros() }, vector: { Tensor(shape: $0.shape) }) }
+    func zeros() -> MiniCPMWeights { mapped(matrix: { $0.zeros() }, vector: { Tensor(shape: $0.shape) }) }
 
     /// Every matrix for `precision`'s arithmetic (`Weight.forCompute(_:)`; `--compute bf16`).
     public func forCompute(_ precision: ComputePrecision) -> MiniCPMWeights { mapped(matrix: { $0.forCompute(precision) }, vector: { $0 }) }
@@ -246,14 +246,14 @@ public struct MiniCPMWeights: Sendable {
     /// Every parameter tensor in `MiniCPMLayout` order (a stacked matrix gives one tensor per
     /// stacked checkpoint tensor), as f32: owned tensors as they are (no copy), mapped ones
     /// converted. With `MiniCPMLayout(config:).entries` this pairs each with its checkpoint name.
-    public var parameterTensors: [Tensor] {
+    var parameterTensors: [Tensor] {
         var result: [Tensor] = []
         forEachParameterTensor { result.append($0) }
         return result
     }
 
     /// Calls `body` on every parameter tensor in `MiniCPMLayout` order (see `parameterTensors`).
-    public func forEachParameterTensor(_ body: (Tensor) -> Void) {
+    func forEachParameterTensor(_ body: (Tensor) -> Void) {
         func matrix(_ w: Weight) {
             for segment in w.segments {
                 switch segment {
@@ -277,7 +277,7 @@ public struct MiniCPMWeights: Sendable {
             vector(layer.postAttentionNorm)
             switch layer.feedForward {
             case .dense(let w): matrix(w.gateUp); matrix(w.down)
-            case .mixture(let moe):
+            case .moe(let moe):
                 vector(moe.router)
                 for w in moe.experts { matrix(w.gateUp); matrix(w.down) }
                 if let w = moe.shared { matrix(w.gateUp); matrix(w.down) }
@@ -289,7 +289,7 @@ public struct MiniCPMWeights: Sendable {
 
     /// Calls `body` on every owned parameter tensor in `MiniCPMLayout` order, in place (an
     /// optimiser step). Every matrix must be owned.
-    public mutating func updateEachParameter(_ body: (inout Tensor) -> Void) {
+    mutating func updateEachParameter(_ body: (inout Tensor) -> Void) {
         func matrix(_ w: inout Weight) { w.updateOwnedSegments(body) }
         matrix(&embedding)
         for index in layers.indices {
@@ -303,12 +303,12 @@ public struct MiniCPMWeights: Sendable {
                 layers[index].feedForward = .dense(.placeholder)
                 matrix(&w.gateUp); matrix(&w.down)
                 layers[index].feedForward = .dense(w)
-            case .mixture(var moe):
+            case .moe(var moe):
                 layers[index].feedForward = .dense(.placeholder)
                 body(&moe.router)
                 for e in moe.experts.indices { matrix(&moe.experts[e].gateUp); matrix(&moe.experts[e].down) }
                 if moe.shared != nil { matrix(&moe.shared!.gateUp); matrix(&moe.shared!.down) }
-                layers[index].feedForward = .mixture(moe)
+                layers[index].feedForward = .moe(moe)
             }
         }
         body(&finalNorm)
@@ -327,7 +327,7 @@ public struct MiniCPMWeights: Sendable {
     }
 
     /// Replaces the owned parameter named `name` (same shape) — for tools and tests.
-    public mutating func setTensor(_ tensor: Tensor, named name: String, config: MiniCPMConfig) {
+    mutating func setTensor(_ tensor: Tensor, named name: String, config: MiniCPMConfig) {
         guard let target = MiniCPMLayout(config: config).entries.firstIndex(where: { $0.name == name }) else { preconditionFailure("no parameter named \(name)") }
         var index = 0
         updateEachParameter { parameter in
@@ -340,12 +340,12 @@ public struct MiniCPMWeights: Sendable {
     }
 
     /// The parameters by checkpoint name with their f32 values, in layout order (for saving).
-    public func namedTensors(config: MiniCPMConfig) -> [(name: String, tensor: Tensor)] {
+    func namedTensors(config: MiniCPMConfig) -> [(name: String, tensor: Tensor)] {
         Array(zip(MiniCPMLayout(config: config).entries.map(\.name), parameterTensors)).map { (name: $0.0, tensor: $0.1) }
     }
 
     /// Whether every matrix is owned f32 (what training needs).
-    public var isOwned: Bool {
+    var isOwned: Bool {
         var owned = true
         forEachParameter(matrix: { owned = owned && $0.isOwned }, vector: { _ in })
         return owned
@@ -359,7 +359,7 @@ public struct MiniCPMWeights: Sendable {
     }
 
     /// Bytes of weights held as f32 in anonymous memory (the rest is read from the memory map).
-    public var ownedByteCount: Int {
+    var ownedByteCount: Int {
         var total = 0
         forEachParameter(matrix: { total += $0.ownedByteCount }, vector: { total += 4 * $0.count })
         return total

@@ -28,7 +28,8 @@ public enum ModelInitializer {
         let layout = MiniCPMLayout(config: config)
         let specs = layout.entries.map { TensorSpec(name: $0.name, dtype: dtype, shape: $0.shape) }
         let totalBytes = specs.reduce(0) { $0 + $1.byteCount }
-        let directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: replaceExisting)
+        let directory: AtomicDirectory
+        do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: replaceExisting) } catch { throw .file(error) }
         let reporter = ProgressReporter(label: "init", totalBytes: totalBytes, style: progress)
         let standardDeviation = standardDeviation(for: config)
         let files: [String]
@@ -57,10 +58,10 @@ public enum ModelInitializer {
         } catch let error as SafetensorsError {
             throw .safetensors(error)
         } catch {
-            throw .invalidArgument("\(outputDirectory): \(error)")
+            throw .file(.writeFailed(path: outputDirectory, reason: "\(error)"))
         }
         try config.write(to: directory.path("config.json"))
-        try directory.commit()
+        do { try directory.commit() } catch { throw .file(error) }
         return Summary(config: config, parameters: layout.parameterCounts, bytesWritten: totalBytes, files: files)
     }
 }

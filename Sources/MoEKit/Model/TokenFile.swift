@@ -2,8 +2,8 @@ import Foundation
 
 /// Token ids from a file: text (whitespace- or comma-separated integers, one sequence per line,
 /// blank lines ignored) or a NumPy `.npy` array of int32/int64 (one sequence, 1-D or [1, n]).
-public enum TokenFile {
-    public static func read(_ path: String) throws -> [[Int]] {
+enum TokenFile {
+    static func read(_ path: String) throws -> [[Int]] {
         let data: Data
         do { data = try InputFile.read(path, limit: InputFile.tokenFileLimit) } catch { throw ModelError.unreadableTokenFile(path: path, reason: error.reason) }
         if data.starts(with: [0x93] + Array("NUMPY".utf8)) { return [try readNumPy(data, path: path)] }

@@ -5,7 +5,7 @@ extension RoutingLogInspection {
     /// coloured by the expert's share of the ideal load on the diverging scale of
     /// `colour(forShare:)` (0 blue, 1 white, ≥2 red), with axes, tick labels, a title naming the
     /// file and steps, a colour scale, and a tooltip per cell (count and share).
-    public func heatmapSVG() -> String {
+    func heatmapSVG() -> String {
         let experts = header.numExperts, rows = layers.count
         let cell = Double(max(8, min(28, 720 / max(experts, 1))))
         let left = 70.0, top = 56.0, scaleWidth = 18.0
@@ -74,13 +74,8 @@ extension RoutingLogInspection {
     }
 
     /// Writes `heatmapSVG()` to `path` atomically.
-    public func writeHeatmapSVG(to path: String) throws {
-        do {
-            try AtomicFileWriter.write(Data(heatmapSVG().utf8), to: path)
-        } catch {
-            if case let .writeFailed(_, reason) = error { throw RoutingLogError.writeFailed(file: path, reason: reason) }
-            throw RoutingLogError.writeFailed(file: path, reason: error.errorDescription ?? "\(error)")
-        }
+    public func writeHeatmapSVG(to path: String) throws(FileError) {
+        try AtomicFileWriter.write(Data(heatmapSVG().utf8), to: path)
     }
 }
 

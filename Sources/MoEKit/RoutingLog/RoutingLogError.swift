@@ -33,8 +33,10 @@ public enum RoutingLogError: Error, LocalizedError, Equatable, Sendable {
     case hdf5(file: String, operation: String, object: String, reason: String)
     /// The writer was used after `close()`.
     case closed(file: String)
-    /// Writing a report file (the SVG heatmap) failed.
-    case writeFailed(file: String, reason: String)
+    /// `RoutingTracer` was given a dense model: there is no routing to log.
+    case notMoEModel(model: String)
+    /// `RoutingTracer` was given an expert-choice router, which has no fixed k per token.
+    case expertChoiceRouter(model: String)
 
     public var errorDescription: String? {
         switch self {
@@ -68,8 +70,10 @@ public enum RoutingLogError: Error, LocalizedError, Equatable, Sendable {
             return "\(file): \(operation) '\(object)' failed: \(reason)"
         case let .closed(file):
             return "\(file): routing log writer already closed"
-        case let .writeFailed(file, reason):
-            return "\(file): write failed: \(reason)"
+        case let .notMoEModel(model):
+            return "\(model): trace needs a MiniCPM-MoE model (config.json has no num_experts)"
+        case let .expertChoiceRouter(model):
+            return "\(model): expert-choice routing has no fixed k per token, which routing logs (schema 1) require; trace it with a top-k router"
         }
     }
 }

@@ -110,7 +110,7 @@ public struct RoutingLogTokenTrace: Sendable, Equatable {
     /// Index of the sequence the token came from, `[n]`.
     public var sequence: [Int32]
     /// Position of the token within its sequence, `[n]`.
-    public var position: [Int32]
+    var position: [Int32]
     /// `[n, layers, k]` row-major: chosen experts, −1 for an empty (dropped) slot.
     public var experts: [Int16]
     /// `[n, layers, k]` row-major: combine weights, 0 for an empty slot.

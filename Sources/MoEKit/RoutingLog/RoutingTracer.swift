@@ -69,12 +69,12 @@ public struct RoutingTracer {
 
     public init(model: MiniCPMModel, options: Options) throws {
         guard model.config.isMoE, let router = model.router else {
-            throw CheckpointError.invalidArgument("\(model.source): trace needs a MiniCPM-MoE model (config.json has no num_experts)")
+            throw RoutingLogError.notMoEModel(model: model.source)
         }
         if let configurable = router as? ConfigurableRouter, configurable.configuration.mode == .expertChoice {
-            throw CheckpointError.invalidArgument("trace: expert-choice routing has no fixed k per token, which routing logs (schema 1) require; trace it with a top-k router")
+            throw RoutingLogError.expertChoiceRouter(model: model.source)
         }
-        guard options.batchTokens >= 1 else { throw CheckpointError.invalidArgument("trace: --batch-tokens must be at least 1") }
+        precondition(options.batchTokens >= 1, "trace: batchTokens must be at least 1 (the CLI checks --batch-tokens)")
         self.model = model
         self.options = options
     }

@@ -3,13 +3,13 @@ import Foundation
 /// A directory built under a temporary name beside its destination and renamed into place by
 /// `commit()`. An existing destination is refused unless `replaceExisting`; an abandoned build
 /// (error, or the value dropped without commit) removes the temporary directory.
-public final class AtomicDirectory {
-    public let destination: String
-    public let temporaryPath: String
+final class AtomicDirectory {
+    let destination: String
+    let temporaryPath: String
     private let replaceExisting: Bool
     private var committed = false
 
-    public init(destination: String, replaceExisting: Bool) throws(CheckpointError) {
+    init(destination: String, replaceExisting: Bool) throws(FileError) {
         let manager = FileManager.default
         let url = URL(fileURLWithPath: destination).standardizedFileURL
         self.destination = url.path
@@ -19,19 +19,19 @@ public final class AtomicDirectory {
             guard replaceExisting else { throw .alreadyExists(path: destination) }
             // --force replaces an earlier output directory, never a file (or a link to one).
             guard existingIsDirectory.boolValue else {
-                throw .invalidArgument("\(destination): exists and is not a directory; --force replaces directories only, choose another output")
+                throw .notADirectory(path: destination, advice: "--force replaces directories only, choose another output")
             }
         }
         let parent = url.deletingLastPathComponent().path
         var isDirectory: ObjCBool = false
         guard manager.fileExists(atPath: parent, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw .missingFile(path: parent)
+            throw .missingDirectory(path: parent)
         }
         temporaryPath = parent + "/." + url.lastPathComponent + ".tmp-\(getpid())-\(UInt32.random(in: 0 ... .max))"
         do {
             try manager.createDirectory(atPath: temporaryPath, withIntermediateDirectories: false)
         } catch {
-            throw .invalidArgument("\(temporaryPath): cannot create directory: \(error.localizedDescription)")
+            throw .cannotCreateDirectory(path: temporaryPath, reason: error.localizedDescription)
         }
         TemporaryPaths.register(temporaryPath)
     }
@@ -41,26 +41,26 @@ public final class AtomicDirectory {
     }
 
     /// Path of a file inside the directory being built.
-    public func path(_ name: String) -> String { temporaryPath + "/" + name }
+    func path(_ name: String) -> String { temporaryPath + "/" + name }
 
     /// Renames the finished directory into place (replacing an existing one when allowed).
-    public func commit() throws(CheckpointError) {
+    func commit() throws(FileError) {
         let manager = FileManager.default
         var aside: String?
         var existingIsDirectory: ObjCBool = false
         if manager.fileExists(atPath: destination, isDirectory: &existingIsDirectory) {
             guard replaceExisting else { throw .alreadyExists(path: destination) }
-            guard existingIsDirectory.boolValue else { throw .invalidArgument("\(destination): exists and is not a directory; not replaced") }
+            guard existingIsDirectory.boolValue else { throw .notADirectory(path: destination, advice: "not replaced") }
             let moved = temporaryPath + ".old"
             guard rename(destination, moved) == 0 else {
-                throw .invalidArgument("\(destination): cannot move the existing directory aside: \(String(cString: strerror(errno)))")
+                throw .cannotRename(path: destination, what: "move the existing directory aside", reason: String(cString: strerror(errno)))
             }
             aside = moved
         }
         guard rename(temporaryPath, destination) == 0 else {
             let reason = String(cString: strerror(errno))
             if let aside { _ = rename(aside, destination) }
-            throw .invalidArgument("\(destination): cannot rename the finished directory into place: \(reason)")
+            throw .cannotRename(path: destination, what: "rename the finished directory into place", reason: reason)
         }
         committed = true
         TemporaryPaths.unregister(temporaryPath)
@@ -68,7 +68,7 @@ public final class AtomicDirectory {
     }
 
     /// Removes the temporary directory.
-    public func abandon() {
+    func abandon() {
         try? FileManager.default.removeItem(atPath: temporaryPath)
         TemporaryPaths.unregister(temporaryPath)
     }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Byte sizes written as people write them: `5GB` (10⁹), `5GiB` (2³⁰), `500MB`, `4096`.
 public enum ByteSize {
     /// Parses a size; `nil` when the text is not a size.
@@ -25,5 +27,3 @@ public enum ByteSize {
         return "\(bytes) B"
     }
 }
-
-import Foundation

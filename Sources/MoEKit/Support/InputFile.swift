@@ -70,7 +70,7 @@ public enum InputFile {
     }
 
     /// 64 MiB: the largest JSON MoEKit reads (a tokenizer.json with a 250k vocabulary is ~20 MB).
-    public static let jsonLimit = 64 << 20
+    static let jsonLimit = 64 << 20
     /// 2 GiB: token ids and text read whole into memory (`forward`, `trace`, `tokenize`).
-    public static let tokenFileLimit = 2 << 30
+    static let tokenFileLimit = 2 << 30
 }

@@ -107,12 +107,12 @@ public enum JSONValue: Codable, Sendable, Equatable {
         text += "\""
     }
 
-    public var objectValue: [String: JSONValue]? { if case .object(let v) = self { return v } else { return nil } }
-    public var arrayValue: [JSONValue]? { if case .array(let v) = self { return v } else { return nil } }
-    public var stringValue: String? { if case .string(let v) = self { return v } else { return nil } }
-    public var boolValue: Bool? { if case .bool(let v) = self { return v } else { return nil } }
+    var objectValue: [String: JSONValue]? { if case .object(let v) = self { return v } else { return nil } }
+    var arrayValue: [JSONValue]? { if case .array(let v) = self { return v } else { return nil } }
+    var stringValue: String? { if case .string(let v) = self { return v } else { return nil } }
+    var boolValue: Bool? { if case .bool(let v) = self { return v } else { return nil } }
     /// The value as an integer when it is one (a JSON number without fraction that fits Int64).
-    public var integerValue: Int64? {
+    var integerValue: Int64? {
         switch self {
         case .integer(let v): return v
         case .number(let v) where v.rounded() == v && abs(v) < 9.0e18: return Int64(v)
@@ -120,7 +120,7 @@ public enum JSONValue: Codable, Sendable, Equatable {
         }
     }
     /// The value as a Double when it is a number.
-    public var doubleValue: Double? {
+    var doubleValue: Double? {
         switch self {
         case .integer(let v): return Double(v)
         case .number(let v): return v

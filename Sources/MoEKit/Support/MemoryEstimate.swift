@@ -9,7 +9,7 @@ public enum MemoryEstimate {
     public struct TooLarge: Error, LocalizedError, Equatable, Sendable {
         public var what: String
         public var bytes: Int
-        public var available: Int
+        var available: Int
         public var errorDescription: String? {
             let need = bytes == .max ? "more than \(Int.max) bytes" : ByteSize.format(bytes)
             return "\(what) needs about \(need) of memory; this machine has \(ByteSize.format(available))"
@@ -17,10 +17,10 @@ public enum MemoryEstimate {
     }
 
     /// Physical memory of the machine.
-    public static var available: Int { Int(clamping: ProcessInfo.processInfo.physicalMemory) }
+    static var available: Int { Int(clamping: ProcessInfo.processInfo.physicalMemory) }
 
     /// Π factors, or `Int.max` when the product overflows (or a factor is negative).
-    public static func product(_ factors: Int...) -> Int {
+    static func product(_ factors: Int...) -> Int {
         var result = 1
         for factor in factors {
             guard factor >= 0 else { return .max }
@@ -60,7 +60,7 @@ public enum MemoryEstimate {
     /// model), per-layer activations kept for the backward pass, and logits with their gradient.
     public static func trainingBytes(_ config: MiniCPMConfig, batch: Int, seq: Int) -> Int {
         let tokens = product(batch, seq)
-        let k = config.numExpertsPerToken ?? 1
+        let k = config.topK ?? 1
         let perTokenPerLayer = sum(product(16, config.hiddenSize), product(4, k, config.intermediateSize))
         let activations = product(4, tokens, config.numHiddenLayers, perTokenPerLayer)
         let logits = product(4, 3, tokens, config.vocabSize)
@@ -74,7 +74,7 @@ public enum MemoryEstimate {
     /// pages the kernel can drop), so the 54 GB an f32 copy of the 8x2B would take is not counted.
     /// (`bench`'s in-memory models add `modelBytes` themselves.)
     public static func forwardBytes(_ config: MiniCPMConfig, tokens: Int, sequence: Int) -> Int {
-        let k = config.numExpertsPerToken ?? 1
+        let k = config.topK ?? 1
         let perToken = sum(product(8, config.hiddenSize), product(3, k, config.intermediateSize), config.vocabSize)
         let cache = product(2, config.numHiddenLayers, sequence, config.hiddenSize)
         let scores = product(config.numAttentionHeads, sequence, sequence)

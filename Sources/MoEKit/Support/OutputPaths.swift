@@ -1,10 +1,10 @@
 import Foundation
 
 /// Checks that an output about to be written (and replaced with `--force`) cannot destroy an input.
-public enum OutputPaths {
+enum OutputPaths {
     /// `path` with every symbolic link and `.`/`..` resolved; for a path that does not exist yet,
     /// its deepest existing ancestor is resolved and the rest appended.
-    public static func resolved(_ path: String) -> String {
+    static func resolved(_ path: String) -> String {
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
         var existing = absolute
         var rest: [String] = []
@@ -21,7 +21,7 @@ public enum OutputPaths {
 
     /// Throws when `output` is `input` (also through a symbolic link) or a directory holding it:
     /// writing there would replace the input itself (`upcycle D D --force`).
-    public static func refuseOverlap(input: String, output: String) throws(CheckpointError) {
+    static func refuseOverlap(input: String, output: String) throws(FileError) {
         let source = resolved(input), destination = resolved(output)
         if source == destination {
             throw .outputOverlapsInput(output: output, input: input, reason: "is the input itself")

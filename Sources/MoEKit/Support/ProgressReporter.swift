@@ -3,8 +3,10 @@ import Foundation
 import Glibc
 #endif
 
-/// Progress of a long write on stderr: a redrawn bar (bytes, rate, ETA) when stderr is a
-/// terminal, a plain line every few seconds otherwise, nothing when quiet.
+/// Progress on stderr, the one printer of every command: a line redrawn in place when stderr is a
+/// terminal, a plain line every few seconds otherwise, nothing when quiet. Long writes report
+/// bytes (`update`/`finish`: a bar, rate and ETA); step loops (train, trace) compose their own
+/// line and hand it to `show`. Durations are written by `duration` (`42s`, `3m05s`, `1h02m`).
 public final class ProgressReporter: @unchecked Sendable {
     public enum Style: Sendable { case automatic, bar, lines, quiet }
 
@@ -15,7 +17,7 @@ public final class ProgressReporter: @unchecked Sendable {
     private lazy var lastReport = start
     private let interval: TimeInterval
 
-    public init(label: String, totalBytes: Int, style: Style = .automatic) {
+    public init(label: String, totalBytes: Int = 0, style: Style = .automatic) {
         self.label = label
         self.totalBytes = max(totalBytes, 1)
         switch style {
@@ -25,7 +27,7 @@ public final class ProgressReporter: @unchecked Sendable {
         interval = self.style == .bar ? 0.1 : 5
     }
 
-    public func update(bytesDone: Int) {
+    func update(bytesDone: Int) {
         guard style != .quiet else { return }
         let now = Date()
         guard now.timeIntervalSince(lastReport) >= interval else { return }
@@ -33,10 +35,24 @@ public final class ProgressReporter: @unchecked Sendable {
         emit(bytesDone: bytesDone, final: false)
     }
 
-    public func finish(bytesDone: Int) {
+    func finish(bytesDone: Int) {
         guard style != .quiet else { return }
         emit(bytesDone: bytesDone, final: true)
     }
+
+    /// Shows `text`: redrawn on a terminal, at most every few seconds as plain lines; a
+    /// `persistent` line (the last step, an evaluation) is always shown and stays on screen.
+    public func show(_ text: String, persistent: Bool = false) {
+        guard style != .quiet else { return }
+        let now = Date()
+        guard persistent || shownOnce == false || now.timeIntervalSince(lastReport) >= interval else { return }
+        shownOnce = true
+        lastReport = now
+        let line = style == .bar ? "\r" + text + "\u{1B}[K" + (persistent ? "\n" : "") : text + "\n"
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    private var shownOnce = false
 
     private func emit(bytesDone: Int, final: Bool) {
         let elapsed = max(Date().timeIntervalSince(start), 1e-6)
@@ -57,9 +73,10 @@ public final class ProgressReporter: @unchecked Sendable {
         FileHandle.standardError.write(Data(line.utf8))
     }
 
-    static func duration(_ seconds: Double) -> String {
+    /// `seconds` as `42s`, `3m05s` or `1h02m`; `--` when not finite.
+    public static func duration(_ seconds: Double) -> String {
         guard seconds.isFinite else { return "--" }
         let s = Int(seconds.rounded())
-        return s >= 3600 ? "\(s / 3600)h\(s % 3600 / 60)m" : s >= 60 ? "\(s / 60)m\(s % 60)s" : "\(s)s"
+        return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s % 3600 / 60) : s >= 60 ? String(format: "%dm%02ds", s / 60, s % 60) : "\(s)s"
     }
 }

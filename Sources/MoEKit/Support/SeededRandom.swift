@@ -1,3 +1,5 @@
+import Foundation
+
 /// A small, fast, seedable generator (xoshiro256**, seeded through SplitMix64) whose streams are
 /// the same on every platform, so `--seed` reproduces checkpoints and noisy routing bit for bit.
 public struct SeededRandom: RandomNumberGenerator, Sendable {
@@ -37,12 +39,12 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
     }
 
     /// Uniform in [0, 1) with 53 random bits.
-    public mutating func nextUniform() -> Double {
+    mutating func nextUniform() -> Double {
         Double(next() >> 11) * 0x1p-53
     }
 
     /// Standard normal N(0, 1) by the Box–Muller transform.
-    public mutating func nextNormal() -> Double {
+    mutating func nextNormal() -> Double {
         if let spare = spareNormal {
             spareNormal = nil
             return spare
@@ -56,12 +58,11 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
     }
 
     /// Fills `buffer` with N(0, std²) samples.
-    public mutating func fillNormal(_ buffer: UnsafeMutableBufferPointer<Float>, standardDeviation: Float) {
+    mutating func fillNormal(_ buffer: UnsafeMutableBufferPointer<Float>, standardDeviation: Float) {
         for i in buffer.indices { buffer[i] = Float(nextNormal()) * standardDeviation }
     }
 }
 
-import Foundation
 @inline(__always) private func _log(_ x: Double) -> Double { Foundation.log(x) }
 @inline(__always) private func _sin(_ x: Double) -> Double { Foundation.sin(x) }
 @inline(__always) private func _cos(_ x: Double) -> Double { Foundation.cos(x) }

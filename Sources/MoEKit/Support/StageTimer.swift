@@ -22,7 +22,7 @@ public final class StageTimer: @unchecked Sendable {
         return try body()
     }
 
-    public func reset() { seconds.removeAll() }
+    func reset() { seconds.removeAll() }
 }
 
 extension Optional where Wrapped == StageTimer {

@@ -28,15 +28,15 @@ import Foundation
 /// any second one, with a warning if the kernels are still generic.
 public enum BLASKernelSelection {
     /// Environment variable OpenBLAS reads at load time to force a core.
-    public static let coreTypeVariable = "OPENBLAS_CORETYPE"
+    static let coreTypeVariable = "OPENBLAS_CORETYPE"
     /// Set to `1` to keep whatever core OpenBLAS chose.
-    public static let keepCoreVariable = "MOEKIT_KEEP_BLAS_CORE"
+    static let keepCoreVariable = "MOEKIT_KEEP_BLAS_CORE"
     /// Set on the re-executed process to the core it asked for; guards against a second re-execution.
-    public static let reexecutedVariable = "MOEKIT_BLAS_REEXECUTED"
+    static let reexecutedVariable = "MOEKIT_BLAS_REEXECUTED"
     /// Test hook: the core to *pretend* OpenBLAS chose, so the re-execution path can be exercised
     /// end to end on a machine whose OpenBLAS already picks good kernels. Only the decision reads it;
     /// the core actually running is always reported as OpenBLAS says.
-    public static let pretendCoreVariable = "MOEKIT_TEST_PRETEND_BLAS_CORE"
+    static let pretendCoreVariable = "MOEKIT_TEST_PRETEND_BLAS_CORE"
 
     public enum Vendor: String, Sendable, Equatable {
         case intel, amd, hygon, other
@@ -44,21 +44,21 @@ public enum BLASKernelSelection {
 
     /// The CPU as the kernel choice sees it: vendor and the `/proc/cpuinfo` flags (which Linux clears
     /// when the OS does not save the registers a feature needs, so they mean "usable").
-    public struct CPU: Sendable, Equatable {
-        public var vendor: Vendor
-        public var features: Set<String>
+    struct CPU: Sendable, Equatable {
+        var vendor: Vendor
+        var features: Set<String>
 
-        public init(vendor: Vendor, features: Set<String>) {
+        init(vendor: Vendor, features: Set<String>) {
             self.vendor = vendor
             self.features = features
         }
 
-        public var hasAVX512: Bool { features.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]) }
-        public var hasAVX512BF16: Bool { hasAVX512 && features.contains("avx512_bf16") }
-        public var hasAVX2FMA: Bool { features.isSuperset(of: ["avx2", "fma"]) }
+        var hasAVX512: Bool { features.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]) }
+        var hasAVX512BF16: Bool { hasAVX512 && features.contains("avx512_bf16") }
+        var hasAVX2FMA: Bool { features.isSuperset(of: ["avx2", "fma"]) }
 
         /// Parses the first processor's `vendor_id` and `flags` lines of `/proc/cpuinfo` text.
-        public static func parse(cpuinfo: String) -> CPU {
+        static func parse(cpuinfo: String) -> CPU {
             var vendor = Vendor.other
             var features: Set<String> = []
             var sawVendor = false, sawFlags = false
@@ -85,13 +85,13 @@ public enum BLASKernelSelection {
         }
 
         /// This machine's CPU (empty features where `/proc/cpuinfo` cannot be read: nothing is upgraded).
-        public static var current: CPU {
+        static var current: CPU {
             parse(cpuinfo: (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "")
         }
     }
 
     /// What to do about the kernels at start-up.
-    public enum Decision: Sendable, Equatable {
+    enum Decision: Sendable, Equatable {
         /// The chosen kernels are right for this CPU, or nothing better exists.
         case keep
         /// Start the process again with `OPENBLAS_CORETYPE` set to `coreType`.
@@ -107,16 +107,16 @@ public enum BLASKernelSelection {
 
     /// OpenBLAS cores that use SSE or plain AVX only (names as `openblas_get_corename()` spells
     /// them, compared case-insensitively), and the placeholder names for "no idea".
-    public static let genericCores: Set<String> = [
+    static let genericCores: Set<String> = [
         "unknown", "generic", "katmai", "coppermine", "northwood", "prescott", "banias", "atom", "core2", "penryn",
         "dunnington", "nehalem", "athlon", "opteron", "opteron_sse3", "barcelona", "bobcat", "nano", "sandybridge",
         "bulldozer", "piledriver", "steamroller",
     ]
 
-    public static func isGeneric(core: String) -> Bool { genericCores.contains(core.lowercased()) }
+    static func isGeneric(core: String) -> Bool { genericCores.contains(core.lowercased()) }
 
     /// The best OpenBLAS core for `cpu`, or nil when no non-generic core fits it.
-    public static func bestCore(for cpu: CPU) -> String? {
+    static func bestCore(for cpu: CPU) -> String? {
         if cpu.hasAVX512BF16 { return "Cooperlake" }
         if cpu.hasAVX512 { return "SkylakeX" }
         if cpu.hasAVX2FMA { return cpu.vendor == .amd || cpu.vendor == .hygon ? "Zen" : "Haswell" }
@@ -124,7 +124,7 @@ public enum BLASKernelSelection {
     }
 
     /// The start-up decision, a pure function of the CPU, the core OpenBLAS chose and the environment.
-    public static func decide(cpu: CPU, chosenCore: String, environment: [String: String]) -> Decision {
+    static func decide(cpu: CPU, chosenCore: String, environment: [String: String]) -> Decision {
         guard isGeneric(core: chosenCore), let better = bestCore(for: cpu) else { return .keep }
         let generic = "OpenBLAS runs its generic \(chosenCore) kernels on a CPU that has \(better)'s"
         if let asked = environment[reexecutedVariable] {
@@ -142,13 +142,13 @@ public enum BLASKernelSelection {
     // MARK: This process
 
     /// The core OpenBLAS chose when it was loaded (`openblas_get_corename()`), e.g. "Cooperlake".
-    public static var chosenCore: String {
+    static var chosenCore: String {
         guard let name = openblas_get_corename() else { return "unknown" }
         return String(cString: name)
     }
 
     /// OpenBLAS's version as its configuration string names it, e.g. "0.3.21".
-    public static var openBLASVersion: String {
+    static var openBLASVersion: String {
         let words = BLAS.configuration.split(separator: " ")
         guard let index = words.firstIndex(of: "OpenBLAS"), index + 1 < words.count else { return "unknown" }
         return String(words[index + 1])
@@ -169,7 +169,7 @@ public enum BLASKernelSelection {
     /// The decision for this process now.
     /// ``pretendCoreVariable`` stands in for the core of the first start only: after a
     /// re-execution the core OpenBLAS really chose is judged.
-    public static func currentDecision(environment: [String: String] = ProcessInfo.processInfo.environment) -> Decision {
+    static func currentDecision(environment: [String: String] = ProcessInfo.processInfo.environment) -> Decision {
         decide(cpu: .current, chosenCore: startCore(environment), environment: environment)
     }
 

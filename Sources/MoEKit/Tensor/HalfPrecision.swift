@@ -3,11 +3,11 @@
 /// f32 → half rounds to nearest, ties to even; ±Inf stays ±Inf; NaN stays NaN (made quiet, the sign
 /// and the top payload bits kept); values beyond the half format's range become ±Inf; f16
 /// subnormals are produced and read exactly. Half → f32 is exact.
-public enum HalfPrecision {
+enum HalfPrecision {
     // MARK: bfloat16 (1 sign, 8 exponent, 7 mantissa bits: the top half of an f32)
 
     @inlinable
-    public static func bfloat16Bits(from value: Float) -> UInt16 {
+    static func bfloat16Bits(from value: Float) -> UInt16 {
         let bits = value.bitPattern
         if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
         let roundingBias: UInt32 = 0x7FFF + ((bits >> 16) & 1)
@@ -15,14 +15,14 @@ public enum HalfPrecision {
     }
 
     @inlinable
-    public static func float(fromBFloat16 bits: UInt16) -> Float {
+    static func float(fromBFloat16 bits: UInt16) -> Float {
         Float(bitPattern: UInt32(bits) << 16)
     }
 
     // MARK: IEEE binary16 (1 sign, 5 exponent, 10 mantissa bits)
 
     @inlinable
-    public static func float16Bits(from value: Float) -> UInt16 {
+    static func float16Bits(from value: Float) -> UInt16 {
         let bits = value.bitPattern
         let sign = UInt16(truncatingIfNeeded: (bits >> 16) & 0x8000)
         let exponent = Int((bits >> 23) & 0xFF)
@@ -50,7 +50,7 @@ public enum HalfPrecision {
     }
 
     @inlinable
-    public static func float(fromFloat16 bits: UInt16) -> Float {
+    static func float(fromFloat16 bits: UInt16) -> Float {
         let sign: UInt32 = UInt32(bits & 0x8000) << 16
         let exponent = UInt32((bits >> 10) & 0x1F)
         let mantissa = UInt32(bits & 0x3FF)
@@ -65,7 +65,7 @@ public enum HalfPrecision {
     // MARK: Buffers
 
     /// Converts `count` little-endian half values at `source` to f32.
-    public static func decode(_ format: HalfFormat, from source: UnsafeRawPointer, count: Int, into destination: UnsafeMutablePointer<Float>) {
+    static func decode(_ format: HalfFormat, from source: UnsafeRawPointer, count: Int, into destination: UnsafeMutablePointer<Float>) {
         switch format {
         case .bfloat16:
             for i in 0 ..< count { destination[i] = float(fromBFloat16: UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
@@ -75,7 +75,7 @@ public enum HalfPrecision {
     }
 
     /// Converts `count` f32 values to little-endian half values at `destination`.
-    public static func encode(_ format: HalfFormat, from source: UnsafePointer<Float>, count: Int, into destination: UnsafeMutableRawPointer) {
+    static func encode(_ format: HalfFormat, from source: UnsafePointer<Float>, count: Int, into destination: UnsafeMutableRawPointer) {
         switch format {
         case .bfloat16:
             for i in 0 ..< count { destination.storeBytes(of: bfloat16Bits(from: source[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
@@ -86,7 +86,7 @@ public enum HalfPrecision {
 }
 
 /// The two 16-bit float storage formats MoEKit reads and writes.
-public enum HalfFormat: Sendable {
+enum HalfFormat: Sendable {
     case bfloat16
     case float16
 }

@@ -3,18 +3,18 @@ import Foundation
 /// The element-wise and row-wise kernels a transformer needs, on row-major f32 buffers.
 ///
 /// Each kernel has a plain twin in `ReferenceKernels`; tests compare the two.
-public enum Kernels {
+enum Kernels {
     /// RMSNorm of each row: `y = x · rsqrt(mean(x²) + eps) · weight` (MiniCPM/Llama: no +1 offset).
     ///
     /// `x` is `[rows, d]`, `weight` is `[d]`; the mean of squares is accumulated in f32, as the
     /// published modeling code does after `.to(torch.float32)`.
-    public static func rmsNorm(_ x: Tensor, weight: [Float], epsilon: Float) -> Tensor {
+    static func rmsNorm(_ x: Tensor, weight: [Float], epsilon: Float) -> Tensor {
         rmsNormKeepingScales(x, weight: weight, epsilon: epsilon).output
     }
 
     /// `rmsNorm`, also returning each row's r = 1 / sqrt(mean(x²) + eps) `[rows]` (what the
     /// training backward pass needs).
-    public static func rmsNormKeepingScales(_ x: Tensor, weight: [Float], epsilon: Float) -> (output: Tensor, inverseRMS: [Float]) {
+    static func rmsNormKeepingScales(_ x: Tensor, weight: [Float], epsilon: Float) -> (output: Tensor, inverseRMS: [Float]) {
         let d = x.columns, rows = x.rows
         precondition(weight.count == d, "RMSNorm weight has \(weight.count) values for rows of \(d)")
         var y = Tensor(uninitializedShape: x.shape)
@@ -39,14 +39,14 @@ public enum Kernels {
 
     /// SiLU, `x · σ(x) = x / (1 + e^(−x))`, in place.
     @inlinable
-    public static func silu(_ x: UnsafeMutableBufferPointer<Float>) {
+    static func silu(_ x: UnsafeMutableBufferPointer<Float>) {
         for i in x.indices { let v = x[i]; x[i] = v / (1 + expf(-v)) }
     }
 
     /// SwiGLU's gate: for each row of `[rows, 2·width]` laid out as `[gate | up]`, writes
     /// `silu(gate) · up` into the first `width` columns of `out` (`[rows, width]`).
     @inlinable
-    public static func swiGLU(fused: UnsafePointer<Float>, rows: Int, width: Int, out: UnsafeMutablePointer<Float>) {
+    static func swiGLU(fused: UnsafePointer<Float>, rows: Int, width: Int, out: UnsafeMutablePointer<Float>) {
         for r in 0 ..< rows {
             let gate = fused + r * 2 * width
             let up = gate + width
@@ -59,7 +59,7 @@ public enum Kernels {
     }
 
     /// Softmax of each row of `[rows, n]`, in place, with the row maximum subtracted first.
-    public static func softmaxRows(_ x: UnsafeMutableBufferPointer<Float>, columns n: Int) {
+    static func softmaxRows(_ x: UnsafeMutableBufferPointer<Float>, columns n: Int) {
         guard n > 0 else { return }
         let rows = x.count / n
         for r in 0 ..< rows {
@@ -74,14 +74,14 @@ public enum Kernels {
     }
 
     /// Softmax of each row of a tensor.
-    public static func softmaxRows(_ x: Tensor) -> Tensor {
+    static func softmaxRows(_ x: Tensor) -> Tensor {
         var y = x
         y.values.withUnsafeMutableBufferPointer { softmaxRows($0, columns: x.columns) }
         return y
     }
 
     /// `a += scale · b`, element-wise.
-    public static func add(_ b: Tensor, scaledBy scale: Float = 1, to a: inout Tensor) {
+    static func add(_ b: Tensor, scaledBy scale: Float = 1, to a: inout Tensor) {
         precondition(a.count == b.count, "add: \(a.shape) and \(b.shape) differ")
         a.values.withUnsafeMutableBufferPointer { pa in
             b.values.withUnsafeBufferPointer { pb in
@@ -91,7 +91,7 @@ public enum Kernels {
     }
 
     /// `x *= scale`, element-wise.
-    public static func scale(_ x: inout Tensor, by scale: Float) {
+    static func scale(_ x: inout Tensor, by scale: Float) {
         x.values.withUnsafeMutableBufferPointer { p in
             for i in 0 ..< p.count { p[i] *= scale }
         }
@@ -106,7 +106,7 @@ public enum Kernels {
     ///
     /// With `inverse` it rotates by the opposite angles (sin → −sin): the rotation is orthogonal, so
     /// this is both its inverse and its transpose, i.e. RoPE's backward pass.
-    public static func applyRotary(_ x: inout Tensor, heads: Int, positions: [Int], rotary: RotaryEmbedding, inverse: Bool = false) {
+    static func applyRotary(_ x: inout Tensor, heads: Int, positions: [Int], rotary: RotaryEmbedding, inverse: Bool = false) {
         let headDim = rotary.headDim
         let half = headDim / 2
         precondition(x.columns == heads * headDim && x.rows == positions.count, "RoPE: shape \(x.shape) vs \(heads)×\(headDim), \(positions.count) positions")
@@ -141,18 +141,18 @@ public enum Kernels {
 }
 
 /// Rotary embedding frequencies for one head size, as the published modeling code builds them in f32.
-public struct RotaryEmbedding: Sendable {
-    public let headDim: Int
-    public let theta: Float
+struct RotaryEmbedding: Sendable {
+    let headDim: Int
+    let theta: Float
     /// `inv_freq_i = 1 / θ^(2i/d)` for `i` in `0 ..< d/2`, computed in f32.
-    public let inverseFrequencies: [Float]
+    let inverseFrequencies: [Float]
     /// Positions whose cos/sin are precomputed (a model precomputes `max_position_embeddings`, so
     /// no forward call or decode step recomputes them).
-    public let precomputedPositions: Int
+    let precomputedPositions: Int
     let cosines: [Float]
     let sines: [Float]
 
-    public init(headDim: Int, theta: Float, precomputedPositions: Int = 0) {
+    init(headDim: Int, theta: Float, precomputedPositions: Int = 0) {
         precondition(headDim > 0 && headDim % 2 == 0, "rotary head size must be even, got \(headDim)")
         self.headDim = headDim
         self.theta = theta
@@ -166,12 +166,12 @@ public struct RotaryEmbedding: Sendable {
 
     /// cos and sin of `position · inv_freq_i`, `[positions, d/2]` each (the second half of
     /// `cat(freqs, freqs)` repeats the first, so half the table suffices).
-    public func table(upTo positions: Int) -> (cos: [Float], sin: [Float]) {
+    func table(upTo positions: Int) -> (cos: [Float], sin: [Float]) {
         Self.table(upTo: positions, headDim: headDim, inverseFrequencies: inverseFrequencies)
     }
 
     /// cos and sin of `positions[r] · inv_freq_i`, `[positions.count, d/2]` each: row r for row r's position.
-    public func table(for positions: [Int]) -> (cos: [Float], sin: [Float]) {
+    func table(for positions: [Int]) -> (cos: [Float], sin: [Float]) {
         let half = headDim / 2
         var cosines = [Float](repeating: 0, count: positions.count * half)
         var sines = [Float](repeating: 0, count: positions.count * half)

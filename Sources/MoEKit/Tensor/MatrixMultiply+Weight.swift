@@ -21,7 +21,7 @@ import Dispatch
 /// arithmetic), and on f32 units where the CPU lacks AVX512-BF16. See docs/bf16-kernels.md.
 extension MatrixMultiply {
     /// The most weight elements converted at once for one GEMM.
-    public static let conversionBlockElements = 1 << 20
+    static let conversionBlockElements = 1 << 20
 
     /// Up to this many rows of activations, products with bf16/f16 weights read the weight in place
     /// (GEMV kernel) instead of converting blocks for sgemm. Measured in docs/bf16-kernels.md.
@@ -31,7 +31,7 @@ extension MatrixMultiply {
     static let kernelLevel = moekit_kernels_isa()
 
     /// C `[m, W.rows]` = alpha · A `[m, W.columns]` · Wᵀ + beta · C: a linear layer `y = x · Wᵀ`.
-    public static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, timesTransposeOf w: Weight, alpha: Float = 1,
+    static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, timesTransposeOf w: Weight, alpha: Float = 1,
                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
         gemm(m: m, a: a, lda: lda, timesTransposeOf: w, alpha: alpha, beta: beta, c: c, ldc: ldc, blockElements: conversionBlockElements)
     }
@@ -139,7 +139,7 @@ extension MatrixMultiply {
     /// C `[m, W.columns]` = alpha · A `[m, W.rows]` · W + beta · C: a linear layer's input gradient
     /// `dx = dy · W`, or logits' gradient through a head. Always f32 compute on the widened weight
     /// (training owns f32 weights; this orientation is no decode path).
-    public static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, times w: Weight, alpha: Float = 1,
+    static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, times w: Weight, alpha: Float = 1,
                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
         gemm(m: m, a: a, lda: lda, times: w, alpha: alpha, beta: beta, c: c, ldc: ldc, blockElements: conversionBlockElements)
     }
@@ -164,7 +164,7 @@ extension MatrixMultiply {
     }
 
     /// x · Wᵀ (`transposeB`, x `[m, W.columns]`) or x · W (x `[m, W.rows]`) as a new tensor.
-    public static func product(_ x: Tensor, _ w: Weight, transposeB: Bool = false) -> Tensor {
+    static func product(_ x: Tensor, _ w: Weight, transposeB: Bool = false) -> Tensor {
         let inner = transposeB ? w.columns : w.rows, outer = transposeB ? w.rows : w.columns
         precondition(x.rank == 2 && x.columns == inner && w.shape.count == 2,
                      "inner dimensions differ: \(x.shape) · \(w.shape)\(transposeB ? "ᵀ" : "")")
@@ -183,7 +183,7 @@ extension MatrixMultiply {
 
     /// The same product by the textbook loop over the weight's elements, each converted from its
     /// stored dtype by `HalfPrecision`, with Double accumulators (for tests).
-    public static func referenceProduct(_ x: Tensor, _ w: Weight, transposeB: Bool = false) -> Tensor {
+    static func referenceProduct(_ x: Tensor, _ w: Weight, transposeB: Bool = false) -> Tensor {
         referenceProduct(x, w.floatTensor(), transposeB: transposeB)
     }
 

@@ -1,14 +1,14 @@
 import COpenBLAS
 
 /// Matrix products on OpenBLAS's `cblas_sgemm`, with a plain triple loop beside them.
-public enum MatrixMultiply {
+enum MatrixMultiply {
     /// C = alpha · op(A) · op(B) + beta · C on raw row-major buffers.
     ///
     /// `op(A)` is `[m, k]`: A is stored `[m, k]` (leading dimension `lda` ≥ k) or, transposed,
     /// `[k, m]` (lda ≥ m). `op(B)` is `[k, n]`: B is stored `[k, n]` or, transposed, `[n, k]`.
     /// C is `[m, n]` with leading dimension `ldc` ≥ n.
     @inlinable
-    public static func gemm(
+    static func gemm(
         m: Int, n: Int, k: Int,
         alpha: Float = 1,
         a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
@@ -35,7 +35,7 @@ public enum MatrixMultiply {
     /// `a` is `[m, k]` (or `[k, m]` with `transposeA`), `b` is `[k, n]` (or `[n, k]` with `transposeB`);
     /// the result is `[m, n]`. A linear layer `y = x · Wᵀ` with a PyTorch weight `W` `[out, in]` is
     /// `product(x, w, transposeB: true)`.
-    public static func product(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
+    static func product(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
         precondition(a.rank == 2 && b.rank == 2, "product needs matrices, got \(a.shape) and \(b.shape)")
         let m = transposeA ? a.shape[1] : a.shape[0]
         let k = transposeA ? a.shape[0] : a.shape[1]
@@ -57,7 +57,7 @@ public enum MatrixMultiply {
     }
 
     /// The same product as `product`, by the textbook triple loop with a Double accumulator.
-    public static func referenceProduct(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
+    static func referenceProduct(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
         let m = transposeA ? a.shape[1] : a.shape[0]
         let k = transposeA ? a.shape[0] : a.shape[1]
         let n = transposeB ? b.shape[0] : b.shape[1]

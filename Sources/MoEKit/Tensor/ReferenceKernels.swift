@@ -2,8 +2,8 @@ import Foundation
 
 /// Plain, obviously-correct twins of `Kernels` (Double accumulation, index arithmetic, no pointers).
 /// Tests compare every optimised kernel against these.
-public enum ReferenceKernels {
-    public static func rmsNorm(_ x: Tensor, weight: [Float], epsilon: Float) -> Tensor {
+enum ReferenceKernels {
+    static func rmsNorm(_ x: Tensor, weight: [Float], epsilon: Float) -> Tensor {
         var y = x
         for r in 0 ..< x.rows {
             var sumSquares = 0.0
@@ -14,11 +14,11 @@ public enum ReferenceKernels {
         return y
     }
 
-    public static func silu(_ x: Float) -> Float {
+    static func silu(_ x: Float) -> Float {
         Float(Double(x) / (1 + exp(-Double(x))))
     }
 
-    public static func softmaxRows(_ x: Tensor) -> Tensor {
+    static func softmaxRows(_ x: Tensor) -> Tensor {
         var y = x
         for r in 0 ..< x.rows {
             let row = (0 ..< x.columns).map { Double(x[r, $0]) }
@@ -31,7 +31,7 @@ public enum ReferenceKernels {
     }
 
     /// rotate_half RoPE computed from the definition: `v · cos(cat(f, f)) + rotate_half(v) · sin(cat(f, f))`.
-    public static func applyRotary(_ x: Tensor, heads: Int, headDim: Int, positions: [Int], theta: Float) -> Tensor {
+    static func applyRotary(_ x: Tensor, heads: Int, headDim: Int, positions: [Int], theta: Float) -> Tensor {
         var y = x
         let half = headDim / 2
         for (t, position) in positions.enumerated() {

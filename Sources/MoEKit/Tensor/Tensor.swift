@@ -33,20 +33,20 @@ public struct Tensor: Sendable, Equatable {
     /// The number of elements, the product of `shape`.
     public var count: Int { values.count }
     /// The number of dimensions.
-    public var rank: Int { shape.count }
+    var rank: Int { shape.count }
     /// For a matrix, the first dimension; for higher ranks, the product of all but the last dimension.
     public var rows: Int { shape.count <= 1 ? 1 : shape.dropLast().reduce(1, *) }
     /// The last dimension (the contiguous one).
-    public var columns: Int { shape.last ?? 1 }
+    var columns: Int { shape.last ?? 1 }
 
     /// The element at `(row, column)` of a tensor viewed as `[rows, columns]`.
-    public subscript(row: Int, column: Int) -> Float {
+    subscript(row: Int, column: Int) -> Float {
         get { values[row * columns + column] }
         set { values[row * columns + column] = newValue }
     }
 
     /// The same values under another shape with the same number of elements.
-    public func reshaped(_ newShape: [Int]) -> Tensor {
+    func reshaped(_ newShape: [Int]) -> Tensor {
         Tensor(shape: newShape, values: values)
     }
 
@@ -61,7 +61,7 @@ public struct Tensor: Sendable, Equatable {
     }
 
     /// The largest absolute difference to `other` (same shape required).
-    public func maxAbsoluteDifference(to other: Tensor) -> Float {
+    func maxAbsoluteDifference(to other: Tensor) -> Float {
         precondition(shape == other.shape, "shapes differ: \(shape) vs \(other.shape)")
         var result: Float = 0
         for i in 0 ..< count { result = max(result, abs(values[i] - other.values[i])) }
@@ -79,7 +79,7 @@ extension Array where Element == Float {
     /// An array of `count` floats whose contents are unspecified: only for buffers that are
     /// written in full before they are read.
     @inlinable
-    public static func uninitialized(count: Int) -> [Float] {
+    static func uninitialized(count: Int) -> [Float] {
         [Float](unsafeUninitializedCapacity: count) { _, initializedCount in initializedCount = count }
     }
 }

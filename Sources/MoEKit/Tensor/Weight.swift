@@ -21,7 +21,7 @@ public struct Weight: @unchecked Sendable {
     public enum ElementType: Sendable, Equatable {
         case float32, bfloat16, float16
 
-        public var byteSize: Int { self == .float32 ? 4 : 2 }
+        var byteSize: Int { self == .float32 ? 4 : 2 }
 
         /// The element type for a safetensors dtype, when it is a float type a weight can map.
         public init?(_ dtype: SafetensorsDType) {
@@ -35,20 +35,20 @@ public struct Weight: @unchecked Sendable {
     }
 
     /// One block of whole rows.
-    public enum Segment: @unchecked Sendable {
+    enum Segment: @unchecked Sendable {
         /// f32 values owned by the weight, `[rows · columns]` row-major.
         case owned(Tensor)
         /// `rows · columns` little-endian elements at `base` inside a memory map.
         case mapped(base: UnsafeRawPointer, rows: Int, elementType: ElementType)
 
-        public var rows: Int {
+        var rows: Int {
             switch self {
             case .owned(let tensor): return tensor.rank <= 1 ? 1 : tensor.shape[0]
             case .mapped(_, let rows, _): return rows
             }
         }
 
-        public var elementType: ElementType {
+        var elementType: ElementType {
             switch self {
             case .owned: return .float32
             case .mapped(_, _, let type): return type
@@ -66,14 +66,14 @@ public struct Weight: @unchecked Sendable {
 
     /// `[rows, columns]` or `[columns]`.
     public let shape: [Int]
-    public private(set) var segments: [Segment]
+    private(set) var segments: [Segment]
     /// What keeps mapped segments' memory alive (their checkpoints, or a rounded bf16 copy).
     private let owners: [AnyObject]
     /// The arithmetic of products with this weight (`forCompute(_:)`); owned f32 weights are f32.
     public private(set) var computePrecision = ComputePrecision.float32
 
     public var rows: Int { shape.count <= 1 ? 1 : shape[0] }
-    public var columns: Int { shape.last ?? 1 }
+    var columns: Int { shape.last ?? 1 }
     public var elementCount: Int { shape.reduce(1, *) }
 
     /// A weight owning `tensor`'s f32 values.
@@ -145,28 +145,28 @@ public struct Weight: @unchecked Sendable {
     }
 
     /// Whether every segment is owned f32 (a trained parameter or a gradient).
-    public var isOwned: Bool {
+    var isOwned: Bool {
         segments.allSatisfy { if case .owned = $0 { return true } else { return false } }
     }
 
     /// The element type of the first segment (for display).
-    public var storageType: ElementType { segments.first?.elementType ?? .float32 }
+    var storageType: ElementType { segments.first?.elementType ?? .float32 }
 
     /// Bytes of weight data held in anonymous memory (owned segments); mapped segments use the
     /// file's pages.
-    public var ownedByteCount: Int {
+    var ownedByteCount: Int {
         segments.reduce(0) { if case .owned(let t) = $1 { return $0 + 4 * t.count } else { return $0 } }
     }
 
     /// The owned f32 tensor of segment `index` (a trained parameter's master copy or a gradient).
-    public func ownedTensor(_ index: Int = 0) -> Tensor {
+    func ownedTensor(_ index: Int = 0) -> Tensor {
         guard case .owned(let tensor) = segments[index] else { preconditionFailure("segment \(index) of a \(shape) weight is mapped, not owned") }
         return tensor
     }
 
     /// Calls `body` on the owned tensor of every segment in order (an optimiser step, a gradient
     /// accumulation). Mapped segments are a programming error here: training owns what it trains.
-    public mutating func updateOwnedSegments(_ body: (inout Tensor) -> Void) {
+    mutating func updateOwnedSegments(_ body: (inout Tensor) -> Void) {
         for index in segments.indices {
             guard case .owned(var tensor) = segments[index] else { preconditionFailure("a mapped \(shape) weight cannot be updated") }
             segments[index] = .owned(Tensor(shape: [0]))  // keep the buffer uniquely referenced while body mutates it
@@ -177,7 +177,7 @@ public struct Weight: @unchecked Sendable {
 
     /// An owned f32 copy of the segments in order (shapes kept): training's master copy of a
     /// weight loaded in its stored dtype.
-    public func owned() -> Weight {
+    func owned() -> Weight {
         Weight(stackingSegments: segments.map { segment in
             switch segment {
             case .owned: return segment
@@ -210,7 +210,7 @@ public struct Weight: @unchecked Sendable {
     }
 
     /// The whole weight as one f32 tensor of `shape` (a copy; for tests, I/O and small weights).
-    public func floatTensor() -> Tensor {
+    func floatTensor() -> Tensor {
         var tensor = Tensor(uninitializedShape: shape)
         tensor.values.withUnsafeMutableBufferPointer { out in
             var row = 0
@@ -223,12 +223,12 @@ public struct Weight: @unchecked Sendable {
     }
 
     /// Zeros of the same shape and segmentation, owned (a gradient accumulator).
-    public func zeros() -> Weight {
+    func zeros() -> Weight {
         Weight(stackingSegments: segments.map { .owned(Tensor(shape: shape.count == 1 ? [columns] : [$0.rows, columns])) }, shape: shape)
     }
 
     /// Writes row `row` times `scale` as f32 into `destination` (`columns` values): an embedding lookup.
-    public func copyRow(_ row: Int, scaledBy scale: Float, into destination: UnsafeMutablePointer<Float>) {
+    func copyRow(_ row: Int, scaledBy scale: Float, into destination: UnsafeMutablePointer<Float>) {
         let (segment, local) = locate(row)
         Self.decode(segment, rows: local ..< local + 1, columns: columns, into: destination)
         if scale != 1 { for j in 0 ..< columns { destination[j] *= scale } }

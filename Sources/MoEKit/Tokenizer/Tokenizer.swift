@@ -77,7 +77,7 @@ public struct Tokenizer: Sendable {
     }
 
     /// What the post-processor puts before a sequence (`[1]` for `<s>`); empty without one.
-    public var beginningOfSequenceIds: [Int] { template?.prefix.ids ?? [] }
+    var beginningOfSequenceIds: [Int] { template?.prefix.ids ?? [] }
 
     // MARK: Encoding
 

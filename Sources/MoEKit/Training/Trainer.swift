@@ -58,7 +58,7 @@ public final class Trainer {
     public let options: TrainingOptions
     public let sampler: BatchSampler
     public let schedule: LearningRateSchedule
-    public private(set) var optimizer: AdamW
+    private(set) var optimizer: AdamW
     public let outputDirectory: String
     public let logPath: String?
     /// The model directory the weights came from (OUT_DIR when resuming).
@@ -106,7 +106,7 @@ public final class Trainer {
             source = outputDirectory
             initialModel = loaded.initialModel
         } else {
-            if manager.fileExists(atPath: outputDirectory) && !replaceExisting { throw CheckpointError.alreadyExists(path: outputDirectory) }
+            if manager.fileExists(atPath: outputDirectory) && !replaceExisting { throw FileError.alreadyExists(path: outputDirectory) }
             if let logPath, manager.fileExists(atPath: logPath) && !replaceExisting { throw RoutingLogError.alreadyExists(file: logPath) }
             source = modelDirectory
             initialModel = modelDirectory
@@ -431,7 +431,7 @@ public final class Trainer {
                 do {
                     try manager.copyItem(atPath: source + "/" + name, toPath: directory.path(name))
                 } catch {
-                    throw CheckpointError.invalidArgument("\(source)/\(name): cannot copy into \(outputDirectory): \(error.localizedDescription)")
+                    throw FileError.cannotCopy(path: source + "/" + name, destination: outputDirectory, reason: error.localizedDescription)
                 }
             }
         }
@@ -440,7 +440,7 @@ public final class Trainer {
         do {
             try manager.createDirectory(atPath: stateDirectory, withIntermediateDirectories: false)
         } catch {
-            throw CheckpointError.invalidArgument("\(stateDirectory): cannot create directory: \(error.localizedDescription)")
+            throw FileError.cannotCreateDirectory(path: stateDirectory, reason: error.localizedDescription)
         }
         try optimizer.save(to: stateDirectory + "/" + Self.optimizerFileName)
         let state = TrainerState(completedSteps: completedSteps, options: options.resumeSignature, data: dataPath, initialModel: initialModel,

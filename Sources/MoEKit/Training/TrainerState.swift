@@ -3,30 +3,30 @@ import Foundation
 /// `trainer_state.json` beside a training run's weights: where the run stands, so `--resume`
 /// continues it exactly (the batches are a pure function of seed and step, the optimiser moments
 /// are in `optimizer.safetensors`, router noise is reseeded per step).
-public struct TrainerState: Sendable, Equatable {
-    public static let fileName = "trainer_state.json"
-    public static let format = "moekit-trainer"
-    public static let version: Int64 = 1
+struct TrainerState: Sendable, Equatable {
+    static let fileName = "trainer_state.json"
+    static let format = "moekit-trainer"
+    static let version: Int64 = 1
 
     /// Optimiser steps completed.
-    public var completedSteps: Int
+    var completedSteps: Int
     /// The options that must not change on resume, by command-line name.
-    public var options: [String: String]
+    var options: [String: String]
     /// The data file the run trains on.
-    public var data: String
+    var data: String
     /// The model directory the run started from.
-    public var initialModel: String
+    var initialModel: String
     /// Tokens trained on so far.
-    public var tokensSeen: Int
+    var tokensSeen: Int
     /// The last step's total and language-model loss, and the last validation loss (NaN: none yet).
-    public var lastLoss: Float
-    public var lastLanguageModelLoss: Float
-    public var lastValidationLoss: Float
+    var lastLoss: Float
+    var lastLanguageModelLoss: Float
+    var lastValidationLoss: Float
     /// ReMoE's adaptive L1 coefficient λ after the last completed step (ReLU routing only; absent
     /// from other runs' files), restored on resume so the controller continues where it stood.
-    public var l1Coefficient: Float?
+    var l1Coefficient: Float?
 
-    public init(completedSteps: Int, options: [String: String], data: String, initialModel: String, tokensSeen: Int,
+    init(completedSteps: Int, options: [String: String], data: String, initialModel: String, tokensSeen: Int,
                 lastLoss: Float, lastLanguageModelLoss: Float, lastValidationLoss: Float, l1Coefficient: Float? = nil) {
         self.completedSteps = completedSteps
         self.options = options
@@ -39,7 +39,7 @@ public struct TrainerState: Sendable, Equatable {
         self.l1Coefficient = l1Coefficient
     }
 
-    public func serialized() -> Data {
+    func serialized() -> Data {
         func number(_ value: Float) -> JSONValue { value.isFinite ? .number(Double(value)) : .null }
         var object: [String: JSONValue] = [
             "format": .string(Self.format),
@@ -58,7 +58,7 @@ public struct TrainerState: Sendable, Equatable {
     }
 
     /// Reads and checks a state file; every problem names the file and the field.
-    public init(path: String) throws(TrainingError) {
+    init(path: String) throws(TrainingError) {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw .invalidState(path: path, reason: "no such file (nothing to resume)")
         }

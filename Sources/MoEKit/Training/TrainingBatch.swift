@@ -1,14 +1,14 @@
 /// One training batch: B sequences of T tokens with their next-token targets.
-public struct TrainingBatch: Sendable, Equatable {
+struct TrainingBatch: Sendable, Equatable {
     /// `[B][T]` input token ids.
-    public var inputs: [[Int]]
+    var inputs: [[Int]]
     /// `[B][T]` the token each position must predict (the input shifted by one). A negative target
     /// is ignored: it adds nothing to the loss and is not counted in its mean.
-    public var targets: [[Int]]
+    var targets: [[Int]]
     /// `[B][T]` the domain of every input token, when the data carries domains (synthetic corpus).
-    public var domains: [[Int]]?
+    var domains: [[Int]]?
 
-    public init(inputs: [[Int]], targets: [[Int]], domains: [[Int]]? = nil) {
+    init(inputs: [[Int]], targets: [[Int]], domains: [[Int]]? = nil) {
         precondition(inputs.count == targets.count && zip(inputs, targets).allSatisfy { $0.count == $1.count },
                      "inputs and targets must have the same shape")
         self.inputs = inputs
@@ -16,6 +16,6 @@ public struct TrainingBatch: Sendable, Equatable {
         self.domains = domains
     }
 
-    public var sequenceCount: Int { inputs.count }
-    public var tokenCount: Int { inputs.reduce(0) { $0 + $1.count } }
+    var sequenceCount: Int { inputs.count }
+    var tokenCount: Int { inputs.reduce(0) { $0 + $1.count } }
 }

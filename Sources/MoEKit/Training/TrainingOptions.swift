@@ -97,7 +97,7 @@ public struct TrainingOptions: Sendable, Equatable {
         }
     }
 
-    public var adamWOptions: AdamWOptions {
+    var adamWOptions: AdamWOptions {
         AdamWOptions(beta1: beta1, beta2: beta2, weightDecay: weightDecay, maxGradientNorm: maxGradientNorm)
     }
 

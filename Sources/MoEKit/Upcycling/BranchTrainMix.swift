@@ -32,6 +32,8 @@ public enum MergeError: Error, LocalizedError, Equatable, Sendable {
     case alreadyMoE(directory: String, evidence: String)
     case unsupportedDType(directory: String, tensor: String, dtype: String)
     case checkpoint(CheckpointError)
+    case safetensors(SafetensorsError)
+    case file(FileError)
     case write(directory: String, reason: String)
 
     public var errorDescription: String? {
@@ -47,6 +49,10 @@ public enum MergeError: Error, LocalizedError, Equatable, Sendable {
         case let .unsupportedDType(directory, tensor, dtype):
             return "\(directory): tensor '\(tensor)' is stored as \(dtype), which merge cannot average; pass --dtype bf16|f16|f32"
         case let .checkpoint(error):
+            return error.errorDescription
+        case let .safetensors(error):
+            return error.errorDescription
+        case let .file(error):
             return error.errorDescription
         case let .write(directory, reason):
             return "\(directory): write failed: \(reason)"
@@ -167,7 +173,7 @@ public struct MergePlan: @unchecked Sendable {
         // The MoE: N experts, top-K, every other tensor averaged.
         var output = configs[0]
         output.numExperts = denseDirectories.count
-        output.numExpertsPerToken = options.topK
+        output.topK = options.topK
         UpcyclePlan.markAsMiniCPMMoE(&output, dense: configs[0])
         options.router?.store(in: &output)
         var planned: [PlannedTensor] = []
@@ -252,31 +258,33 @@ public enum Merger {
     @discardableResult
     public static func run(_ plan: MergePlan, outputDirectory: String) throws(MergeError) -> Result {
         let directory: AtomicDirectory
-        do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: plan.options.replaceExisting) } catch { throw .checkpoint(error) }
+        do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: plan.options.replaceExisting) } catch { throw .file(error) }
         let files: [String]
         do {
             files = try writeWeights(plan, into: directory.temporaryPath)
             try plan.config.write(to: directory.path("config.json"))
-            for name in plan.otherFiles {
-                try FileManager.default.copyItem(atPath: plan.denseDirectories[0] + "/" + name, toPath: directory.path(name))
-            }
         } catch let error as MergeError {
             throw error
         } catch let error as CheckpointError {
             throw .checkpoint(error)
         } catch let error as SafetensorsError {
-            throw .write(directory: outputDirectory, reason: error.errorDescription ?? "\(error)")
+            throw .safetensors(error)
         } catch {
             throw .write(directory: outputDirectory, reason: "\(error)")
+        }
+        for name in plan.otherFiles {
+            do {
+                try FileManager.default.copyItem(atPath: plan.denseDirectories[0] + "/" + name, toPath: directory.path(name))
+            } catch {
+                throw .file(.cannotCopy(path: plan.denseDirectories[0] + "/" + name, destination: outputDirectory, reason: error.localizedDescription))
+            }
         }
         let report = self.report(plan, outputDirectory: directory.destination, files: files + [SafetensorsIndex.fileName])
         do {
             try AtomicFileWriter.write(report.serialized(), to: directory.path(MergePlan.reportFileName))
             try directory.commit()
-        } catch let error as CheckpointError {
-            throw .checkpoint(error)
         } catch {
-            throw .write(directory: outputDirectory, reason: "\(error)")
+            throw .file(error)
         }
         return Result(outputDirectory: directory.destination, files: files, bytesWritten: plan.totalBytes, report: report)
     }

@@ -18,13 +18,13 @@ public enum DropUpcycling {
     }
 
     /// The random stream expert `expert` of `layer` draws its subset from.
-    public static func streamName(layer: Int, expert: Int) -> String {
+    static func streamName(layer: Int, expert: Int) -> String {
         MiniCPMTensorNames.layer(layer) + ".mlp.experts.\(expert).drop"
     }
 
     /// `S_e`: the first `⌊r·I⌋` entries of a seeded Fisher–Yates permutation of `0..<I` drawn from
     /// the stream `seed × streamName(layer, expert)`, ascending. The same subset serves W1, W3, W2.
-    public static func redrawnNeurons(intermediateSize: Int, ratio: Double, seed: UInt64, layer: Int, expert: Int) -> [Int] {
+    static func redrawnNeurons(intermediateSize: Int, ratio: Double, seed: UInt64, layer: Int, expert: Int) -> [Int] {
         var random = SeededRandom(seed: seed, stream: streamName(layer: layer, expert: expert))
         var permutation = Array(0 ..< intermediateSize)
         NeuronPartition.shuffle(&permutation, random: &random)
@@ -33,14 +33,14 @@ public enum DropUpcycling {
 
     /// Mean and standard deviation of the weights a redraw replaces.
     public struct Statistics: Sendable, Equatable {
-        public var mean: Double
+        var mean: Double
         /// Bessel-corrected (÷ (n − 1)), as `torch.Tensor.std` in the reference code; 0 for n < 2.
         public var standardDeviation: Double
     }
 
     /// The statistics of rows `neurons` (gate, up: `dense` is `[I, H]`) or columns `neurons`
     /// (down: `dense` is `[H, I]`) of `dense`, accumulated in Double.
-    public static func statistics(of projection: ExpertProjection, dense: Tensor, neurons: [Int]) -> Statistics {
+    static func statistics(of projection: ExpertProjection, dense: Tensor, neurons: [Int]) -> Statistics {
         var sum = 0.0, sumOfSquares = 0.0, count = 0
         forEachIndex(projection, dense: dense, neurons: neurons) { index in
             let value = Double(dense.values[index])
@@ -59,7 +59,7 @@ public enum DropUpcycling {
     /// statistics of the values replaced, in row-major order of the replaced elements. Returns
     /// the statistics used.
     @discardableResult
-    public static func redraw(_ projection: ExpertProjection, weight: inout Tensor, neurons: [Int], random: inout SeededRandom) -> Statistics {
+    static func redraw(_ projection: ExpertProjection, weight: inout Tensor, neurons: [Int], random: inout SeededRandom) -> Statistics {
         let stats = statistics(of: projection, dense: weight, neurons: neurons)
         let mean = stats.mean, sigma = stats.standardDeviation
         var indices: [Int] = []
@@ -82,16 +82,16 @@ public enum DropUpcycling {
 
     /// What a `drop` run redrew, for `upcycle-report.json`: per layer and expert the neurons
     /// `S_e` and, per matrix, the mean and std the redraw used.
-    public struct Record: Sendable, Equatable {
-        public struct Expert: Sendable, Equatable {
-            public var layer: Int
-            public var expert: Int
-            public var neurons: [Int]
-            public var statistics: [ExpertProjection: Statistics] = [:]
+    struct Record: Sendable, Equatable {
+        struct Expert: Sendable, Equatable {
+            var layer: Int
+            var expert: Int
+            var neurons: [Int]
+            var statistics: [ExpertProjection: Statistics] = [:]
         }
-        public private(set) var experts: [Expert] = []
+        private(set) var experts: [Expert] = []
 
-        public init() {}
+        init() {}
 
         mutating func add(layer: Int, expert: Int, neurons: [Int], projection: ExpertProjection, statistics: Statistics) {
             if let index = experts.firstIndex(where: { $0.layer == layer && $0.expert == expert }) {
@@ -103,7 +103,7 @@ public enum DropUpcycling {
 
         /// `[{"layer", "expert", "neurons": [...], "statistics": {"w1": {"mean", "std"}, …}}, …]`
         /// ordered by layer, then expert.
-        public var jsonValue: JSONValue {
+        var jsonValue: JSONValue {
             let sorted = experts.sorted { ($0.layer, $0.expert) < ($1.layer, $1.expert) }
             return .array(sorted.map { entry in
                 var statistics: [String: JSONValue] = [:]
@@ -120,7 +120,7 @@ public enum DropUpcycling {
     }
 
     /// The random stream one expert matrix's redraw uses (`seed × tensor name`).
-    public static func valueStream(seed: UInt64, tensorName: String) -> SeededRandom {
+    static func valueStream(seed: UInt64, tensorName: String) -> SeededRandom {
         SeededRandom(seed: seed, stream: tensorName + ".drop")
     }
 }

@@ -10,7 +10,7 @@ public enum ExpertProjection: String, Sendable, CaseIterable, Codable {
     case down = "w2"
 
     /// The dense tensor this expert matrix is cut from.
-    public func denseTensorName(layer: Int) -> String {
+    func denseTensorName(layer: Int) -> String {
         switch self {
         case .gate: return MiniCPMTensorNames.gateProjection(layer)
         case .up: return MiniCPMTensorNames.upProjection(layer)
@@ -19,7 +19,7 @@ public enum ExpertProjection: String, Sendable, CaseIterable, Codable {
     }
 
     /// The expert tensor's checkpoint name.
-    public func expertTensorName(layer: Int, expert: Int) -> String {
+    func expertTensorName(layer: Int, expert: Int) -> String {
         switch self {
         case .gate: return MiniCPMTensorNames.expertGate(layer, expert)
         case .up: return MiniCPMTensorNames.expertUp(layer, expert)
@@ -35,19 +35,19 @@ public enum ExpertProjection: String, Sendable, CaseIterable, Codable {
 /// Expert `e` keeping neurons `N_e` is `y_e = s_down · W2[:, N_e] · (silu(s_gu · W1[N_e] x) ⊙ (s_gu · W3[N_e] x))`.
 /// MiniCPM-MoE combines `y = Σ_{e ∈ top-k} g_e · y_e` with the top-k softmax weights renormalised
 /// to sum to 1 (vLLM's `renormalize=True`).
-public struct ExpertSlicing: Sendable, Equatable {
-    public let denseIntermediateSize: Int
+struct ExpertSlicing: Sendable, Equatable {
+    let denseIntermediateSize: Int
     /// Neurons per expert, `|N_e|`.
-    public let expertIntermediateSize: Int
+    let expertIntermediateSize: Int
     /// `N_e` for every expert, each ascending; `nil` when every expert keeps all neurons in order.
-    public let neuronsForExpert: [[Int]]?
+    let neuronsForExpert: [[Int]]?
     /// Factor on `W1[N_e]` and `W3[N_e]`.
-    public let gateUpScale: Float
+    let gateUpScale: Float
     /// Factor on `W2[:, N_e]`.
-    public let downScale: Float
+    let downScale: Float
 
     /// `copy` and `noise`: every expert is the whole dense MLP, unscaled.
-    public static func whole(intermediateSize: Int) -> ExpertSlicing {
+    static func whole(intermediateSize: Int) -> ExpertSlicing {
         ExpertSlicing(denseIntermediateSize: intermediateSize, expertIntermediateSize: intermediateSize,
                       neuronsForExpert: nil, gateUpScale: 1, downScale: 1)
     }
@@ -61,10 +61,10 @@ public struct ExpertSlicing: Sendable, Equatable {
     /// applied to `W2` only so the scaling is exact (the SiLU sees unscaled inputs). With `K = E`
     /// and a zero router (`g_e = 1/E`) the upcycled layer reproduces the dense layer exactly.
     /// (LLaMA-MoE's `E/k` assumes gates that are not renormalised; MiniCPM-MoE renormalises.)
-    public static func partitionOutputScale(experts: Int) -> Float { Float(experts) }
+    static func partitionOutputScale(experts: Int) -> Float { Float(experts) }
 
     /// `partition`: expert `e` keeps neuron group `groups[e]`, `W2` scaled by `E`.
-    public static func partition(groups: [[Int]], intermediateSize: Int) -> ExpertSlicing {
+    static func partition(groups: [[Int]], intermediateSize: Int) -> ExpertSlicing {
         ExpertSlicing(denseIntermediateSize: intermediateSize, expertIntermediateSize: groups.first?.count ?? 0,
                       neuronsForExpert: groups.map { $0.sorted() }, gateUpScale: 1,
                       downScale: partitionOutputScale(experts: groups.count))
@@ -80,14 +80,14 @@ public struct ExpertSlicing: Sendable, Equatable {
     /// up), so each matrix gets `a^(1/3)`; for a ReLU/GELU MLP it would be `a^(1/2)`. The
     /// argument treats the activation as homogeneous; SiLU only is for large inputs, so the
     /// function is preserved approximately, not exactly.
-    public static func granularWeightScale(granularity: Int) -> Float {
+    static func granularWeightScale(granularity: Int) -> Float {
         Float(Foundation.pow(Double(granularity), 1.0 / 3.0))
     }
 
     /// `granular`: the dense FFN cut into `G` contiguous slices of `I/G` neurons, replicated
     /// `E/G` times: expert `e` keeps slice `e mod G`, every matrix scaled by `G^(1/3)`.
     /// (Megatron-Core's `tensor_split(…, G)` followed by `params * expansion_rate`.)
-    public static func granular(intermediateSize: Int, granularity: Int, experts: Int) -> ExpertSlicing {
+    static func granular(intermediateSize: Int, granularity: Int, experts: Int) -> ExpertSlicing {
         let size = intermediateSize / granularity
         let groups = (0 ..< experts).map { expert in Array((expert % granularity) * size ..< (expert % granularity + 1) * size) }
         let scale = granularWeightScale(granularity: granularity)
@@ -96,11 +96,11 @@ public struct ExpertSlicing: Sendable, Equatable {
     }
 
     /// Whether expert matrices are the dense bytes unchanged (no slicing, no scaling).
-    public var isIdentity: Bool { neuronsForExpert == nil && gateUpScale == 1 && downScale == 1 }
+    var isIdentity: Bool { neuronsForExpert == nil && gateUpScale == 1 && downScale == 1 }
 
     /// Expert `expert`'s matrix `projection` computed from the dense matrix (`[I, H]` for gate and
     /// up, `[H, I]` for down): rows `N_e` (gate, up) or columns `N_e` (down), times the scale.
-    public func weight(_ projection: ExpertProjection, expert: Int, dense: Tensor) -> Tensor {
+    func weight(_ projection: ExpertProjection, expert: Int, dense: Tensor) -> Tensor {
         let scale = projection == .down ? downScale : gateUpScale
         guard let neurons = neuronsForExpert?[expert] else {
             var result = dense
@@ -135,10 +135,10 @@ public struct ExpertSlicing: Sendable, Equatable {
 }
 
 /// The `noise` method's perturbation.
-public enum ExpertNoise {
+enum ExpertNoise {
     /// Adds `N(0, (relative · reference)²)` to every element: `reference` is the dense matrix's
     /// own standard deviation, so `relative` is the noise-to-signal ratio.
-    public static func add(to tensor: inout Tensor, relativeStandardDeviation relative: Double, referenceStandardDeviation reference: Double,
+    static func add(to tensor: inout Tensor, relativeStandardDeviation relative: Double, referenceStandardDeviation reference: Double,
                            random: inout SeededRandom) {
         let sigma = Float(relative * reference)
         guard sigma > 0 else { return }
@@ -146,7 +146,7 @@ public enum ExpertNoise {
     }
 
     /// The population standard deviation `sqrt(mean((x − mean x)²))`, accumulated in Double.
-    public static func standardDeviation(_ values: [Float]) -> Double {
+    static func standardDeviation(_ values: [Float]) -> Double {
         guard !values.isEmpty else { return 0 }
         var sum = 0.0, sumOfSquares = 0.0
         for value in values { sum += Double(value); sumOfSquares += Double(value) * Double(value) }

@@ -12,7 +12,7 @@ public struct UpcycleVerification: Sendable, Equatable {
     public var maxRelativeDifference: Float
     /// The bound the method must meet (`copy`: 1e-5); `nil` when the difference is only reported.
     public var tolerance: Float?
-    public var passed: Bool
+    var passed: Bool
 
     /// The fixed tokens `--verify N` runs: one sequence, token `i` = `(1 + 7919·i) mod vocab`,
     /// so every run and every machine checks the same input.

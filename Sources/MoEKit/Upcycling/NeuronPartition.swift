@@ -1,9 +1,9 @@
 /// Splits a dense FFN's intermediate neurons into equal disjoint groups, one per expert (the
 /// `partition` method, after LLaMA-MoE's neuron-independent and clustering splits).
-public enum NeuronPartition {
+enum NeuronPartition {
     /// A seeded random permutation of `0..<neurons` cut into `groups` consecutive blocks of
     /// `neurons / groups` (each block returned ascending). `neurons` must be divisible by `groups`.
-    public static func random(neurons: Int, groups: Int, random: inout SeededRandom) -> [[Int]] {
+    static func random(neurons: Int, groups: Int, random: inout SeededRandom) -> [[Int]] {
         var permutation = Array(0 ..< neurons)
         shuffle(&permutation, random: &random)
         let size = neurons / groups
@@ -29,7 +29,7 @@ public enum NeuronPartition {
     /// and its centroid has room, so every group ends with exactly its capacity. Centroids then move
     /// to their group's mean. Stops when the assignment repeats or after `iterations`. Returns the
     /// groups, each ascending, in centroid order.
-    public static func balancedKMeans(features: Tensor, groups: Int, iterations: Int = 10, random: inout SeededRandom) -> [[Int]] {
+    static func balancedKMeans(features: Tensor, groups: Int, iterations: Int = 10, random: inout SeededRandom) -> [[Int]] {
         let neurons = features.rows, dimension = features.columns
         let capacity = neurons / groups
         var starts = Array(0 ..< neurons)

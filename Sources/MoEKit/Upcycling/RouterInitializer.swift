@@ -1,7 +1,7 @@
 import Foundation
 
 /// Initial router weights `mlp.gate.weight` `[E, hidden]`.
-public enum RouterInitializer {
+enum RouterInitializer {
     /// The router of one layer, drawn from the stream `seed` × `streamName` (the tensor name).
     ///
     /// `normal`: N(0, σ²); `uniform`: U(−1/√hidden, 1/√hidden); `uniform-std`: U(−√3σ, √3σ)
@@ -9,7 +9,7 @@ public enum RouterInitializer {
     /// `granularity` G > 1 (the `granular` method) only `E/G` rows are drawn and each is repeated
     /// for the G consecutive experts of its group: expert `e` gets row `e / G`, as Megatron-Core's
     /// upcycling repeats router rows, so the G slices of one dense FFN are always chosen together.
-    public static func weights(experts: Int, hidden: Int, initialization: RouterInitialization, standardDeviation: Double,
+    static func weights(experts: Int, hidden: Int, initialization: RouterInitialization, standardDeviation: Double,
                                granularity: Int = 1, seed: UInt64, streamName: String) -> Tensor {
         let distinctRows = experts / max(1, granularity)
         var random = SeededRandom(seed: seed, stream: streamName)

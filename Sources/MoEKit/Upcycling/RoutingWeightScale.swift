@@ -27,10 +27,10 @@ public enum WeightScaling: String, Sendable, CaseIterable, Codable {
 /// activation). Methods that also scale (partition: `E`; granular: `G^(1/3)` on each matrix, i.e.
 /// `G` on the output) multiply with it: granular with softmax-then-top-k gets `a = G · E/K` on the
 /// output, Megatron-Core's `expansion_rate · G² / K` (`upcycling_utils.py`, `moe_router_pre_softmax`).
-public enum RoutingWeightScale {
+enum RoutingWeightScale {
     /// `1 / Σ w` for `experts` E and the router's top-k (its own `topK`, else `topK`). Expert
     /// choice has no per-token weight sum to match and is refused.
-    public static func factor(router: RouterConfiguration, experts: Int, topK: Int) throws(UpcycleError) -> Float {
+    static func factor(router: RouterConfiguration, experts: Int, topK: Int) throws(UpcycleError) -> Float {
         guard router.mode == .tokenChoice else {
             throw .invalidOption(option: "--weight-scale", reason: "auto has no expected-output factor for expert-choice or ReLU routing (tokens get a varying number of experts)")
         }

@@ -14,6 +14,10 @@ public enum UpcycleError: Error, LocalizedError, Equatable, Sendable {
     case unsupportedDType(directory: String, tensor: String, dtype: String)
     /// The dense checkpoint is missing, unreadable, or inconsistent with its config.
     case checkpoint(CheckpointError)
+    /// Writing a shard of the output failed.
+    case safetensors(SafetensorsError)
+    /// Creating, copying into or renaming the output directory failed.
+    case file(FileError)
     /// Writing the output failed.
     case write(directory: String, reason: String)
     /// `--verify` found the upcycled model's logits too far from the dense model's.
@@ -32,6 +36,10 @@ public enum UpcycleError: Error, LocalizedError, Equatable, Sendable {
         case let .unsupportedDType(directory, tensor, dtype):
             return "\(directory): tensor '\(tensor)' is stored as \(dtype), which this method cannot compute on; pass --dtype bf16|f16|f32"
         case let .checkpoint(error):
+            return error.errorDescription
+        case let .safetensors(error):
+            return error.errorDescription
+        case let .file(error):
             return error.errorDescription
         case let .write(directory, reason):
             return "\(directory): write failed: \(reason)"

@@ -23,7 +23,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         public var dtype: SafetensorsDType
         public var source: Source
         /// The dense tensor's storage type (`nil` for the router or without a checkpoint).
-        public var sourceDType: SafetensorsDType?
+        var sourceDType: SafetensorsDType?
         public var byteCount: Int { shape.reduce(1, *) * dtype.size }
     }
 
@@ -112,7 +112,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         var planned: [PlannedTensor] = []
         var output = dense
         output.numExperts = experts
-        output.numExpertsPerToken = options.topK
+        output.topK = options.topK
         output.intermediateSize = expertIntermediateSize
         output.numSharedExperts = options.sharedExperts
         // Checked before the tensor list is built from it (--experts × layers bounds its length).
@@ -219,7 +219,7 @@ public struct UpcyclePlan: @unchecked Sendable {
     }
 
     /// The slicing shared by every layer (`partition` builds its own per layer from the groups).
-    public var sharedSlicing: ExpertSlicing? {
+    var sharedSlicing: ExpertSlicing? {
         switch options.method {
         case .copy, .noise, .drop: return .whole(intermediateSize: denseConfig.intermediateSize)
         case .granular: return .granular(intermediateSize: denseConfig.intermediateSize, granularity: options.granularity, experts: options.experts)

@@ -11,8 +11,8 @@ import Foundation
 /// (total, active_per_token, non_embedding, active_non_embedding), `bytes_written`, `files`,
 /// `verification` (tokens, max_relative_difference, tolerance, passed; `null` when disabled),
 /// `warnings`.
-public enum UpcycleReport {
-    public static func json(plan: UpcyclePlan, outputDirectory: String, files: [String], bytesWritten: Int,
+enum UpcycleReport {
+    static func json(plan: UpcyclePlan, outputDirectory: String, files: [String], bytesWritten: Int,
                             verification: UpcycleVerification?, drop: DropUpcycling.Record? = nil) -> JSONValue {
         let options = plan.options
         func counts(_ c: MiniCPMLayout.ParameterCounts) -> JSONValue {

@@ -28,8 +28,8 @@ public enum Upcycler {
             throw .verificationUnavailable(reason: "no forward pass available to run the models; pass --verify 0")
         }
         let directory: AtomicDirectory
-        do { try OutputPaths.refuseOverlap(input: plan.denseDirectory, output: outputDirectory) } catch { throw .checkpoint(error) }
-        do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: options.replaceExisting) } catch { throw .checkpoint(error) }
+        do { try OutputPaths.refuseOverlap(input: plan.denseDirectory, output: outputDirectory) } catch { throw .file(error) }
+        do { directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: options.replaceExisting) } catch { throw .file(error) }
         let shardFiles: [String]
         let layers = LayerSource(plan: plan, checkpoint: checkpoint)
         do {
@@ -37,7 +37,7 @@ public enum Upcycler {
         } catch let error as UpcycleError {
             throw error
         } catch let error as SafetensorsError {
-            throw .write(directory: outputDirectory, reason: error.errorDescription ?? "\(error)")
+            throw .safetensors(error)
         } catch let error as CheckpointError {
             throw .checkpoint(error)
         } catch {
@@ -48,7 +48,7 @@ public enum Upcycler {
             do {
                 try FileManager.default.copyItem(atPath: plan.denseDirectory + "/" + name, toPath: directory.path(name))
             } catch {
-                throw .write(directory: outputDirectory, reason: "cannot copy \(plan.denseDirectory)/\(name): \(error.localizedDescription)")
+                throw .file(.cannotCopy(path: plan.denseDirectory + "/" + name, destination: outputDirectory, reason: error.localizedDescription))
             }
         }
 
@@ -63,10 +63,8 @@ public enum Upcycler {
         do {
             try AtomicFileWriter.write(report.serialized(), to: directory.path(UpcyclePlan.reportFileName))
             try directory.commit()
-        } catch let error as CheckpointError {
-            throw .checkpoint(error)
         } catch {
-            throw .write(directory: outputDirectory, reason: "\(error)")
+            throw .file(error)
         }
         return Result(outputDirectory: directory.destination, files: shardFiles, bytesWritten: plan.totalBytes,
                       verification: verification, report: report)

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The router of `RouterConfiguration`: every scoring, weighting, noise, capacity and balancing knob.
 ///
 /// One instance serves every MoE layer of a model (`route` takes the layer) and holds the
@@ -16,14 +18,14 @@ public final class ConfigurableRouter: ExpertRouter {
     /// Experts per token: `configuration.topK`, or the model's when that is `nil`.
     public let topK: Int
     /// Noise (input jitter, logit noise, noisy top-k) is applied only while this is set.
-    public var isTraining = false
+    var isTraining = false
 
     /// `[layer][expert]` auxiliary-loss-free bias, added to the scores for selection only.
-    public private(set) var balancingBias: [[Float]]
+    private(set) var balancingBias: [[Float]]
     /// `[layer]` of `[experts, hidden]` noise weights W_noise of noisy top-k (learned; start at
     /// zero, so the noise standard deviation starts at softplus(0) = ln 2). Empty unless
     /// `configuration.noisyTopK`.
-    public var noiseWeights: [Tensor]
+    var noiseWeights: [Tensor]
     private var random: SeededRandom
 
     /// ReMoE's adaptive L1 coefficient λ (ReLU routing; one for all layers, as in the reference
@@ -65,7 +67,7 @@ public final class ConfigurableRouter: ExpertRouter {
     public convenience init(configuration: RouterConfiguration, model: MiniCPMConfig) throws(RouterConfigurationError) {
         guard let experts = model.numExperts else { throw .incompatibleModel(reason: "the model is dense (config.json has no num_experts)") }
         try self.init(configuration: configuration, layers: model.numHiddenLayers, experts: experts,
-                      hiddenSize: model.hiddenSize, modelTopK: model.numExpertsPerToken ?? 2)
+                      hiddenSize: model.hiddenSize, modelTopK: model.topK ?? 2)
     }
 
     // MARK: Routing
@@ -201,7 +203,7 @@ public final class ConfigurableRouter: ExpertRouter {
     /// Restarts the noise generator at a stream determined by `step` alone (and the configured
     /// seed), so a training step's noise does not depend on how many `route` calls came before it:
     /// a resumed run draws the same noise at step s as an uninterrupted one.
-    public func reseedNoise(step: Int) {
+    func reseedNoise(step: Int) {
         random = SeededRandom(seed: configuration.noiseSeed, stream: "router-noise-step-\(step)")
     }
 
@@ -210,7 +212,7 @@ public final class ConfigurableRouter: ExpertRouter {
     /// received over the step and the mean is over experts. Overloaded experts go down, underloaded
     /// up; an expert exactly at the mean is unchanged. Does nothing unless the configuration turns
     /// auxiliary-loss-free balancing on.
-    public func updateBalancingBias(expertCounts: [[Int]]) {
+    func updateBalancingBias(expertCounts: [[Int]]) {
         guard configuration.auxiliaryLossFreeBalancing else { return }
         precondition(expertCounts.count == layers && expertCounts.allSatisfy { $0.count == experts },
                      "bias update needs [\(layers)][\(experts)] expert counts")
@@ -239,7 +241,7 @@ public final class ConfigurableRouter: ExpertRouter {
 
     /// Replaces one layer's bias, e.g. with the `model.layers.N.mlp.gate.moekit_bias` tensor of a
     /// checkpoint (`MiniCPMTensorNames.routerBias(N)`, f32 `[experts]`).
-    public func setBalancingBias(_ bias: [Float], layer: Int) throws(RouterConfigurationError) {
+    func setBalancingBias(_ bias: [Float], layer: Int) throws(RouterConfigurationError) {
         guard layer >= 0 && layer < layers else { throw .incompatibleModel(reason: "bias for layer \(layer), the model has \(layers) layers") }
         guard bias.count == experts else {
             throw .incompatibleModel(reason: "\(MiniCPMTensorNames.routerBias(layer)) has \(bias.count) values, the model has \(experts) experts")
@@ -249,19 +251,18 @@ public final class ConfigurableRouter: ExpertRouter {
     }
 }
 
-import Foundation
 
 extension ConfigurableRouter {
     /// The router a model's config describes: its `moekit_router` object when present, else
     /// MiniCPM-MoE's softmax → top-k → renormalise; `nil` for a dense model. `source` is the model
     /// directory (errors name its config.json).
-    public static func described(by config: MiniCPMConfig, source: String) throws(RouterConfigurationError) -> ConfigurableRouter? {
+    static func described(by config: MiniCPMConfig, source: String) throws(RouterConfigurationError) -> ConfigurableRouter? {
         guard config.isMoE else { return nil }
         return try ConfigurableRouter(configuration: RouterConfiguration(modelConfig: config, path: source + "/config.json"), model: config)
     }
 
     /// Loads every saved auxiliary-loss-free bias (`model.layers.N.mlp.gate.moekit_bias`) the checkpoint holds.
-    public func loadBalancingBiases(from checkpoint: ModelCheckpoint) throws {
+    func loadBalancingBiases(from checkpoint: ModelCheckpoint) throws {
         for layer in 0 ..< layers where checkpoint.contains(MiniCPMTensorNames.routerBias(layer)) {
             try setBalancingBias(checkpoint.floatTensor(MiniCPMTensorNames.routerBias(layer)).values, layer: layer)
         }

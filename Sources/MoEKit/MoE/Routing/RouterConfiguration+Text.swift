@@ -1,3 +1,5 @@
+import Foundation
+
 /// The compact text form of a router configuration, for `--router` and for logs.
 ///
 ///     TEXT     = PRESET | PRESET ":" SETTINGS | SETTINGS
@@ -231,5 +233,3 @@ extension RouterConfiguration: CustomStringConvertible {
         return best.settings.isEmpty ? best.name : best.name + ":" + best.settings.joined(separator: ",")
     }
 }
-
-import Foundation

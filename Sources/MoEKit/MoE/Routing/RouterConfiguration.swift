@@ -299,7 +299,7 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
             throw .invalidField(source: source, field: "\(Self.configKey).\(unknown)", reason: "is not a router setting (known: \(known.sorted().joined(separator: ", ")))")
         }
         do {
-            self = try JSONDecoder().decode(RouterConfiguration.self, from: json.serialized(pretty: false))
+            self = try JSONValueDecoder.decode(RouterConfiguration.self, from: json)
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
             throw .invalidField(source: source, field: Self.fieldName(context), reason: "has the wrong type (\(context.debugDescription))")
         } catch let DecodingError.dataCorrupted(context) {

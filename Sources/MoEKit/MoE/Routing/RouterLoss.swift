@@ -3,22 +3,22 @@
 /// the configured load-balancing variant (see `RouterLosses`). Its gradient with respect to the
 /// logits is what a trainer adds to the router's upstream gradient before ∂/∂W_gate = gradientᵀ · inputs.
 public struct RouterLoss: Sendable, Equatable {
-    public var loadBalancingLoss: RouterConfiguration.LoadBalancingLoss
-    public var loadBalancingCoefficient: Float
-    public var zLossCoefficient: Float
-    public var importanceCoefficient: Float
-    public var loadCoefficient: Float
+    var loadBalancingLoss: RouterConfiguration.LoadBalancingLoss
+    var loadBalancingCoefficient: Float
+    var zLossCoefficient: Float
+    var importanceCoefficient: Float
+    var loadCoefficient: Float
     /// The router's scoring function (the sequence-wise loss normalises its scores). With `.relu`
     /// (ReMoE) the load-balancing term is ReMoE's L1 penalty `ReLURouting.l1Regularization`, and
     /// `loadBalancingCoefficient` holds its adaptive coefficient λ (see `init(router:)`).
-    public var scoring: RouterConfiguration.Scoring
+    var scoring: RouterConfiguration.Scoring
     /// Over which tokens the load-balancing statistics are pooled (`moekit train --balance`).
-    public var balance: Balance = .micro
+    var balance: Balance = .micro
     /// `.global` only: this layer's expert counts over the whole global batch and its T_G tokens;
     /// f_i = count_i / (T_G·k) (`huggingFace`: count_i / T_G) then replaces the batch's own f_i.
     /// `nil` falls back to the batch's own counts (a global batch of one micro-batch).
-    public var globalExpertCounts: [Int]?
-    public var globalTokens = 0
+    var globalExpertCounts: [Int]?
+    var globalTokens = 0
 
     /// The granularity of load balancing under gradient accumulation (see docs/routers.md).
     public enum Balance: String, Sendable, CaseIterable {
@@ -32,7 +32,7 @@ public struct RouterLoss: Sendable, Equatable {
         case sequence
     }
 
-    public init(configuration: RouterConfiguration) {
+    init(configuration: RouterConfiguration) {
         loadBalancingLoss = configuration.loadBalancingLoss
         loadBalancingCoefficient = configuration.loadBalancingCoefficient
         zLossCoefficient = configuration.zLossCoefficient
@@ -61,17 +61,17 @@ public struct RouterLoss: Sendable, Equatable {
     }
 
     /// Every term unweighted, the weighted total, and the total's gradient.
-    public struct Value: Sendable, Equatable {
+    struct Value: Sendable, Equatable {
         /// c_lb · L_lb + c_z · L_z + c_imp · L_importance + c_load · L_load (the last only when `load` is set).
-        public var total: Float
-        public var loadBalancing: Float
-        public var zLoss: Float
-        public var importance: Float
+        var total: Float
+        var loadBalancing: Float
+        var zLoss: Float
+        var importance: Float
         /// The load CV² loss, or `nil` when the routing carried no noisy top-k noise (evaluation,
         /// or a router without noisy top-k): the load estimator is defined by that noise.
-        public var load: Float?
+        var load: Float?
         /// `[tokens, experts]` ∂total/∂logits.
-        public var gradient: [Float]
+        var gradient: [Float]
     }
 
     /// Evaluates the loss for a router's output. `topK` is the router's k (f_i divides counts by
@@ -85,7 +85,7 @@ public struct RouterLoss: Sendable, Equatable {
     /// than being an error, so one evaluation code path serves training and evaluation batches.
     /// (A configuration with a non-zero load coefficient but no noisy top-k is rejected by
     /// `RouterConfiguration.validate`.)
-    public func evaluate(_ routed: RoutedTokens, topK: Int, sequenceLengths: [Int]? = nil) -> Value {
+    func evaluate(_ routed: RoutedTokens, topK: Int, sequenceLengths: [Int]? = nil) -> Value {
         let decision = routed.decision
         let tokens = decision.tokens, experts = decision.experts
         let balancing: LossAndGradient

@@ -1,12 +1,12 @@
 import Foundation
 
 /// A loss value and its exact gradient with respect to the router logits.
-public struct LossAndGradient: Sendable, Equatable {
-    public var value: Float
+struct LossAndGradient: Sendable, Equatable {
+    var value: Float
     /// `[tokens, experts]` ∂value/∂logits.
-    public var gradient: [Float]
+    var gradient: [Float]
 
-    public init(value: Float, gradient: [Float]) {
+    init(value: Float, gradient: [Float]) {
         self.value = value
         self.gradient = gradient
     }
@@ -21,7 +21,7 @@ public struct LossAndGradient: Sendable, Equatable {
 /// reports (`RoutedTokens.logits`, noise-free) and its decision's selection (after capacity drops:
 /// empty slots are not counted, matching the routing-log convention; Switch's reference code counts
 /// before drops, which differs only when assignments are dropped).
-public enum RouterLosses {
+enum RouterLosses {
     // MARK: Load balancing
 
     /// Switch Transformer load-balancing loss, L = E · Σ_i f_i · P_i with f_i = count_i / (T·k)
@@ -30,7 +30,7 @@ public enum RouterLosses {
     /// tokens on one expert with probability 1 gives E.
     ///
     /// Gradient: ∂L/∂z_t,j = (E/T) · p_t,j · (f_j − Σ_i f_i p_t,i).
-    public static func switchLoadBalancing(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32], topK: Int) -> LossAndGradient {
+    static func switchLoadBalancing(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32], topK: Int) -> LossAndGradient {
         var gradient = [Float](repeating: 0, count: tokens * experts)
         let probabilities = RoutingFunctions.scores(logits, columns: experts, scoring: .softmax)
         let value = accumulateLoadBalancing(probabilities: probabilities, experts: experts, tokenRange: 0 ..< tokens,
@@ -42,7 +42,7 @@ public enum RouterLosses {
     /// The Hugging Face convention (`load_balancing_loss_func` of Mixtral and MiniCPM-MoE code):
     /// the same as `switchLoadBalancing` with f_i = count_i / T (not divided by k), so balanced
     /// routing gives k and collapse gives k·E. For comparison with models trained that way.
-    public static func huggingFaceLoadBalancing(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32]) -> LossAndGradient {
+    static func huggingFaceLoadBalancing(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32]) -> LossAndGradient {
         var gradient = [Float](repeating: 0, count: tokens * experts)
         let probabilities = RoutingFunctions.scores(logits, columns: experts, scoring: .softmax)
         let value = accumulateLoadBalancing(probabilities: probabilities, experts: experts, tokenRange: 0 ..< tokens,
@@ -56,7 +56,7 @@ public enum RouterLosses {
     /// and P^s_i (mean over its tokens), L = (1/S) Σ_s E Σ_i f^s_i P^s_i. Balanced within every
     /// sequence gives 1. Gradient: (1/S)(E/T_s) · p_t,j · (f^s_j − Σ_i f^s_i p_t,i) for t in s.
     /// Empty sequences are skipped (and not counted in S).
-    public static func perSequenceLoadBalancing(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32], topK: Int,
+    static func perSequenceLoadBalancing(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32], topK: Int,
                                                 sequenceLengths: [Int]) -> LossAndGradient {
         precondition(sequenceLengths.allSatisfy { $0 >= 0 } && sequenceLengths.reduce(0, +) == tokens,
                      "sequence lengths \(sequenceLengths) do not add up to \(tokens) tokens")
@@ -209,7 +209,7 @@ public enum RouterLosses {
 
     /// Router z-loss (ST-MoE), L = (1/T) Σ_t (logsumexp_i z_t,i)², which keeps the logits small.
     /// logsumexp is computed with the row maximum subtracted. Gradient: ∂L/∂z_t,j = (2/T) · lse_t · p_t,j.
-    public static func zLoss(logits: [Float], tokens: Int, experts: Int) -> LossAndGradient {
+    static func zLoss(logits: [Float], tokens: Int, experts: Int) -> LossAndGradient {
         var gradient = [Float](repeating: 0, count: tokens * experts)
         guard tokens > 0 else { return LossAndGradient(value: 0, gradient: gradient) }
         var value: Float = 0
@@ -240,7 +240,7 @@ public enum RouterLosses {
     /// ∂L/∂z_t,j = g_t,j · (G_j − Σ_i g_t,i G_i); 0 for unselected j.
     ///
     /// The paper's other half, the smooth load estimator of a noisy top-k gate, is `loadLoss`.
-    public static func importanceLoss(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32]) -> LossAndGradient {
+    static func importanceLoss(logits: [Float], tokens: Int, experts: Int, selectedExperts: [Int32]) -> LossAndGradient {
         var gradient = [Float](repeating: 0, count: tokens * experts)
         let slotCount = slots(selectedExperts, tokens)
         var gates = [Float](repeating: 0, count: tokens * experts)
@@ -311,7 +311,7 @@ public enum RouterLosses {
     ///     (`RoutedTokens.noisyLogits`).
     ///   - noiseStandardDeviations: `[tokens, experts]` σ ≥ 0 (`RoutedTokens.noiseStandardDeviations`).
     ///   - topK: the router's k, 1 ≤ k ≤ E.
-    public static func loadLoss(logits: [Float], noisyLogits: [Float], noiseStandardDeviations: [Float], tokens: Int, experts: Int,
+    static func loadLoss(logits: [Float], noisyLogits: [Float], noiseStandardDeviations: [Float], tokens: Int, experts: Int,
                                 topK: Int) -> LossAndGradient {
         var gradient = [Float](repeating: 0, count: tokens * experts)
         guard let terms = loadLossTerms(logits: logits, noisyLogits: noisyLogits, noiseStandardDeviations: noiseStandardDeviations,
@@ -339,7 +339,7 @@ public enum RouterLosses {
     ///
     /// each times G_i = ∂L/∂Load_i. `loadLoss`'s gradient is `logits + noisyLogits` (θ moving with z).
     /// All zero when the loss is (every load zero), and for the (t, i) `loadLoss` gives no gradient.
-    public static func loadLossPartials(logits: [Float], noisyLogits: [Float], noiseStandardDeviations: [Float], tokens: Int, experts: Int,
+    static func loadLossPartials(logits: [Float], noisyLogits: [Float], noiseStandardDeviations: [Float], tokens: Int, experts: Int,
                                         topK: Int) -> (value: Float, logits: [Float], noisyLogits: [Float], standardDeviations: [Float]) {
         var numerator = [Float](repeating: 0, count: tokens * experts)
         var noisy = numerator, deviation = numerator

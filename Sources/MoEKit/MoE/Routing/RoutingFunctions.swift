@@ -2,14 +2,14 @@ import Foundation
 
 /// The steps routers are made of, as plain functions on row-major f32 buffers: top-k selection,
 /// scoring functions, capacity and dropping, expert choice. `ConfigurableRouter` composes them.
-public enum RoutingFunctions {
+enum RoutingFunctions {
     // MARK: Selection
 
     /// Writes the indices of the `k` largest of `scores[0 ..< count]` into `indices`, largest first.
     /// Among equal scores the lower index wins, so the result is deterministic; NaN never wins
     /// over a number.
     @inlinable
-    public static func topK(_ scores: UnsafePointer<Float>, count: Int, k: Int, into indices: UnsafeMutablePointer<Int32>) {
+    static func topK(_ scores: UnsafePointer<Float>, count: Int, k: Int, into indices: UnsafeMutablePointer<Int32>) {
         for slot in 0 ..< k {
             var best = -1
             var bestScore = -Float.infinity
@@ -25,7 +25,7 @@ public enum RoutingFunctions {
     }
 
     /// `topK` on an array, for one row.
-    public static func topK(_ scores: [Float], k: Int) -> [Int32] {
+    static func topK(_ scores: [Float], k: Int) -> [Int32] {
         var indices = [Int32](repeating: -1, count: k)
         scores.withUnsafeBufferPointer { s in
             indices.withUnsafeMutableBufferPointer { topK(s.baseAddress!, count: scores.count, k: k, into: $0.baseAddress!) }
@@ -36,7 +36,7 @@ public enum RoutingFunctions {
     /// Per row of `ranked` `[tokens, experts]`, the indices of the `k` largest of (row + `bias`)
     /// (`bias` `[experts]`, the auxiliary-loss-free bias, or none), as `topK` chooses them:
     /// `[tokens, k]`, largest first.
-    public static func topKRows(_ ranked: [Float], tokens: Int, experts: Int, k: Int, bias: [Float]?) -> [Int32] {
+    static func topKRows(_ ranked: [Float], tokens: Int, experts: Int, k: Int, bias: [Float]?) -> [Int32] {
         precondition(ranked.count == tokens * experts, "topKRows: \(ranked.count) scores for \(tokens)×\(experts)")
         var selected = [Int32](repeating: -1, count: tokens * k)
         var row = [Float](repeating: 0, count: experts)
@@ -52,19 +52,19 @@ public enum RoutingFunctions {
     // MARK: Scoring
 
     /// σ(z) = 1 / (1 + e^(−z)), element-wise, in place.
-    public static func sigmoid(_ x: inout [Float]) {
+    static func sigmoid(_ x: inout [Float]) {
         for i in x.indices { x[i] = 1 / (1 + expf(-x[i])) }
     }
 
     /// softplus(z) = log(1 + e^z), computed as max(z, 0) + log1p(e^(−|z|)) so large |z| neither
     /// overflows nor loses the small term.
     @inlinable
-    public static func softplus(_ z: Float) -> Float {
+    static func softplus(_ z: Float) -> Float {
         max(z, 0) + log1pf(expf(-abs(z)))
     }
 
     /// Scores of `[rows, columns]` logits under a scoring function (softmax per row in f32, sigmoid, or ReLU).
-    public static func scores(_ logits: [Float], columns: Int, scoring: RouterConfiguration.Scoring) -> [Float] {
+    static func scores(_ logits: [Float], columns: Int, scoring: RouterConfiguration.Scoring) -> [Float] {
         var scores = logits
         switch scoring {
         case .softmax: scores.withUnsafeMutableBufferPointer { Kernels.softmaxRows($0, columns: columns) }
@@ -79,7 +79,7 @@ public enum RoutingFunctions {
     /// C = ceil(T·k/E · cf): how many assignments one expert takes out of a batch of `tokens`.
     /// Capped at T·k, the batch's assignments (a larger C changes nothing), so a huge cf
     /// (`cf=1e308`) means "no limit" rather than overflowing `Int`.
-    public static func capacity(tokens: Int, topK: Int, experts: Int, capacityFactor: Double) -> Int {
+    static func capacity(tokens: Int, topK: Int, experts: Int, capacityFactor: Double) -> Int {
         let assignments = Double(tokens) * Double(topK)
         return Int(min(assignments, (assignments / Double(experts) * capacityFactor).rounded(.up)))
     }
@@ -92,7 +92,7 @@ public enum RoutingFunctions {
     /// probabilities the earlier token is kept. `.position`: slot 0 of every token in token order
     /// first, then slot 1 of every token, and so on (GShard/Switch priority: first choices before
     /// second choices), each expert keeping the first `capacity` it receives.
-    public static func applyCapacity(selectedExperts: inout [Int32], combineWeights: inout [Float], probabilities: [Float],
+    static func applyCapacity(selectedExperts: inout [Int32], combineWeights: inout [Float], probabilities: [Float],
                                      tokens: Int, experts: Int, capacity: Int, policy: RouterConfiguration.DropPolicy) -> Int {
         guard tokens > 0 else { return 0 }
         let slots = selectedExperts.count / tokens
@@ -130,7 +130,7 @@ public enum RoutingFunctions {
     /// Returns `[tokens, experts]` slots: token t's slots list the experts that took it in
     /// increasing expert order, then empty slots (−1, weight 0). A token no expert took passes
     /// through the residual. Non-causal: a token's experts depend on every other token of the batch.
-    public static func expertChoice(scores: [Float], tokens: Int, experts: Int, capacity: Int) -> (selectedExperts: [Int32], combineWeights: [Float]) {
+    static func expertChoice(scores: [Float], tokens: Int, experts: Int, capacity: Int) -> (selectedExperts: [Int32], combineWeights: [Float]) {
         let taken = min(capacity, tokens)
         var chosen = [Bool](repeating: false, count: tokens * experts)
         var order = Array(0 ..< tokens)

@@ -16,7 +16,7 @@
 /// split, stride T (window k covers validation tokens [kT, kT + T]), grouped B at a time in order
 /// (the last batch may be smaller): every held-out token is predicted exactly once.
 public struct BatchSampler: Sendable {
-    public let dataset: TokenDataset
+    let dataset: TokenDataset
     /// B, sequences per batch.
     public let batchSize: Int
     /// T, tokens per sequence.
@@ -29,7 +29,7 @@ public struct BatchSampler: Sendable {
 
     /// - Parameter validationFraction: the share of the stream (from its end) held out, in [0, 1);
     ///   when positive, at least T + 1 tokens must be held out.
-    public init(dataset: TokenDataset, batchSize: Int, sequenceLength: Int, seed: UInt64,
+    init(dataset: TokenDataset, batchSize: Int, sequenceLength: Int, seed: UInt64,
                 validationFraction: Double = 0) throws(TrainingError) {
         guard batchSize >= 1 else { throw .invalidOption(name: "batch", reason: "must be ≥ 1, got \(batchSize)") }
         guard sequenceLength >= 1 else { throw .invalidOption(name: "seq", reason: "must be ≥ 1, got \(sequenceLength)") }
@@ -53,27 +53,27 @@ public struct BatchSampler: Sendable {
     }
 
     /// The training batch of step `step` (≥ 0): B windows at seeded uniform starts.
-    public func batch(at step: Int) -> TrainingBatch {
+    func batch(at step: Int) -> TrainingBatch {
         makeBatch(starts: windowStarts(at: step))
     }
 
     /// The window starts of step `step` (what `batch(at:)` reads), for inspection and tests.
-    public func windowStarts(at step: Int) -> [Int] {
+    func windowStarts(at step: Int) -> [Int] {
         precondition(step >= 0, "steps count from 0")
         var random = SeededRandom(seed: seed, stream: "batch \(step)")
         return (0 ..< batchSize).map { _ in trainingRange.lowerBound + random.uniformIndex(below: trainingRange.count - sequenceLength) }
     }
 
     /// The number of validation windows, ⌊(N_val − 1)/T⌋.
-    public var validationWindowCount: Int {
+    var validationWindowCount: Int {
         validationRange.isEmpty ? 0 : (validationRange.count - 1) / sequenceLength
     }
 
     /// The number of validation batches, ⌈windows / B⌉.
-    public var validationBatchCount: Int { (validationWindowCount + batchSize - 1) / batchSize }
+    var validationBatchCount: Int { (validationWindowCount + batchSize - 1) / batchSize }
 
     /// The validation batches in order (at most `maximumBatches` of them): the same every call.
-    public func validationBatches(maximumBatches: Int? = nil) -> [TrainingBatch] {
+    func validationBatches(maximumBatches: Int? = nil) -> [TrainingBatch] {
         let windows = validationWindowCount
         let count = min(validationBatchCount, maximumBatches ?? .max)
         return (0 ..< count).map { batchIndex in

@@ -15,7 +15,7 @@ import Foundation
 /// for `.txt`, every line's ids followed by the separator token. Both sidecars exist or neither.
 public struct DomainLabels: Sendable, Equatable {
     /// The label of a token that belongs to no domain.
-    public static let unlabelled: UInt8 = 255
+    static let unlabelled: UInt8 = 255
     public static let format = "moekit-domains"
     public static let version = 1
 
@@ -24,7 +24,7 @@ public struct DomainLabels: Sendable, Equatable {
     /// One label per token.
     public var labels: [UInt8]
     /// The token width recorded in the JSON sidecar, when there is one.
-    public var tokenDataType: TokenDataType?
+    var tokenDataType: TokenDataType?
 
     public init(names: [String], labels: [UInt8], tokenDataType: TokenDataType? = nil) {
         self.names = names

@@ -33,21 +33,21 @@ public struct SyntheticCorpus: Sendable, Equatable {
         public var name: String { String(describing: self) }
     }
 
-    public static let unknownToken: UInt32 = 0
-    public static let beginToken: UInt32 = 1
-    public static let endToken: UInt32 = 2
+    static let unknownToken: UInt32 = 0
+    static let beginToken: UInt32 = 1
+    static let endToken: UInt32 = 2
     /// Byte b is token b + `byteOffset`.
-    public static let byteOffset: UInt32 = 3
+    static let byteOffset: UInt32 = 3
     /// Ids in use: 3 specials + 256 bytes.
     public static let vocabularySize = 259
     /// `.bin` files of the corpus are uint16 (every id < 259).
-    public static let tokenDataType = TokenDataType.uint16
+    static let tokenDataType = TokenDataType.uint16
     public static var domainNames: [String] { Domain.allCases.map(\.name) }
 
     /// The token stream.
     public var tokens: [UInt32]
     /// The domain (`Domain.rawValue`) of every token.
-    public var domains: [UInt8]
+    var domains: [UInt8]
 
     public init(tokens: [UInt32], domains: [UInt8]) {
         precondition(tokens.count == domains.count, "one domain per token")
@@ -154,12 +154,12 @@ public struct SyntheticCorpus: Sendable, Equatable {
     }
 
     /// The domain labels of the corpus (for `TokenDataset` or the sidecars).
-    public var domainLabels: DomainLabels {
+    var domainLabels: DomainLabels {
         DomainLabels(names: Self.domainNames, labels: domains, tokenDataType: Self.tokenDataType)
     }
 
     /// The corpus as a training stream for a model with `vocabularySize` ids (≥ 259).
-    public func dataset(vocabularySize: Int, source: String = "<synthetic corpus>") throws(TrainingError) -> TokenDataset {
+    func dataset(vocabularySize: Int, source: String = "<synthetic corpus>") throws(TrainingError) -> TokenDataset {
         try TokenDataset(tokens: tokens, domains: domainLabels, vocabularySize: vocabularySize, source: source)
     }
 

@@ -11,7 +11,7 @@ public enum TokenDataType: String, Sendable, CaseIterable {
 
     /// The documented default for a `.bin` file when nothing says otherwise: `uint16` when every id
     /// of the vocabulary fits (vocab ≤ 65536), else `uint32`.
-    public static func defaultFor(vocabularySize: Int) -> TokenDataType {
+    static func defaultFor(vocabularySize: Int) -> TokenDataType {
         vocabularySize <= 1 << 16 ? .uint16 : .uint32
     }
 }
@@ -33,25 +33,25 @@ public enum TokenDataType: String, Sendable, CaseIterable {
 ///
 /// Domains come from the `DomainLabels` sidecars when the file has them. Every id must be
 /// < `vocabularySize`; errors are `TrainingError.invalidData` naming the file and the index.
-public struct TokenDataset: Sendable, Equatable {
+struct TokenDataset: Sendable, Equatable {
     /// Where the tokens came from (a path, or a description for in-memory data).
-    public let source: String
+    let source: String
     /// The token stream.
-    public let tokens: [UInt32]
+    let tokens: [UInt32]
     /// One label per token (`DomainLabels.unlabelled` = none), when the data carries domains.
-    public let domains: [UInt8]?
+    let domains: [UInt8]?
     /// Domain names (label i is `domainNames[i]`); empty without domains.
-    public let domainNames: [String]
+    let domainNames: [String]
     /// Every id is below this.
-    public let vocabularySize: Int
+    let vocabularySize: Int
 
-    public var count: Int { tokens.count }
+    var count: Int { tokens.count }
 
     /// The default `.txt` document separator: 2, `</s>` in MiniCPM's (and LLaMA's) vocabulary.
-    public static let defaultDocumentSeparator = 2
+    static let defaultDocumentSeparator = 2
 
     /// Tokens already in memory (e.g. `SyntheticCorpus`), checked like a file's.
-    public init(tokens: [UInt32], domains: DomainLabels? = nil, vocabularySize: Int, source: String = "<memory>") throws(TrainingError) {
+    init(tokens: [UInt32], domains: DomainLabels? = nil, vocabularySize: Int, source: String = "<memory>") throws(TrainingError) {
         guard vocabularySize >= 1 else { throw .invalidOption(name: "vocab-size", reason: "must be ≥ 1, got \(vocabularySize)") }
         guard !tokens.isEmpty else { throw .invalidData(path: source, reason: "no tokens") }
         if let bad = tokens.firstIndex(where: { Int($0) >= vocabularySize }) {
@@ -78,7 +78,7 @@ public struct TokenDataset: Sendable, Equatable {
     ///   - vocabularySize: the model's `vocab_size`; every id must be below it.
     ///   - binaryDataType: the width of a `.bin` file's ids (`--data-dtype`); `nil` applies the rule above.
     ///   - documentSeparator: the id appended after every `.txt` line.
-    public init(path: String, vocabularySize: Int, binaryDataType: TokenDataType? = nil,
+    init(path: String, vocabularySize: Int, binaryDataType: TokenDataType? = nil,
                 documentSeparator: Int = TokenDataset.defaultDocumentSeparator) throws(TrainingError) {
         guard FileManager.default.isReadableFile(atPath: path) else { throw .invalidData(path: path, reason: "no such file or not readable") }
         let extensionName = URL(fileURLWithPath: path).pathExtension.lowercased()
@@ -163,7 +163,7 @@ public struct TokenDataset: Sendable, Equatable {
     }
 
     /// Writes `tokens` as a raw little-endian `.bin` of `dataType`, atomically. Every id must fit.
-    public static func writeBinary(_ tokens: [UInt32], dataType: TokenDataType, to path: String) throws {
+    static func writeBinary(_ tokens: [UInt32], dataType: TokenDataType, to path: String) throws {
         if dataType == .uint16, let bad = tokens.firstIndex(where: { $0 > UInt32(UInt16.max) }) {
             throw TrainingError.invalidData(path: path, reason: "token id \(tokens[bad]) at index \(bad) does not fit in uint16")
         }
@@ -180,7 +180,7 @@ public struct TokenDataset: Sendable, Equatable {
     }
 
     /// Token counts per domain (index = label), with tokens of no domain left out.
-    public var domainTokenCounts: [Int] {
+    var domainTokenCounts: [Int] {
         var counts = [Int](repeating: 0, count: domainNames.count)
         for label in domains ?? [] where Int(label) < counts.count { counts[Int(label)] += 1 }
         return counts

@@ -15,16 +15,16 @@ import Foundation
 /// parameter has both moments, F32, of its shape, finite, with v ≥ 0 — and that the file holds no
 /// tensor for a parameter the model does not have. Weight decay and clipping may change on resume.
 extension AdamW {
-    public static let stateFormat = "moekit-adamw"
-    public static let stateFormatVersion = 1
+    static let stateFormat = "moekit-adamw"
+    static let stateFormatVersion = 1
 
     /// The tensor name of parameter `name`'s first moment.
-    public static func firstMomentName(_ name: String) -> String { "exp_avg." + name }
+    static func firstMomentName(_ name: String) -> String { "exp_avg." + name }
     /// The tensor name of parameter `name`'s second moment.
-    public static func secondMomentName(_ name: String) -> String { "exp_avg_sq." + name }
+    static func secondMomentName(_ name: String) -> String { "exp_avg_sq." + name }
 
     /// The metadata written beside the moments.
-    public var stateMetadata: [String: String] {
+    var stateMetadata: [String: String] {
         [
             "format": Self.stateFormat,
             "format_version": String(Self.stateFormatVersion),
@@ -38,7 +38,7 @@ extension AdamW {
     }
 
     /// Writes the state to `path` atomically (see the extension's documentation for the layout).
-    public func save(to path: String) throws(SafetensorsError) {
+    func save(to path: String) throws(SafetensorsError) {
         var entries: [(name: String, tensor: Tensor, dtype: SafetensorsDType)] = []
         entries.reserveCapacity(2 * names.count)
         for (index, name) in names.enumerated() {
@@ -54,7 +54,7 @@ extension AdamW {
     /// mean in `init(parameters:options:learningRateMultipliers:decayedParameters:)`. Every
     /// problem with the file is a `TrainingError.invalidState` naming the file and, where there is
     /// one, the tensor or metadata field.
-    public init(resumingFrom path: String, parameters: MiniCPMWeights, config: MiniCPMConfig, options: AdamWOptions = AdamWOptions(),
+    init(resumingFrom path: String, parameters: MiniCPMWeights, config: MiniCPMConfig, options: AdamWOptions = AdamWOptions(),
                 learningRateMultipliers: [String: Float] = [:], decayedParameters: Set<String>? = nil) throws(TrainingError) {
         try self.init(parameters: parameters, config: config, options: options, learningRateMultipliers: learningRateMultipliers,
                       decayedParameters: decayedParameters)

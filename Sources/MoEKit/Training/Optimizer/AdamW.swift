@@ -23,28 +23,28 @@ import Foundation
 /// State for an exact resume (`save(to:)` / `init(resumingFrom:…)`): the step count and both
 /// moments of every parameter. The multipliers and the decay mask are not saved; they follow from
 /// the config and are passed again.
-public struct AdamW: Sendable {
-    public let options: AdamWOptions
+struct AdamW: Sendable {
+    let options: AdamWOptions
     /// The checkpoint names of the parameters this optimiser updates, in `MiniCPMLayout` order
     /// (the order of `MiniCPMWeights.parameterTensors`; names are used for options and files only).
-    public let names: [String]
+    let names: [String]
     /// Updates taken so far; the next `step` uses t = `stepCount` + 1 in the bias corrections.
-    public internal(set) var stepCount: Int
+    var stepCount: Int
     /// m, the first-moment estimate of every parameter (PyTorch's `exp_avg`), in `names` order.
-    public internal(set) var firstMoments: [Tensor]
+    var firstMoments: [Tensor]
     /// v, the second-moment estimate of every parameter (PyTorch's `exp_avg_sq`), in `names` order.
-    public internal(set) var secondMoments: [Tensor]
+    var secondMoments: [Tensor]
     /// lr_p / lr for every parameter, in `names` order.
-    public let learningRateMultipliers: [Float]
+    let learningRateMultipliers: [Float]
     /// Whether each parameter receives weight decay, in `names` order.
-    public let decayed: [Bool]
+    let decayed: [Bool]
 
     /// A fresh optimiser for the weights of a model of `config`: zero moments, step 0.
     ///
     /// - Parameters:
     ///   - learningRateMultipliers: per-name factors on the learning rate (absent names: 1).
     ///   - decayedParameters: names that get weight decay; `nil` means `defaultDecayedParameters(config:)`.
-    public init(parameters: MiniCPMWeights, config: MiniCPMConfig, options: AdamWOptions = AdamWOptions(),
+    init(parameters: MiniCPMWeights, config: MiniCPMConfig, options: AdamWOptions = AdamWOptions(),
                 learningRateMultipliers: [String: Float] = [:], decayedParameters: Set<String>? = nil) throws(TrainingError) {
         try options.validate()
         let entries = MiniCPMLayout(config: config).entries
@@ -77,15 +77,15 @@ public struct AdamW: Sendable {
     /// usual LLM rule (nanoGPT, LLaMA) that leaves norm gains and other vectors undecayed.
     /// NOTE: OpenBMB's own MiniCPM training code passes one `weight_decay` to every parameter,
     /// norms included; pass every layout name to reproduce that.
-    public static func defaultDecayedParameters(config: MiniCPMConfig) -> Set<String> {
+    static func defaultDecayedParameters(config: MiniCPMConfig) -> Set<String> {
         Set(MiniCPMLayout(config: config).entries.filter { $0.shape.count >= 2 }.map(\.name))
     }
 
     /// lr_p / lr for `name`.
-    public func learningRateMultiplier(_ name: String) -> Float { names.firstIndex(of: name).map { learningRateMultipliers[$0] } ?? 1 }
+    func learningRateMultiplier(_ name: String) -> Float { names.firstIndex(of: name).map { learningRateMultipliers[$0] } ?? 1 }
 
     /// The moments of the parameter named `name` (tests and tools).
-    public func moments(of name: String) -> (first: Tensor, second: Tensor)? {
+    func moments(of name: String) -> (first: Tensor, second: Tensor)? {
         names.firstIndex(of: name).map { (firstMoments[$0], secondMoments[$0]) }
     }
 
@@ -97,7 +97,7 @@ public struct AdamW: Sendable {
     /// moments and `stepCount` untouched and is returned as it is: the caller decides whether to
     /// skip the batch or stop.
     @discardableResult
-    public mutating func step(_ parameters: inout MiniCPMWeights, gradients: MiniCPMWeights, learningRate: Float) -> Float {
+    mutating func step(_ parameters: inout MiniCPMWeights, gradients: MiniCPMWeights, learningRate: Float) -> Float {
         let gradientTensors = gradients.parameterTensors
         precondition(gradientTensors.count == names.count, "gradients must match the weights this optimiser was made for")
         let norm = GradientClipping.globalNorm(gradientTensors)

@@ -3,19 +3,19 @@
 /// Defaults are MiniCPM's: β = (0.9, 0.95) as OpenBMB's training code passes to its Adam
 /// optimiser, ε = 1e-8, weight decay 0.1 (applied only to the parameters `AdamW` is told to
 /// decay, by default every tensor of rank ≥ 2), gradients clipped to a global L2 norm of 1.
-public struct AdamWOptions: Sendable, Equatable {
+struct AdamWOptions: Sendable, Equatable {
     /// Decay of the first-moment (mean) estimate, β₁.
-    public var beta1: Float
+    var beta1: Float
     /// Decay of the second-moment (uncentred variance) estimate, β₂.
-    public var beta2: Float
+    var beta2: Float
     /// Added to √v̂ in the denominator, ε.
-    public var epsilon: Float
+    var epsilon: Float
     /// Decoupled weight decay λ: decayed parameters lose `lr · λ · p` every step (Loshchilov & Hutter).
-    public var weightDecay: Float
+    var weightDecay: Float
     /// Gradients are rescaled so their global L2 norm is at most this; `nil` turns clipping off.
-    public var maxGradientNorm: Float?
+    var maxGradientNorm: Float?
 
-    public init(beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8, weightDecay: Float = 0.1,
+    init(beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8, weightDecay: Float = 0.1,
                 maxGradientNorm: Float? = 1.0) {
         self.beta1 = beta1
         self.beta2 = beta2
@@ -25,7 +25,7 @@ public struct AdamWOptions: Sendable, Equatable {
     }
 
     /// Checks every field's range: 0 ≤ β < 1, ε > 0, λ ≥ 0, clip norm > 0, all finite.
-    public func validate() throws(TrainingError) {
+    func validate() throws(TrainingError) {
         guard beta1.isFinite, beta1 >= 0, beta1 < 1 else { throw .invalidOption(name: "beta1", reason: "must be in [0, 1), got \(beta1)") }
         guard beta2.isFinite, beta2 >= 0, beta2 < 1 else { throw .invalidOption(name: "beta2", reason: "must be in [0, 1), got \(beta2)") }
         guard epsilon.isFinite, epsilon > 0 else { throw .invalidOption(name: "epsilon", reason: "must be positive, got \(epsilon)") }

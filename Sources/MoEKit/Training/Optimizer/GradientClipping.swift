@@ -4,10 +4,10 @@
 /// (accumulated in f64). When ‖g‖ > `maxNorm` every gradient is multiplied by
 /// `maxNorm / (‖g‖ + 1e-6)`; otherwise nothing changes. The 1e-6 is PyTorch's, so a clipped
 /// norm comes out a hair under `maxNorm`.
-public enum GradientClipping {
+enum GradientClipping {
     /// The global L2 norm of all gradients (f64 accumulation): each tensor summed in fixed chunks
     /// on every core, the chunks' sums added in order (so the value does not depend on the cores).
-    public static func globalNorm(_ gradients: [Tensor]) -> Float {
+    static func globalNorm(_ gradients: [Tensor]) -> Float {
         let chunk = 1 << 16
         var sumOfSquares = 0.0
         for gradient in gradients {
@@ -29,7 +29,7 @@ public enum GradientClipping {
 
     /// The factor the gradients are multiplied by: `min(1, maxNorm / (norm + 1e-6))`, and 1 for a
     /// non-finite norm (nothing sensible can be scaled; the caller skips such a step).
-    public static func coefficient(norm: Float, maxNorm: Float?) -> Float {
+    static func coefficient(norm: Float, maxNorm: Float?) -> Float {
         guard let maxNorm, norm.isFinite else { return 1 }
         return min(1, maxNorm / (norm + 1e-6))
     }
@@ -37,7 +37,7 @@ public enum GradientClipping {
     /// Scales `gradients` in place to a global norm of at most `maxNorm`; returns the norm before
     /// clipping (the figure to log).
     @discardableResult
-    public static func clip(_ gradients: inout MiniCPMWeights, maxNorm: Float) -> Float {
+    static func clip(_ gradients: inout MiniCPMWeights, maxNorm: Float) -> Float {
         let norm = globalNorm(gradients.parameterTensors)
         let scale = coefficient(norm: norm, maxNorm: maxNorm)
         guard scale < 1 else { return norm }

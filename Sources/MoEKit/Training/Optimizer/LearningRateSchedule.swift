@@ -67,7 +67,7 @@ public enum LearningRateSchedule: Sendable, Equatable {
     }
 
     /// MiniCPM's recipe: WSD with exponential decay over the last 10 % of the steps to 0.1·η.
-    public static func minicpm(peak: Float, warmupSteps: Int, totalSteps: Int) -> LearningRateSchedule {
+    static func minicpm(peak: Float, warmupSteps: Int, totalSteps: Int) -> LearningRateSchedule {
         .warmupStableDecay(peak: peak, warmupSteps: warmupSteps, totalSteps: totalSteps, decayFraction: 0.1, decay: .exponential, finalRatio: 0.1)
     }
 
@@ -84,14 +84,14 @@ public enum LearningRateSchedule: Sendable, Equatable {
     }
 
     /// D, the number of WSD decay steps, round(decayFraction·S); 0 for the other schedules.
-    public var decaySteps: Int {
+    var decaySteps: Int {
         guard case let .warmupStableDecay(_, _, total, fraction, _, _) = self else { return 0 }
         return Int((fraction * Double(total)).rounded())
     }
 
     /// For WSD with exponential decay, the half-life D·ln 2 / ln(1/r) in steps (the paper's T_half);
     /// `nil` otherwise.
-    public var exponentialHalfLife: Double? {
+    var exponentialHalfLife: Double? {
         guard case let .warmupStableDecay(_, _, _, _, .exponential, ratio) = self, ratio > 0, ratio < 1 else { return nil }
         return Double(decaySteps) * Foundation.log(2) / Foundation.log(1 / Double(ratio))
     }

@@ -24,21 +24,21 @@
 /// embedding and the head keep the full rate as μP's "input/output weights" do (their scale is
 /// handled by `scale_emb` and the logit divisor instead). With `dim_model_base` absent (1) the
 /// divisor is the full width, as MiniCPM's config semantics imply.
-public enum TensorProgramRules {
+enum TensorProgramRules {
     /// d / d_base = `hidden_size / dim_model_base` (MiniCPM's `scale_width`).
-    public static func widthMultiplier(config: MiniCPMConfig) -> Float {
+    static func widthMultiplier(config: MiniCPMConfig) -> Float {
         Float(Double(config.hiddenSize) / config.dimModelBase)
     }
 
     /// Whether `name` (a MiniCPM layout name of rank `rank`) is a hidden weight matrix, the class
     /// whose learning rate μP divides by the width multiplier.
-    public static func isHiddenMatrix(name: String, rank: Int) -> Bool {
+    static func isHiddenMatrix(name: String, rank: Int) -> Bool {
         rank == 2 && name.hasPrefix("model.layers.")
     }
 
     /// The learning-rate multiplier of every name: 1/(d/d_base) for hidden matrices, 1 otherwise.
     /// Ranks come from the config's layout; names outside the layout get 1.
-    public static func learningRateMultipliers(config: MiniCPMConfig, names: [String]) -> [String: Float] {
+    static func learningRateMultipliers(config: MiniCPMConfig, names: [String]) -> [String: Float] {
         let ranks = Dictionary(MiniCPMLayout(config: config).entries.map { ($0.name, $0.shape.count) }, uniquingKeysWith: { a, _ in a })
         let scaled = 1 / widthMultiplier(config: config)
         var result: [String: Float] = [:]
@@ -49,7 +49,7 @@ public enum TensorProgramRules {
     }
 
     /// `learningRateMultipliers(config:names:)` for every parameter of a model of `config`.
-    public static func learningRateMultipliers(config: MiniCPMConfig) -> [String: Float] {
+    static func learningRateMultipliers(config: MiniCPMConfig) -> [String: Float] {
         learningRateMultipliers(config: config, names: MiniCPMLayout(config: config).entries.map(\.name))
     }
 }
