@@ -226,7 +226,7 @@ public final class MiniCPMModel {
     /// The routing of a batch as `lossAndGradients` would route it (router in training mode, so
     /// with the same noise when its stream is at the same point), forward only: what global-batch
     /// balancing counts before the micro-batches' backward passes.
-    public func trainingRouting(_ batch: TrainingBatch) throws -> [RoutedTokens] {
+    func trainingRouting(_ batch: TrainingBatch) throws -> [RoutedTokens] {
         try step(batch, routerTraining: true, gradients: false, microBatch: .whole).routing
     }
 

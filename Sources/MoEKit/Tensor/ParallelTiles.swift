@@ -10,14 +10,14 @@ import Foundation
 /// NOTE: OpenBLAS's thread count is process-wide state; it is restored when the last running
 /// pool ends. A pool started inside a tile sees one BLAS thread and runs its tiles in the calling
 /// worker.
-public enum ParallelTiles {
+enum ParallelTiles {
     /// Workers a pool uses: OpenBLAS's thread count (`--threads`, `OPENBLAS_NUM_THREADS`).
-    public static var workerCount: Int { max(1, BLAS.threadCount) }
+    static var workerCount: Int { max(1, BLAS.threadCount) }
 
     /// Calls `body(tile, worker)` once for every tile in `0 ..< tiles`, on at most `workers`
     /// threads (`worker` in `0 ..< workers` names per-worker scratch). Tiles must write disjoint
     /// memory; their order is unspecified.
-    public static func run(tiles: Int, workers: Int = workerCount, _ body: (_ tile: Int, _ worker: Int) -> Void) {
+    static func run(tiles: Int, workers: Int = workerCount, _ body: (_ tile: Int, _ worker: Int) -> Void) {
         guard tiles > 0 else { return }
         let count = min(max(1, workers), tiles)
         guard count > 1 else {
@@ -36,7 +36,7 @@ public enum ParallelTiles {
     }
 
     /// The same tiles run one after another by the calling thread (the reference schedule tests compare against).
-    public static func runSerially(tiles: Int, _ body: (_ tile: Int, _ worker: Int) -> Void) {
+    static func runSerially(tiles: Int, _ body: (_ tile: Int, _ worker: Int) -> Void) {
         for tile in 0 ..< tiles { body(tile, 0) }
     }
 }

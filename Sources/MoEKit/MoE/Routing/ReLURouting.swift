@@ -4,10 +4,10 @@ import Foundation
 /// Megatron-LM): the gate g = ReLU(x·Wᵀ) `[T, E]`, active experts {e : g_t,e > 0}, combine weights g
 /// itself, and sparsity controlled by a load-balanced L1 penalty whose coefficient adapts per step.
 /// See docs/routers.md, "ReMoE".
-public enum ReLURouting {
+enum ReLURouting {
     /// Each token's active experts in E slots: slot e holds e when z_t,e > 0 and −1 otherwise;
     /// weight c · z_t,e or 0. `logits` `[T, E]`.
-    public static func decide(logits: [Float], tokens: Int, experts: Int, weightScale: Float) -> (selectedExperts: [Int32], combineWeights: [Float]) {
+    static func decide(logits: [Float], tokens: Int, experts: Int, weightScale: Float) -> (selectedExperts: [Int32], combineWeights: [Float]) {
         precondition(logits.count == tokens * experts, "ReLU routing: \(logits.count) logits for [\(tokens), \(experts)]")
         var selected = [Int32](repeating: -1, count: tokens * experts)
         var weights = [Float](repeating: 0, count: tokens * experts)
@@ -29,7 +29,7 @@ public enum ReLURouting {
     /// L_reg = Σ_e ḡ_e, the mean L1 norm of a token's gates; loaded experts are penalised more.
     ///
     /// Gradient: ∂L_reg/∂z_t,e = (E/T) · f_e for z_t,e > 0, else 0 (ReLU's derivative at 0 taken as 0).
-    public static func l1Regularization(logits: [Float], tokens: Int, experts: Int, topK: Int, fractions: [Float]? = nil) -> LossAndGradient {
+    static func l1Regularization(logits: [Float], tokens: Int, experts: Int, topK: Int, fractions: [Float]? = nil) -> LossAndGradient {
         precondition(logits.count == tokens * experts, "ReLU L1: \(logits.count) logits for [\(tokens), \(experts)]")
         var gradient = [Float](repeating: 0, count: tokens * experts)
         guard tokens > 0 else { return LossAndGradient(value: 0, gradient: gradient) }
@@ -53,7 +53,7 @@ public enum ReLURouting {
 
     /// Realised sparsity of a step: the fraction of (token, expert) gates that are zero, over every
     /// layer, S = 1 − Σ_layers Σ_e count_e / (L·T·E), from `expertCounts[layer][e]` of `tokens` tokens.
-    public static func sparsity(expertCounts: [[Int]], tokens: Int, experts: Int) -> Double {
+    static func sparsity(expertCounts: [[Int]], tokens: Int, experts: Int) -> Double {
         guard !expertCounts.isEmpty, tokens > 0, experts > 0 else { return 0 }
         let active = expertCounts.reduce(0) { $0 + $1.reduce(0, +) }
         return 1 - Double(active) / Double(expertCounts.count * tokens * experts)
@@ -61,7 +61,7 @@ public enum ReLURouting {
 
     /// The paper's Eq. 8: λ_{i+1} = λ_i · α^sign((1 − k/E) − S_i). Too few zero gates (S below the
     /// target) raise λ; too many lower it; exactly on target keeps it.
-    public static func updatedCoefficient(_ coefficient: Float, multiplier: Float, targetSparsity: Double, realisedSparsity: Double) -> Float {
+    static func updatedCoefficient(_ coefficient: Float, multiplier: Float, targetSparsity: Double, realisedSparsity: Double) -> Float {
         if realisedSparsity < targetSparsity { return coefficient * multiplier }
         if realisedSparsity > targetSparsity { return coefficient / multiplier }
         return coefficient
