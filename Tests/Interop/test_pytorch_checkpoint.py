@@ -121,9 +121,13 @@ def test_upcycle_and_trace_read_bin_directories(tmp_path, fixtures_dir, run_moek
     tokens.write_text("\n".join(" ".join(map(str, rng.integers(0, 300, 40))) for _ in range(6)) + "\n")
     for model in ("moe", "moe-bin"):
         run_moekit("trace", tmp_path / model, "--tokens-file", tokens, "--log", tmp_path / f"{model}.h5", "--batch-tokens", 64, "--quiet")
+    # The same values, but not the same kernels: the safetensors model's bf16 weights stay mapped
+    # (experts with at most 16 rows go through the bf16 GEMV, summing in its own order) while the
+    # .bin's transposed views are read into f32, so the statistics agree to f32 rounding.
     with h5py.File(tmp_path / "moe.h5", "r") as a, h5py.File(tmp_path / "moe-bin.h5", "r") as b:
-        for name in ("routing/expert_counts", "routing/prob_mean", "routing/aux_loss"):
-            np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+        np.testing.assert_array_equal(a["routing/expert_counts"][:], b["routing/expert_counts"][:])
+        for name in ("routing/prob_mean", "routing/aux_loss"):
+            np.testing.assert_allclose(a[name][:], b[name][:], rtol=1e-6, atol=0, err_msg=name)
 
 
 def test_malicious_and_damaged_checkpoints_are_one_line_errors(tmp_path, fixtures_dir, run_moekit):
