@@ -24,7 +24,7 @@ struct ForwardCommand: ParsableCommand {
     @Option(help: "Where to write the logits.")
     var output: String = "logits.safetensors"
 
-    @Option(help: "Router to use instead of the model's (MoE only; e.g. softmax-topk, switch, \"topk:cf=1.25\"); see docs/routers.md.")
+    @Option(help: "Router to use instead of the model's (MoE only; a preset such as softmax-topk, switch, sigmoid, and/or moekit_router fields, e.g. \"topk:capacity_factor=1.25\"); see docs/routers.md.")
     var router: String?
 
     @Option(help: ArgumentHelp("Tokens per batch: whole sequences run together, one layer at a time over the batch, so each layer's weights are read once per batch.",

@@ -26,7 +26,7 @@ struct TraceCommand: ParsableCommand {
     @Flag(help: "Also log every token's experts and weights (/tokens/*).")
     var perToken = false
 
-    @Option(help: "Router to use instead of the model's (e.g. softmax-topk, switch, \"topk:cf=1.25\"); see docs/routers.md.")
+    @Option(help: "Router to use instead of the model's (a preset such as softmax-topk, switch, sigmoid, and/or moekit_router fields, e.g. \"topk:capacity_factor=1.25\"); see docs/routers.md.")
     var router: String?
 
     @Flag(help: "Continue an existing log's step axis (refused when layers, experts or k differ).")

@@ -61,7 +61,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Router z-loss coefficient (default: the router's, 0).")
     var zLoss: Float?
 
-    @Option(help: "Router to train with instead of the model's (e.g. switch, sigmoid, remoe; see docs/routers.md).")
+    @Option(help: "Router to train with instead of the model's (a preset such as switch, sigmoid, remoe, and/or moekit_router fields, e.g. \"switch:z_loss_coefficient=0.001\"; see docs/routers.md).")
     var router: String?
 
     @Option(help: "Gradient accumulation: split each step's --batch sequences into N equal micro-batches, run one after another; the summed gradient is the global batch's exactly.")

@@ -145,13 +145,42 @@ import Testing
         #expect(try RouterConfiguration(text: "expert-choice:cf=none,mode=token-choice").capacityFactor == nil)
     }
 
+    /// Every `moekit_router` JSON field name is a `--router` key, with its JSON values (`null`
+    /// included), and gives the configuration that JSON object decodes to.
+    @Test func textKeysAreTheJSONFieldNames() throws {
+        let json: [String: JSONValue] = [
+            "scoring": .string("sigmoid"), "weighting": .string("unnormalized"), "top_k": .integer(3), "weight_scale": .number(2.5),
+            "input_jitter": .number(0.01), "logit_noise": .null, "noisy_top_k": .bool(false), "noise_seed": .integer(7),
+            "mode": .string("token_choice"), "capacity_factor": .number(1.25), "drop_policy": .string("position"),
+            "aux_loss_free_balancing": .bool(true), "bias_update_rate": .number(0.002), "l1_initial_coefficient": .number(2e-8),
+            "l1_coefficient_multiplier": .number(1.5), "load_balancing_loss": .string("hugging_face"),
+            "load_balancing_coefficient": .number(0.02), "z_loss_coefficient": .number(0.001), "importance_coefficient": .number(0.1),
+            "load_coefficient": .integer(0),
+        ]
+        #expect(Set(json.keys) == Set(RouterConfiguration.CodingKeys.allCases.map(\.rawValue)))
+        let text = json.keys.sorted().map { key -> String in
+            switch json[key]! {
+            case .string(let value): return "\(key)=\(value)"
+            case .integer(let value): return "\(key)=\(value)"
+            case .number(let value): return "\(key)=\(value)"
+            case .bool(let value): return "\(key)=\(value)"
+            default: return "\(key)=null"
+            }
+        }.joined(separator: ",")
+        let fromText = try RouterConfiguration(text: text)
+        #expect(fromText == (try RouterConfiguration(json: .object(json))))
+        #expect(fromText.topK == 3 && fromText.capacityFactor == 1.25 && fromText.logitNoise == nil && fromText.dropPolicy == .position)
+        // The description keeps the short forms routing logs have always recorded.
+        #expect(try RouterConfiguration(text: "switch:capacity_factor=1.25").description == "switch:cf=1.25")
+    }
+
     /// Bad text is a typed error that quotes the text and says what is wrong and what was expected.
     @Test func badTextGivesClearErrors() {
         let cases: [(String, String)] = [
             ("", "empty"),
             ("fancy", "unknown preset 'fancy'"),
             ("switch:cf", "'cf' is not key=value"),
-            ("switch:capacity=2", "unknown key 'capacity'"),
+            ("switch:capacity=2", "unknown key 'capacity'; keys are the moekit_router fields scoring, weighting, top_k,"),
             ("cf=lots", "expected a number > 0 or none"),
             ("drop=random", "expected probability or position"),
             ("cf=1,cf=2", "given twice"),

@@ -251,25 +251,13 @@ extension MiniCPMConfig {
         }
     }
 
-    /// The config object in the architecture's own names: Mixtral's expert count is
-    /// `num_local_experts`, and neutral scalars are left out. MiniCPM configs are returned as they are.
-    func architectureJSONObject(_ miniCPMObject: [String: JSONValue]) -> [String: JSONValue] {
-        let architecture = self.architecture
-        guard !architecture.hasMiniCPMScalars else { return miniCPMObject }
-        var object = miniCPMObject
-        if object["dtype"] != nil, let torchDtype { object["dtype"] = .string(torchDtype) }
-        if scaleEmb == 1 { object["scale_emb"] = nil }
-        if dimModelBase == Double(hiddenSize) { object["dim_model_base"] = nil }
-        if scaleDepth == Double(numHiddenLayers).squareRoot() { object["scale_depth"] = nil }
-        if architecture == .mixtral, let experts = object["num_experts"] {
-            object["num_local_experts"] = experts
-            object["num_experts"] = nil
+    /// The name a typed field has in this architecture's config: Mixtral's expert count is
+    /// `num_local_experts`, GLM-4.5-MoE's `n_routed_experts`; every other name is MiniCPM's.
+    func architectureKey(_ key: CodingKeys) -> String {
+        switch (architecture, key) {
+        case (.mixtral, .numExperts): return "num_local_experts"
+        case (.glm4MoE, .numExperts): return "n_routed_experts"
+        default: return key.rawValue
         }
-        if architecture == .qwen2MoE || architecture == .glm4MoE { object["moe_intermediate_size"] = object["intermediate_size"] }
-        if architecture == .glm4MoE, let experts = object["num_experts"] {
-            object["n_routed_experts"] = experts
-            object["num_experts"] = nil
-        }
-        return object
     }
 }

@@ -71,7 +71,7 @@ public enum Exporter {
 
         let foldErrors = ExportPlan.Fold.allCases.compactMap { fold in accumulators[fold].map { $0.result(fold) } }
         let report = self.report(plan, weightFiles: weightFiles, foldErrors: foldErrors)
-        do { try AtomicFileWriter.write(JSONValue.object(plan.outputConfig.jsonObject()).serialized(), to: directory.path("config.json")) } catch { throw .file(error) }
+        do { try AtomicFileWriter.write(plan.outputConfig.serialized(), to: directory.path("config.json")) } catch { throw .file(error) }
         for name in plan.otherFiles {
             do {
                 try FileManager.default.copyItem(atPath: plan.sourceDirectory + "/" + name, toPath: directory.path(name))

@@ -2,8 +2,8 @@ import Foundation
 
 /// A MiniCPM or MiniCPM-MoE `config.json`.
 ///
-/// The typed fields are those MoEKit computes with; every other key of the file is kept in
-/// `otherKeys` and written back unchanged. Defaults are those of the published
+/// The typed fields are those MoEKit computes with, under Hugging Face's snake_case names
+/// (`CodingKeys`); every other key of the file is kept in `otherKeys` and written back unchanged. Defaults are those of the published
 /// `configuration_minicpm.py` (`rope_theta` 10000, `tie_word_embeddings` true, …).
 public struct MiniCPMConfig: Sendable, Equatable {
     public var hiddenSize: Int
@@ -49,12 +49,6 @@ public struct MiniCPMConfig: Sendable, Equatable {
     /// The divisor of the final hidden state before the LM head, `hidden_size / dim_model_base`.
     public var logitDivisor: Float { Float(Double(hiddenSize) / dimModelBase) }
 
-    static let typedKeys: Set<String> = [
-        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-        "vocab_size", "rms_norm_eps", "rope_theta", "max_position_embeddings", "scale_emb", "dim_model_base",
-        "scale_depth", "tie_word_embeddings", "torch_dtype", "num_experts", "num_experts_per_tok",
-    ]
-
     /// Reads and validates `config.json`; errors name the file and the field.
     public init(path: String) throws(CheckpointError) {
         let data: Data
@@ -63,56 +57,19 @@ public struct MiniCPMConfig: Sendable, Equatable {
         try self.init(json: json, path: path)
     }
 
+    /// Decodes a parsed `config.json` (through `JSONValueDecoder`, so an integer field given
+    /// `64.5` or `"64"` is refused), reads a Llama / Mixtral / Qwen2-MoE / GLM-4.5-MoE config's own
+    /// names (`adoptArchitectureFields`) and validates; errors name `path` and the field.
     public init(json: JSONValue, path: String = "config.json") throws(CheckpointError) {
         guard case .object(let object) = json else { throw .invalidJSON(path: path, reason: "not a JSON object") }
-        func integer(_ key: String, default fallback: Int? = nil, minimum: Int = 1) throws(CheckpointError) -> Int {
-            guard let value = object[key], value != .null else {
-                if let fallback { return fallback }
-                throw .missingField(path: path, field: key)
-            }
-            guard let number = value.integerValue, number >= Int64(minimum), number < Int64(Int32.max) else {
-                throw .invalidField(path: path, field: key, reason: "must be an integer ≥ \(minimum)")
-            }
-            return Int(number)
-        }
-        func real(_ key: String, default fallback: Double) throws(CheckpointError) -> Double {
-            guard let value = object[key], value != .null else { return fallback }
-            guard let number = value.doubleValue, number.isFinite else { throw .invalidField(path: path, field: key, reason: "must be a finite number") }
-            return number
-        }
-        hiddenSize = try integer("hidden_size")
-        intermediateSize = try integer("intermediate_size")
-        numHiddenLayers = try integer("num_hidden_layers")
-        numAttentionHeads = try integer("num_attention_heads")
-        numKeyValueHeads = try integer("num_key_value_heads", default: numAttentionHeads)
-        vocabSize = try integer("vocab_size")
-        rmsNormEps = try real("rms_norm_eps", default: 1e-6)
-        ropeTheta = try real("rope_theta", default: 10000)
-        maxPositionEmbeddings = try integer("max_position_embeddings", default: 2048)
-        scaleEmb = try real("scale_emb", default: 1)
-        dimModelBase = try real("dim_model_base", default: 1)
-        scaleDepth = try real("scale_depth", default: 1)
-        if let value = object["tie_word_embeddings"], value != .null {
-            guard let flag = value.boolValue else { throw .invalidField(path: path, field: "tie_word_embeddings", reason: "must be true or false") }
-            tieWordEmbeddings = flag
-        }
-        if let value = object["torch_dtype"], value != .null {
-            guard let name = value.stringValue else { throw .invalidField(path: path, field: "torch_dtype", reason: "must be a string") }
-            torchDtype = name
-        }
-        if object["num_experts"] != nil && object["num_experts"] != .null {
-            numExperts = try integer("num_experts", minimum: 0)
-            if numExperts == 0 { numExperts = nil }
-        }
-        if numExperts != nil {
-            topK = try integer("num_experts_per_tok", default: 2)
-        }
-        otherKeys = object.filter { !Self.typedKeys.contains($0.key) }
-        // MiniCPM-MoE with shared experts (MoEKit's convention, DeepSeek's key). Other architectures
-        // keep the key as read (GLM-4.5-MoE's own shared expert is handled by its import).
-        if numExperts != nil && ModelArchitecture(modelType: object["model_type"]?.stringValue) == .minicpm {
-            numSharedExperts = try integer("n_shared_experts", default: 0, minimum: 0)
-            otherKeys["n_shared_experts"] = nil
+        do {
+            self = try JSONValueDecoder.decode(MiniCPMConfig.self, from: json)
+        } catch DecodingError.keyNotFound(let key, _) {
+            throw .missingField(path: path, field: key.stringValue)
+        } catch DecodingError.dataCorrupted(let context) {
+            throw .invalidField(path: path, field: context.codingPath.map(\.stringValue).joined(separator: "."), reason: context.debugDescription)
+        } catch {
+            throw .invalidJSON(path: path, reason: "\(error)")
         }
         try adoptArchitectureFields(object, path: path)  // Llama, Mixtral: ModelArchitecture.swift
         try validate(path: path)
@@ -144,34 +101,14 @@ public struct MiniCPMConfig: Sendable, Equatable {
         }
     }
 
-    /// The config as a JSON object: the kept keys plus the typed fields, `rope_theta` and
-    /// `tie_word_embeddings` always written explicitly.
+    /// The config as a JSON object, as `encode(to:)` writes it.
     public func jsonObject() -> [String: JSONValue] {
-        var object = otherKeys
-        object["hidden_size"] = .integer(Int64(hiddenSize))
-        object["intermediate_size"] = .integer(Int64(intermediateSize))
-        object["num_hidden_layers"] = .integer(Int64(numHiddenLayers))
-        object["num_attention_heads"] = .integer(Int64(numAttentionHeads))
-        object["num_key_value_heads"] = .integer(Int64(numKeyValueHeads))
-        object["vocab_size"] = .integer(Int64(vocabSize))
-        object["rms_norm_eps"] = .number(rmsNormEps)
-        object["rope_theta"] = .number(ropeTheta)
-        object["max_position_embeddings"] = .integer(Int64(maxPositionEmbeddings))
-        object["scale_emb"] = Self.number(scaleEmb)
-        object["dim_model_base"] = Self.number(dimModelBase)
-        object["scale_depth"] = Self.number(scaleDepth)
-        object["tie_word_embeddings"] = .bool(tieWordEmbeddings)
-        if let torchDtype { object["torch_dtype"] = .string(torchDtype) }
-        if let numExperts {
-            object["num_experts"] = .integer(Int64(numExperts))
-            object["num_experts_per_tok"] = .integer(Int64(topK ?? 2))
-            if numSharedExperts > 0 { object["n_shared_experts"] = .integer(Int64(numSharedExperts)) }
+        do {
+            guard case .object(let object) = try JSONValueEncoder.encode(self) else { preconditionFailure("a config encodes to an object") }
+            return object
+        } catch {
+            preconditionFailure("a config always encodes: \(error)")  // it holds no UInt64 and writes its floats as JSONValues
         }
-        return architectureJSONObject(object)
-    }
-
-    private static func number(_ value: Double) -> JSONValue {
-        value.rounded() == value && abs(value) < 1e15 ? .integer(Int64(value)) : .number(value)
     }
 
     /// Pretty-printed `config.json` text.
@@ -180,5 +117,135 @@ public struct MiniCPMConfig: Sendable, Equatable {
     /// Writes `config.json` atomically.
     public func write(to path: String) throws(CheckpointError) {
         do { try AtomicFileWriter.write(serialized(), to: path) } catch { throw .file(error) }
+    }
+}
+
+// MARK: Codable
+
+extension MiniCPMConfig: Codable {
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case hiddenSize = "hidden_size"
+        case intermediateSize = "intermediate_size"
+        case numHiddenLayers = "num_hidden_layers"
+        case numAttentionHeads = "num_attention_heads"
+        case numKeyValueHeads = "num_key_value_heads"
+        case vocabSize = "vocab_size"
+        case rmsNormEps = "rms_norm_eps"
+        case ropeTheta = "rope_theta"
+        case maxPositionEmbeddings = "max_position_embeddings"
+        case scaleEmb = "scale_emb"
+        case dimModelBase = "dim_model_base"
+        case scaleDepth = "scale_depth"
+        case tieWordEmbeddings = "tie_word_embeddings"
+        case torchDtype = "torch_dtype"
+        case numExperts = "num_experts"
+        case topK = "num_experts_per_tok"
+        /// Typed only for a MiniCPM-MoE (MoEKit's convention, DeepSeek's key); other architectures
+        /// keep it in `otherKeys` as read (GLM-4.5-MoE's own shared expert is handled by its import).
+        case numSharedExperts = "n_shared_experts"
+    }
+
+    /// Keys never kept in `otherKeys` (`n_shared_experts` is kept unless it was typed).
+    static let typedKeys = Set(CodingKeys.allCases.filter { $0 != .numSharedExperts }.map(\.rawValue))
+
+    /// Decodes the fields with the published defaults; `null` counts as absent. A bad value is a
+    /// `DecodingError.dataCorrupted` whose coding path is the field and whose description is the
+    /// reason, a missing required field `keyNotFound`. Does not translate other architectures'
+    /// names or validate: `init(json:path:)` does both.
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        func isPresent(_ key: CodingKeys) -> Bool { container.contains(key) && !((try? container.decodeNil(forKey: key)) ?? true) }
+        func bad(_ key: CodingKeys, _ reason: String) -> DecodingError {
+            .dataCorrupted(.init(codingPath: [key], debugDescription: reason))
+        }
+        /// An integer in [minimum, Int32.max); `fallback` when absent, else the field is required.
+        func integer(_ key: CodingKeys, default fallback: Int? = nil, minimum: Int = 1) throws -> Int {
+            guard isPresent(key) else {
+                if let fallback { return fallback }
+                throw DecodingError.keyNotFound(key, .init(codingPath: [], debugDescription: "missing '\(key.rawValue)'"))
+            }
+            guard let value = try? container.decode(Int.self, forKey: key), value >= minimum, value < Int(Int32.max) else {
+                throw bad(key, "must be an integer ≥ \(minimum)")
+            }
+            return value
+        }
+        func real(_ key: CodingKeys, default fallback: Double) throws -> Double {
+            guard isPresent(key) else { return fallback }
+            guard let value = try? container.decode(Double.self, forKey: key), value.isFinite else { throw bad(key, "must be a finite number") }
+            return value
+        }
+        hiddenSize = try integer(.hiddenSize)
+        intermediateSize = try integer(.intermediateSize)
+        numHiddenLayers = try integer(.numHiddenLayers)
+        numAttentionHeads = try integer(.numAttentionHeads)
+        numKeyValueHeads = try integer(.numKeyValueHeads, default: numAttentionHeads)
+        vocabSize = try integer(.vocabSize)
+        rmsNormEps = try real(.rmsNormEps, default: 1e-6)
+        ropeTheta = try real(.ropeTheta, default: 10000)
+        maxPositionEmbeddings = try integer(.maxPositionEmbeddings, default: 2048)
+        scaleEmb = try real(.scaleEmb, default: 1)
+        dimModelBase = try real(.dimModelBase, default: 1)
+        scaleDepth = try real(.scaleDepth, default: 1)
+        if isPresent(.tieWordEmbeddings) {
+            guard let flag = try? container.decode(Bool.self, forKey: .tieWordEmbeddings) else { throw bad(.tieWordEmbeddings, "must be true or false") }
+            tieWordEmbeddings = flag
+        }
+        if isPresent(.torchDtype) {
+            guard let name = try? container.decode(String.self, forKey: .torchDtype) else { throw bad(.torchDtype, "must be a string") }
+            torchDtype = name
+        }
+        if isPresent(.numExperts) {
+            let experts = try integer(.numExperts, minimum: 0)
+            numExperts = experts == 0 ? nil : experts
+        }
+        if numExperts != nil {
+            topK = try integer(.topK, default: 2)
+        }
+        let all = try decoder.container(keyedBy: JSONKey.self)
+        for key in all.allKeys where !Self.typedKeys.contains(key.stringValue) {
+            otherKeys[key.stringValue] = try all.decodeNil(forKey: key) ? .null : all.decode(JSONValue.self, forKey: key)
+        }
+        if numExperts != nil && architecture == .minicpm {
+            numSharedExperts = try integer(.numSharedExperts, default: 0, minimum: 0)
+            otherKeys[CodingKeys.numSharedExperts.rawValue] = nil
+        }
+    }
+
+    /// Writes the kept keys, then the typed fields over them: `rope_theta` and
+    /// `tie_word_embeddings` always explicitly, `rms_norm_eps` and `rope_theta` as JSON floats
+    /// (`10000.0`, as transformers writes them), MiniCPM's three scalars as integers when whole (as
+    /// the published configs have `scale_emb: 12`), `n_shared_experts` only when > 0. Other
+    /// architectures are written in their own names (`architectureKey(_:)`), their neutral scalars left out.
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: JSONKey.self)
+        for (key, value) in otherKeys { try container.encode(value, forKey: JSONKey(key)) }
+        let architecture = self.architecture
+        func encode<T: Encodable>(_ value: T, _ key: CodingKeys) throws { try container.encode(value, forKey: JSONKey(architectureKey(key))) }
+        /// A whole value as an integer (below 10^15, where every integer is exact), else a float.
+        func scalar(_ value: Double) -> JSONValue { value.rounded() == value && abs(value) < 1e15 ? .integer(Int64(value)) : .number(value) }
+        try encode(hiddenSize, .hiddenSize)
+        try encode(intermediateSize, .intermediateSize)
+        try encode(numHiddenLayers, .numHiddenLayers)
+        try encode(numAttentionHeads, .numAttentionHeads)
+        try encode(numKeyValueHeads, .numKeyValueHeads)
+        try encode(vocabSize, .vocabSize)
+        try encode(JSONValue.number(rmsNormEps), .rmsNormEps)
+        try encode(JSONValue.number(ropeTheta), .ropeTheta)
+        try encode(maxPositionEmbeddings, .maxPositionEmbeddings)
+        let neutral = architecture.hasMiniCPMScalars ? nil : (scaleEmb: 1.0, dimModelBase: Double(hiddenSize), scaleDepth: Double(numHiddenLayers).squareRoot())
+        if scaleEmb != neutral?.scaleEmb { try encode(scalar(scaleEmb), .scaleEmb) }
+        if dimModelBase != neutral?.dimModelBase { try encode(scalar(dimModelBase), .dimModelBase) }
+        if scaleDepth != neutral?.scaleDepth { try encode(scalar(scaleDepth), .scaleDepth) }
+        try encode(tieWordEmbeddings, .tieWordEmbeddings)
+        if let torchDtype {
+            try encode(torchDtype, .torchDtype)
+            if neutral != nil && otherKeys["dtype"] != nil { try container.encode(torchDtype, forKey: JSONKey("dtype")) }  // transformers 5's key
+        }
+        if let numExperts {
+            try encode(numExperts, .numExperts)
+            try encode(topK ?? 2, .topK)
+            if numSharedExperts > 0 { try encode(numSharedExperts, .numSharedExperts) }
+        }
+        if architecture == .qwen2MoE || architecture == .glm4MoE { try container.encode(intermediateSize, forKey: JSONKey("moe_intermediate_size")) }
     }
 }

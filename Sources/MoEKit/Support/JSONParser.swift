@@ -2,7 +2,13 @@
 ///
 /// Unlike `JSONDecoder`, it keeps a number's spelling: `2` is `.integer(2)`, while `2.0`, `2e0`
 /// and integers beyond Int64 are `.number` — so a safetensors shape written `[2.0]` is refused as
-/// the reference implementation refuses it. Nesting deeper than `maximumDepth` is rejected (no
+/// the reference implementation refuses it. That is why MoEKit keeps its own reader rather than
+/// `JSONDecoder`/`JSONSerialization` (which read `2.0` as 2 for an integer field and do not say
+/// which spelling a number had): the safetensors header needs it, the `Codable` files
+/// (`config.json`, `trainer_state.json`, the shard index, the domain names) are decoded from its
+/// `JSONValue` by `JSONValueDecoder` with the same rule, and a config's unknown keys are written
+/// back in the kind they were read (`1` stays `1`, `1.0` stays `1.0`; transformers checks some
+/// fields' types). Nesting deeper than `maximumDepth` is rejected (no
 /// stack exhaustion on hostile input); strings must be valid UTF-8 with valid escapes; a repeated
 /// object key keeps its last value (as serde_json's map does).
 struct JSONParser {

@@ -39,22 +39,11 @@ struct TrainerState: Sendable, Equatable {
         self.l1Coefficient = l1Coefficient
     }
 
+    /// The pretty-printed file (`JSONValueEncoder`, then `JSONValue.serialized()`).
     func serialized() -> Data {
-        func number(_ value: Float) -> JSONValue { value.isFinite ? .number(Double(value)) : .null }
-        var object: [String: JSONValue] = [
-            "format": .string(Self.format),
-            "version": .integer(Self.version),
-            "completed_steps": .integer(Int64(completedSteps)),
-            "options": .object(options.mapValues(JSONValue.string)),
-            "data": .string(data),
-            "initial_model": .string(initialModel),
-            "tokens_seen": .integer(Int64(tokensSeen)),
-            "last_loss": number(lastLoss),
-            "last_lm_loss": number(lastLanguageModelLoss),
-            "last_val_loss": number(lastValidationLoss),
-        ]
-        if let l1Coefficient { object["relu_l1_coefficient"] = .number(Double(l1Coefficient)) }
-        return JSONValue.object(object).serialized()
+        do { return try JSONValueEncoder.encode(self).serialized() } catch {
+            preconditionFailure("a trainer state always encodes: \(error)")  // its floats are written as JSONValues
+        }
     }
 
     /// Reads and checks a state file; every problem names the file and the field.
@@ -62,46 +51,93 @@ struct TrainerState: Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw .invalidState(path: path, reason: "no such file (nothing to resume)")
         }
-        guard let json = JSONValue.parse(data), case .object(let object) = json else {
+        guard let json = JSONValue.parse(data), case .object = json else {
             throw .invalidState(path: path, reason: "not a JSON object")
         }
-        func field(_ name: String) throws(TrainingError) -> JSONValue {
-            guard let value = object[name] else { throw .invalidState(path: path, reason: "missing field '\(name)'") }
+        do {
+            self = try JSONValueDecoder.decode(TrainerState.self, from: json)
+        } catch DecodingError.keyNotFound(let key, _) {
+            throw .invalidState(path: path, reason: "missing field '\(key.stringValue)'")
+        } catch DecodingError.dataCorrupted(let context) {
+            throw .invalidState(path: path, reason: context.debugDescription)
+        } catch {
+            throw .invalidState(path: path, reason: "\(error)")
+        }
+    }
+}
+
+extension TrainerState: Codable {
+    enum CodingKeys: String, CodingKey {
+        case format, version
+        case completedSteps = "completed_steps"
+        case options, data
+        case initialModel = "initial_model"
+        case tokensSeen = "tokens_seen"
+        case lastLoss = "last_loss"
+        case lastLanguageModelLoss = "last_lm_loss"
+        case lastValidationLoss = "last_val_loss"
+        /// Written by ReLU-routing runs only; older files and other runs have none.
+        case l1Coefficient = "relu_l1_coefficient"
+    }
+
+    /// Decodes and checks the fields; a bad one is a `DecodingError.dataCorrupted` whose
+    /// description is the whole reason, a missing one `keyNotFound`. A loss that is not a number
+    /// (`null`, written for NaN) reads as NaN. Keys a later MoEKit adds are ignored; a resumed run
+    /// compares `options` with `TrainingOptions.resumeDefaults` for the options older files lack.
+    init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        func bad(_ reason: String) -> DecodingError { .dataCorrupted(.init(codingPath: [], debugDescription: reason)) }
+        func require(_ key: CodingKeys) throws {
+            guard container.contains(key) else { throw DecodingError.keyNotFound(key, .init(codingPath: [], debugDescription: "missing")) }
+        }
+        func integer(_ key: CodingKeys) throws -> Int {
+            try require(key)
+            guard let value = try? container.decode(Int.self, forKey: key), value >= 0 else { throw bad("field '\(key.rawValue)' is not an integer ≥ 0") }
             return value
         }
-        func integer(_ name: String) throws(TrainingError) -> Int {
-            guard case .integer(let value) = try field(name), value >= 0 else { throw .invalidState(path: path, reason: "field '\(name)' is not an integer ≥ 0") }
-            return Int(value)
-        }
-        func string(_ name: String) throws(TrainingError) -> String {
-            guard case .string(let value) = try field(name) else { throw .invalidState(path: path, reason: "field '\(name)' is not a string") }
+        func string(_ key: CodingKeys) throws -> String {
+            try require(key)
+            guard let value = try? container.decode(String.self, forKey: key) else { throw bad("field '\(key.rawValue)' is not a string") }
             return value
         }
-        func float(_ name: String) -> Float {
-            switch object[name] {
-            case .number(let value)?: return Float(value)
-            case .integer(let value)?: return Float(value)
-            default: return .nan
-            }
-        }
-        guard try string("format") == Self.format else { throw .invalidState(path: path, reason: "field 'format' is not \"\(Self.format)\"") }
-        let version = try integer("version")
-        guard version <= Self.version else { throw .invalidState(path: path, reason: "version \(version) is newer than this MoEKit reads (\(Self.version))") }
-        guard case .object(let optionObject) = try field("options") else { throw .invalidState(path: path, reason: "field 'options' is not an object") }
+        func float(_ key: CodingKeys) -> Float { (try? container.decode(Float.self, forKey: key)) ?? .nan }
+        guard try string(.format) == Self.format else { throw bad("field 'format' is not \"\(Self.format)\"") }
+        let version = try integer(.version)
+        guard version <= Self.version else { throw bad("version \(version) is newer than this MoEKit reads (\(Self.version))") }
+        try require(.options)
+        guard let optionValues = try? container.nestedContainer(keyedBy: JSONKey.self, forKey: .options) else { throw bad("field 'options' is not an object") }
         var options: [String: String] = [:]
-        for (key, value) in optionObject {
-            guard case .string(let text) = value else { throw .invalidState(path: path, reason: "option '\(key)' is not a string") }
-            options[key] = text
+        for key in optionValues.allKeys {
+            guard let text = try? optionValues.decode(String.self, forKey: key) else { throw bad("option '\(key.stringValue)' is not a string") }
+            options[key.stringValue] = text
         }
         var l1Coefficient: Float?
-        if object["relu_l1_coefficient"] != nil {
-            let value = float("relu_l1_coefficient")
-            guard value.isFinite && value > 0 else { throw .invalidState(path: path, reason: "field 'relu_l1_coefficient' is not a positive number") }
+        if container.contains(.l1Coefficient) {
+            let value = float(.l1Coefficient)
+            guard value.isFinite && value > 0 else { throw bad("field 'relu_l1_coefficient' is not a positive number") }
             l1Coefficient = value
         }
-        self.init(completedSteps: try integer("completed_steps"), options: options, data: try string("data"),
-                  initialModel: try string("initial_model"), tokensSeen: try integer("tokens_seen"),
-                  lastLoss: float("last_loss"), lastLanguageModelLoss: float("last_lm_loss"), lastValidationLoss: float("last_val_loss"),
+        self.init(completedSteps: try integer(.completedSteps), options: options, data: try string(.data),
+                  initialModel: try string(.initialModel), tokensSeen: try integer(.tokensSeen),
+                  lastLoss: float(.lastLoss), lastLanguageModelLoss: float(.lastLanguageModelLoss), lastValidationLoss: float(.lastValidationLoss),
                   l1Coefficient: l1Coefficient)
+    }
+
+    /// Losses are written as the f32 value widened to f64 (`2.299999952316284` for 2.3f), NaN as
+    /// `null`, as the files of earlier MoEKit versions have them.
+    func encode(to encoder: Encoder) throws {
+        func number(_ value: Float) -> JSONValue { value.isFinite ? .number(Double(value)) : .null }
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(Self.format, forKey: .format)
+        try container.encode(Self.version, forKey: .version)
+        try container.encode(completedSteps, forKey: .completedSteps)
+        try container.encode(options, forKey: .options)
+        try container.encode(data, forKey: .data)
+        try container.encode(initialModel, forKey: .initialModel)
+        try container.encode(tokensSeen, forKey: .tokensSeen)
+        try container.encode(number(lastLoss), forKey: .lastLoss)
+        try container.encode(number(lastLanguageModelLoss), forKey: .lastLanguageModelLoss)
+        try container.encode(number(lastValidationLoss), forKey: .lastValidationLoss)
+        if let l1Coefficient { try container.encode(JSONValue.number(Double(l1Coefficient)), forKey: .l1Coefficient) }
     }
 }

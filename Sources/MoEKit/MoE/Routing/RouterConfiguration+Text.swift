@@ -19,32 +19,36 @@ import Foundation
 /// | `aux-free`      | auxiliary-loss-free balancing bias, load-balancing coefficient 0            |
 /// | `remoe`         | ReMoE: ReLU gates, adaptive load-balanced L1 penalty (mode and scoring relu) |
 ///
-/// | key          | field (`moekit_router` JSON key) | values                                        |
-/// |--------------|----------------------------------|-----------------------------------------------|
-/// | `scoring`    | `scoring`                        | `softmax`, `sigmoid`, `relu` (with mode relu) |
-/// | `weighting`  | `weighting`                      | `renormalized`, `unnormalized`, `softmax-over-selected` |
-/// | `k`          | `top_k`                          | integer ≥ 1, or `none` (the model's)          |
-/// | `scale`      | `weight_scale`                   | number > 0                                    |
-/// | `jitter`     | `input_jitter`                   | ε in [0, 1), or `none`                        |
-/// | `noise`      | `logit_noise`                    | σ ≥ 0, or `none`                              |
-/// | `noisy-topk` | `noisy_top_k`                    | `true`, `false`                               |
-/// | `seed`       | `noise_seed`                     | unsigned integer                              |
-/// | `mode`       | `mode`                           | `token-choice`, `expert-choice`, `relu`       |
-/// | `cf`         | `capacity_factor`                | number > 0, or `none` (dropless)              |
-/// | `drop`       | `drop_policy`                    | `probability`, `position`                     |
-/// | `aux-free`   | `aux_loss_free_balancing`        | `true`, `false`                               |
-/// | `bias-rate`  | `bias_update_rate`               | u > 0                                         |
-/// | `l1-init`    | `l1_initial_coefficient`         | λ₀ > 0 (ReLU routing)                         |
-/// | `l1-multiplier` | `l1_coefficient_multiplier`   | α > 1 (ReLU routing)                          |
-/// | `loss`       | `load_balancing_loss`            | `switch`, `hf` (`hugging-face`), `per-sequence` |
-/// | `lb`         | `load_balancing_coefficient`     | number ≥ 0                                    |
-/// | `z`          | `z_loss_coefficient`             | number ≥ 0                                    |
-/// | `importance` | `importance_coefficient`         | number ≥ 0                                    |
-/// | `load`       | `load_coefficient`               | number ≥ 0 (non-zero needs `noisy-topk=true`) |
+/// A key is a `moekit_router` JSON field name (see `CodingKeys`), with `-` and `_` interchangeable in
+/// keys and values, or its short form; the description (below) prints the short forms, as routing
+/// logs have always recorded them.
 ///
-/// The JSON key names are accepted as keys too, and `-` and `_` are interchangeable in keys and
-/// values. Examples: `switch`, `sigmoid:scale=2.5`, `expert-choice:cf=1.25`,
-/// `softmax-topk:cf=1.0,drop=position`, `jitter=0.01,z=0.001`.
+/// | key (JSON field)                 | short form      | values                                        |
+/// |----------------------------------|-----------------|-----------------------------------------------|
+/// | `scoring`                        | `scoring`       | `softmax`, `sigmoid`, `relu` (with mode relu) |
+/// | `weighting`                      | `weighting`     | `renormalized`, `unnormalized`, `softmax-over-selected` |
+/// | `top_k`                          | `k`             | integer ≥ 1, or `none` (the model's)          |
+/// | `weight_scale`                   | `scale`         | number > 0                                    |
+/// | `input_jitter`                   | `jitter`        | ε in [0, 1), or `none`                        |
+/// | `logit_noise`                    | `noise`         | σ ≥ 0, or `none`                              |
+/// | `noisy_top_k`                    | `noisy-topk`    | `true`, `false`                               |
+/// | `noise_seed`                     | `seed`          | unsigned integer                              |
+/// | `mode`                           | `mode`          | `token-choice`, `expert-choice`, `relu`       |
+/// | `capacity_factor`                | `cf`            | number > 0, or `none` (dropless)              |
+/// | `drop_policy`                    | `drop`          | `probability`, `position`                     |
+/// | `aux_loss_free_balancing`        | `aux-free`      | `true`, `false`                               |
+/// | `bias_update_rate`               | `bias-rate`     | u > 0                                         |
+/// | `l1_initial_coefficient`         | `l1-init`       | λ₀ > 0 (ReLU routing)                         |
+/// | `l1_coefficient_multiplier`      | `l1-multiplier` | α > 1 (ReLU routing)                          |
+/// | `load_balancing_loss`            | `loss`          | `switch`, `hf` (`hugging-face`), `per-sequence` |
+/// | `load_balancing_coefficient`     | `lb`            | number ≥ 0                                    |
+/// | `z_loss_coefficient`             | `z`             | number ≥ 0                                    |
+/// | `importance_coefficient`         | `importance`    | number ≥ 0                                    |
+/// | `load_coefficient`               | `load`          | number ≥ 0 (non-zero needs `noisy_top_k=true`) |
+///
+/// Examples: `switch`, `sigmoid:weight_scale=2.5`, `expert-choice:capacity_factor=1.25`,
+/// `softmax-topk:capacity_factor=1.0,drop_policy=position`, `input_jitter=0.01,z_loss_coefficient=0.001`;
+/// with short forms `sigmoid:scale=2.5`, `switch:cf=1.25`.
 extension RouterConfiguration: CustomStringConvertible {
     /// The presets, in the order `description` prefers them.
     static let presets: [(name: String, configuration: RouterConfiguration)] = {
@@ -90,9 +94,9 @@ extension RouterConfiguration: CustomStringConvertible {
 
     private static func optionalText<T>(_ value: T?) -> String { value.map { "\($0)" } ?? "none" }
 
-    /// Parses an optional number: `none` clears it.
+    /// Parses an optional number: `none` (or JSON's `null`) clears it.
     private static func optional<T: LosslessStringConvertible>(_ text: String, _ type: T.Type, into value: inout T?) -> Bool {
-        if text == "none" { value = nil; return true }
+        if text == "none" || text == "null" { value = nil; return true }
         guard let number = T(text) else { return false }
         value = number
         return true
@@ -200,7 +204,7 @@ extension RouterConfiguration: CustomStringConvertible {
             let value = setting[setting.index(after: equals)...].trimmingCharacters(in: .whitespaces).lowercased()
             let normalizedKey = rawKey.replacingOccurrences(of: "_", with: "-")
             guard let key = Self.textKeys.first(where: { $0.name == normalizedKey || Self.dashed($0.field.rawValue) == normalizedKey }) else {
-                throw .invalidText(text: text, reason: "unknown key '\(rawKey)'; keys are \(Self.textKeys.map(\.name).joined(separator: ", "))")
+                throw .invalidText(text: text, reason: "unknown key '\(rawKey)'; keys are the moekit_router fields \(Self.textKeys.map(\.field.rawValue).joined(separator: ", ")) or their short forms \(Self.textKeys.map(\.name).joined(separator: ", "))")
             }
             guard seen.insert(key.name).inserted else { throw .invalidText(text: text, reason: "key '\(rawKey)' is given twice") }
             guard key.parse(value, &configuration) else {

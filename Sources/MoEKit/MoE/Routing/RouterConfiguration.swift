@@ -314,11 +314,12 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
         ([configKey] + context.codingPath.map(\.stringValue)).joined(separator: ".")
     }
 
-    /// The configuration as the JSON object stored under `moekit_router` (every field written).
+    /// The configuration as the JSON object stored under `moekit_router` (every field written;
+    /// whole numbers without a fraction, as `JSONEncoder` writes them: `JSONValueEncoder`).
     public var jsonValue: JSONValue {
-        let encoder = JSONEncoder()
-        guard let data = try? encoder.encode(self), let value = JSONValue.parse(data) else { return .object([:]) }
-        return value
+        do { return try JSONValueEncoder.encode(self) } catch {
+            preconditionFailure("a router configuration always encodes: \(error)")
+        }
     }
 
     /// Stores this configuration under `moekit_router` in a model's config (written with it).

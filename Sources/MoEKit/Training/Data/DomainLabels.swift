@@ -50,36 +50,14 @@ public struct DomainLabels: Sendable, Equatable {
         guard hasNames else { throw .invalidData(path: namesPath, reason: "missing, but \(labelsPath) exists (domain sidecars come in pairs)") }
 
         guard let jsonData = fileManager.contents(atPath: namesPath) else { throw .invalidData(path: namesPath, reason: "not readable") }
-        guard case .object(let object)? = JSONValue.parse(jsonData) else { throw .invalidData(path: namesPath, reason: "not a JSON object") }
-        if let format = object["format"] {
-            guard format.stringValue == Self.format else { throw .invalidData(path: namesPath, reason: "'format' must be \"\(Self.format)\"") }
+        guard let json = JSONValue.parse(jsonData), case .object = json else { throw .invalidData(path: namesPath, reason: "not a JSON object") }
+        let namesFile: NamesFile
+        do { namesFile = try JSONValueDecoder.decode(NamesFile.self, from: json) } catch DecodingError.dataCorrupted(let context) {
+            throw .invalidData(path: namesPath, reason: context.debugDescription)
+        } catch {
+            throw .invalidData(path: namesPath, reason: "\(error)")
         }
-        if let version = object["version"] {
-            guard version.integerValue == Int64(Self.version) else {
-                throw .invalidData(path: namesPath, reason: "'version' must be \(Self.version) (this MoEKit reads version \(Self.version))")
-            }
-        }
-        guard let nameValues = object["domains"]?.arrayValue else {
-            throw .invalidData(path: namesPath, reason: "'domains' must be an array of domain names")
-        }
-        var names: [String] = []
-        for (index, value) in nameValues.enumerated() {
-            guard let name = value.stringValue, !name.isEmpty else {
-                throw .invalidData(path: namesPath, reason: "'domains'[\(index)] must be a non-empty string")
-            }
-            guard !names.contains(name) else { throw .invalidData(path: namesPath, reason: "domain '\(name)' is listed twice") }
-            names.append(name)
-        }
-        guard !names.isEmpty, names.count < Int(unlabelled) else {
-            throw .invalidData(path: namesPath, reason: "'domains' must name 1 to \(unlabelled - 1) domains, got \(names.count)")
-        }
-        var dataType: TokenDataType?
-        if let value = object["token_dtype"] {
-            guard let text = value.stringValue, let parsed = TokenDataType(rawValue: text) else {
-                throw .invalidData(path: namesPath, reason: "'token_dtype' must be \"uint16\" or \"uint32\"")
-            }
-            dataType = parsed
-        }
+        let names = namesFile.domains
 
         guard let labelData = fileManager.contents(atPath: labelsPath) else { throw .invalidData(path: labelsPath, reason: "not readable") }
         let labels = [UInt8](labelData)
@@ -89,7 +67,7 @@ public struct DomainLabels: Sendable, Equatable {
         if let bad = labels.firstIndex(where: { Int($0) >= names.count && $0 != unlabelled }) {
             throw .invalidData(path: labelsPath, reason: "label \(labels[bad]) at index \(bad) names no domain (\(names.count) listed in \(namesPath); 255 means none)")
         }
-        return DomainLabels(names: names, labels: labels, tokenDataType: dataType)
+        return DomainLabels(names: names, labels: labels, tokenDataType: namesFile.tokenDataType)
     }
 
     /// Writes both sidecars of the data file at `path`, each atomically (labels first, then the
@@ -97,14 +75,67 @@ public struct DomainLabels: Sendable, Equatable {
     public func write(forDataAt path: String) throws {
         let (labelsPath, namesPath) = Self.sidecarPaths(forDataAt: path)
         try AtomicFileWriter.write(Data(labels), to: labelsPath)
-        var object: [String: JSONValue] = [
-            "format": .string(Self.format),
-            "version": .integer(Int64(Self.version)),
-            "domains": .array(names.map { .string($0) }),
-        ]
-        if let tokenDataType { object["token_dtype"] = .string(tokenDataType.rawValue) }
-        var json = JSONValue.object(object).serialized(pretty: true)
+        var json = try JSONValueEncoder.encode(NamesFile(domains: names, tokenDataType: tokenDataType)).serialized(pretty: true)
         json.append(UInt8(ascii: "\n"))
         try AtomicFileWriter.write(json, to: namesPath)
+    }
+}
+
+extension DomainLabels {
+    /// `NAME.domains.json`: `format` and `version` are optional but checked when present, `domains`
+    /// is required, `token_dtype` optional.
+    struct NamesFile: Codable {
+        var domains: [String]
+        var tokenDataType: TokenDataType?
+
+        enum CodingKeys: String, CodingKey {
+            case format, version, domains
+            case tokenDataType = "token_dtype"
+        }
+
+        init(domains: [String], tokenDataType: TokenDataType?) {
+            self.domains = domains
+            self.tokenDataType = tokenDataType
+        }
+
+        /// A bad field is a `DecodingError.dataCorrupted` whose description is the whole reason.
+        init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            func bad(_ reason: String) -> DecodingError { .dataCorrupted(.init(codingPath: [], debugDescription: reason)) }
+            if container.contains(.format) {
+                guard (try? container.decode(String.self, forKey: .format)) == DomainLabels.format else { throw bad("'format' must be \"\(DomainLabels.format)\"") }
+            }
+            if container.contains(.version) {
+                guard (try? container.decode(Double.self, forKey: .version)) == Double(DomainLabels.version) else {  // 1.0 has always been read as 1
+                    throw bad("'version' must be \(DomainLabels.version) (this MoEKit reads version \(DomainLabels.version))")
+                }
+            }
+            guard var list = try? container.nestedUnkeyedContainer(forKey: .domains) else { throw bad("'domains' must be an array of domain names") }
+            var names: [String] = []
+            while !list.isAtEnd {
+                let index = list.currentIndex
+                guard let name = try? list.decode(String.self), !name.isEmpty else { throw bad("'domains'[\(index)] must be a non-empty string") }
+                guard !names.contains(name) else { throw bad("domain '\(name)' is listed twice") }
+                names.append(name)
+            }
+            guard !names.isEmpty, names.count < Int(DomainLabels.unlabelled) else {
+                throw bad("'domains' must name 1 to \(DomainLabels.unlabelled - 1) domains, got \(names.count)")
+            }
+            domains = names
+            if container.contains(.tokenDataType) {
+                guard let text = try? container.decode(String.self, forKey: .tokenDataType), let parsed = TokenDataType(rawValue: text) else {
+                    throw bad("'token_dtype' must be \"uint16\" or \"uint32\"")
+                }
+                tokenDataType = parsed
+            }
+        }
+
+        func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(DomainLabels.format, forKey: .format)
+            try container.encode(DomainLabels.version, forKey: .version)
+            try container.encode(domains, forKey: .domains)
+            try container.encodeIfPresent(tokenDataType?.rawValue, forKey: .tokenDataType)
+        }
     }
 }
