@@ -48,7 +48,7 @@ import Testing
 
     /// A MiniCPM-MoE config with keys MoEKit does not know is written back with them, in the
     /// layout of earlier versions: sorted keys, floats as floats, whole scalars as integers,
-    /// `n_shared_experts` typed (written since > 0), `moekit_router` kept.
+    /// `n_shared_experts` typed (written since > 0), `moekit_router` typed and written in full.
     @Test func configRoundTripKeepsUnknownKeysByteForByte() throws {
         let text = """
             {"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -67,7 +67,22 @@ import Testing
               "max_position_embeddings" : 2048,
               "model_type" : "minicpm",
               "moekit_router" : {
-                "weighting" : "unnormalized"
+                "aux_loss_free_balancing" : false,
+                "bias_update_rate" : 0.001,
+                "drop_policy" : "probability",
+                "importance_coefficient" : 0,
+                "l1_coefficient_multiplier" : 1.2,
+                "l1_initial_coefficient" : 1e-08,
+                "load_balancing_coefficient" : 0.01,
+                "load_balancing_loss" : "switch",
+                "load_coefficient" : 0,
+                "mode" : "token_choice",
+                "noise_seed" : 0,
+                "noisy_top_k" : false,
+                "scoring" : "softmax",
+                "weight_scale" : 1,
+                "weighting" : "unnormalized",
+                "z_loss_coefficient" : 0
               },
               "my_tool" : {
                 "a" : "x",

@@ -58,7 +58,7 @@ import Testing
                                   numKeyValueHeads: 2, vocabSize: 32)
         model.numExperts = 4
         model.topK = 2
-        #expect(try RouterConfiguration(modelConfig: model) == RouterConfiguration())
+        #expect(RouterConfiguration(modelConfig: model) == RouterConfiguration())
         var expertChoice = RouterConfiguration()
         expertChoice.mode = .expertChoice
         expertChoice.capacityFactor = 2
@@ -67,7 +67,7 @@ import Testing
         let path = directory.file("config.json")
         try model.serialized().write(to: URL(fileURLWithPath: path))
         let reread = try MiniCPMConfig(path: path)
-        #expect(try RouterConfiguration(modelConfig: reread, path: path) == expertChoice)
+        #expect(RouterConfiguration(modelConfig: reread) == expertChoice)
     }
 
     /// Bad `moekit_router` entries are typed errors naming the file and the field.

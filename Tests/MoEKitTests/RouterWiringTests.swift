@@ -39,12 +39,43 @@ import Testing
         #expect((model.router as? ConfigurableRouter)?.configuration.auxiliaryLossFreeBalancing == true)
     }
 
-    /// A bad `moekit_router` in config.json is an error naming the file and field.
+    /// A bad `moekit_router` in config.json is an error naming the file and field, found when the
+    /// config is read (the router is a typed field of `MiniCPMConfig`).
     @Test func badRouterConfigurationIsAnError() throws {
         let directory = TemporaryDirectory()
         var config = try RoutingTracerTests.writeMoECheckpoint(to: directory.path)
         config.otherKeys["moekit_router"] = .object(["capacity_factor": .string("big")])
         try config.write(to: directory.path + "/config.json")
-        #expect(throws: RouterConfigurationError.self) { try MiniCPMModel(directory: directory.path) }
+        do {
+            _ = try MiniCPMModel(directory: directory.path)
+            Issue.record("a model with a bad moekit_router loaded")
+        } catch let error as CheckpointError {
+            guard case .router(.invalidField(let source, let field, _)) = error else { Issue.record("unexpected error \(error)"); return }
+            #expect(source == directory.path + "/config.json")
+            #expect(field == "moekit_router.capacity_factor")
+        }
+    }
+
+    /// `moekit_router` is read into `MiniCPMConfig.router` (not kept as an untyped key) and
+    /// written back in full; `null` or absence is MiniCPM-MoE's routing.
+    @Test func routerIsATypedFieldOfTheConfig() throws {
+        let directory = TemporaryDirectory()
+        var config = SmallModels.config(experts: 4)
+        config.otherKeys["moekit_router"] = .object(["weighting": .string("unnormalized"), "top_k": .integer(1)])
+        let path = directory.file("config.json")
+        try config.write(to: path)
+        let read = try MiniCPMConfig(path: path)
+        var expected = RouterConfiguration()
+        expected.weighting = .unnormalized
+        expected.topK = 1
+        #expect(read.router == expected)
+        #expect(read.otherKeys["moekit_router"] == nil)
+        #expect(read.jsonObject()["moekit_router"] == expected.jsonValue)
+        try read.write(to: path)
+        #expect(try MiniCPMConfig(path: path).router == expected)
+        config.otherKeys["moekit_router"] = .null
+        try config.write(to: path)
+        #expect(try MiniCPMConfig(path: path).router == nil)
+        #expect(RouterConfiguration(modelConfig: try MiniCPMConfig(path: path)) == RouterConfiguration())
     }
 }

@@ -100,7 +100,7 @@ import Testing
         // Loads for inference; the router configuration travels in config.json.
         let loaded = try MiniCPMModel(directory: out)
         #expect(loaded.config.numExperts == 4)
-        #expect(try MiniCPMConfig(path: out + "/config.json").otherKeys["moekit_router"] != nil)
+        #expect(try MiniCPMConfig(path: out + "/config.json").router != nil)
         #expect(FileManager.default.fileExists(atPath: out + "/training_state/optimizer.safetensors"))
         #expect(!FileManager.default.fileExists(atPath: out + "/optimizer.safetensors"))
 

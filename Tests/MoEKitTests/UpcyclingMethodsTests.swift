@@ -220,7 +220,7 @@ struct RoutingWeightScaleTests {
         }
         // The config records the routing the scale was computed for.
         let config = try MiniCPMConfig(path: output + "/config.json")
-        #expect(try RouterConfiguration(modelConfig: config).weighting == .unnormalized)
+        #expect(RouterConfiguration(modelConfig: config).weighting == .unnormalized)
     }
 }
 

@@ -17,6 +17,8 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
     case inputFile(InputFileError)
     /// Creating, writing or replacing an output failed.
     case file(FileError)
+    /// The config's `moekit_router` cannot be used (the router's own error names the field).
+    case router(RouterConfigurationError)
 
     public var errorDescription: String? {
         switch self {
@@ -35,6 +37,7 @@ public enum CheckpointError: Error, LocalizedError, Equatable, Sendable {
         case let .pytorch(error): return error.errorDescription
         case let .inputFile(error): return error.errorDescription
         case let .file(error): return error.errorDescription
+        case let .router(error): return error.errorDescription
         }
     }
 }

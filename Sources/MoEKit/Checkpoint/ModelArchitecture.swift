@@ -213,13 +213,13 @@ extension MiniCPMConfig {
         }
         intermediateSize = Int(expertSize)
         for key in ["n_routed_experts", "moe_intermediate_size", "num_experts_per_tok"] { otherKeys[key] = nil }
-        if otherKeys[RouterConfiguration.configKey] == nil {
-            let scale = present("routed_scaling_factor")?.doubleValue ?? 1
-            otherKeys[RouterConfiguration.configKey] = .object([
-                "scoring": .string(RouterConfiguration.Scoring.sigmoid.rawValue),
-                "weighting": .string((present("norm_topk_prob")?.boolValue ?? true) ? "renormalized" : "unnormalized"),
-                "weight_scale": .number(scale), "aux_loss_free_balancing": .bool(true),
-            ])
+        if router == nil {
+            var router = RouterConfiguration()
+            router.scoring = .sigmoid
+            router.weighting = (present("norm_topk_prob")?.boolValue ?? true) ? .renormalized : .unnormalized
+            router.weightScale = Float(present("routed_scaling_factor")?.doubleValue ?? 1)
+            router.auxiliaryLossFreeBalancing = true
+            self.router = router
         }
     }
 
@@ -244,10 +244,10 @@ extension MiniCPMConfig {
         }
         intermediateSize = Int(expertSize)
         otherKeys["moe_intermediate_size"] = nil
-        if otherKeys[RouterConfiguration.configKey] == nil {
+        if router == nil {
             var router = RouterConfiguration()
             router.weighting = present("norm_topk_prob")?.boolValue == true ? .renormalized : .unnormalized
-            otherKeys[RouterConfiguration.configKey] = .object(["weighting": .string(router.weighting.rawValue)])
+            self.router = router
         }
     }
 

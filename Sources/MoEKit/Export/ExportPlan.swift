@@ -114,10 +114,7 @@ public struct ExportPlan: @unchecked Sendable {
         case .mixtral where config.numSharedExperts > 0:
             throw .wrongKind(directory: directory, format: "mixtral", reason: "it has \(config.numSharedExperts) shared expert\(config.numSharedExperts == 1 ? "" : "s") (n_shared_experts), which Mixtral cannot hold; use --format qwen2_moe, glm4_moe or minicpm")
         case .mixtral, .qwen2MoE, .glm4MoE:
-            let router: RouterConfiguration
-            do { router = try RouterConfiguration(modelConfig: config, path: directory + "/config.json") } catch {
-                throw .checkpoint(.invalidField(path: directory + "/config.json", field: RouterConfiguration.configKey, reason: error.localizedDescription))
-            }
+            let router = RouterConfiguration(modelConfig: config)
             let mapped = try ExportRouting(router, layers: config.numHiddenLayers, modelTopK: config.topK ?? 2,
                                             biasIsZero: biasIsZero, path: directory + "/config.json", format: format)
             if format == .qwen2MoE && mapped.jitterNoise != 0 { notes.append("input_jitter (training only) is not in Qwen2-MoE's config") }

@@ -29,6 +29,11 @@ public struct MiniCPMConfig: Sendable, Equatable {
     public var topK: Int?
     /// Shared experts per MoE layer (`n_shared_experts`, DeepSeekMoE): always active, never routed; 0 when absent.
     public var numSharedExperts: Int = 0
+    /// The routing the MoE layers run (`moekit_router`, MoEKit's own key; other tools ignore it):
+    /// `nil` when absent or `null`, which means MiniCPM-MoE's routing (`RouterConfiguration()`).
+    /// Read strictly and validated with the config (errors name the file and the router field),
+    /// written in full.
+    public var router: RouterConfiguration?
     /// Every key of the file that is not a typed field above, kept as read.
     public var otherKeys: [String: JSONValue] = [:]
 
@@ -62,8 +67,15 @@ public struct MiniCPMConfig: Sendable, Equatable {
     /// names (`adoptArchitectureFields`) and validates; errors name `path` and the field.
     public init(json: JSONValue, path: String = "config.json") throws(CheckpointError) {
         guard case .object(let object) = json else { throw .invalidJSON(path: path, reason: "not a JSON object") }
+        // The router first, through its own strict reader (unknown settings, types, validation),
+        // so its errors name the router field as `--router` and the model's router report them.
+        var router: RouterConfiguration?
+        if let value = object[CodingKeys.router.rawValue], value != .null {
+            do { router = try RouterConfiguration(json: value, source: path) } catch { throw .router(error) }
+        }
         do {
             self = try JSONValueDecoder.decode(MiniCPMConfig.self, from: json)
+            self.router = router
         } catch DecodingError.keyNotFound(let key, _) {
             throw .missingField(path: path, field: key.stringValue)
         } catch DecodingError.dataCorrupted(let context) {
@@ -143,6 +155,7 @@ extension MiniCPMConfig: Codable {
         /// Typed only for a MiniCPM-MoE (MoEKit's convention, DeepSeek's key); other architectures
         /// keep it in `otherKeys` as read (GLM-4.5-MoE's own shared expert is handled by its import).
         case numSharedExperts = "n_shared_experts"
+        case router = "moekit_router"
     }
 
     /// Keys never kept in `otherKeys` (`n_shared_experts` is kept unless it was typed).
@@ -205,6 +218,7 @@ extension MiniCPMConfig: Codable {
         for key in all.allKeys where !Self.typedKeys.contains(key.stringValue) {
             otherKeys[key.stringValue] = try all.decodeNil(forKey: key) ? .null : all.decode(JSONValue.self, forKey: key)
         }
+        router = try container.decodeIfPresent(RouterConfiguration.self, forKey: .router)
         if numExperts != nil && architecture == .minicpm {
             numSharedExperts = try integer(.numSharedExperts, default: 0, minimum: 0)
             otherKeys[CodingKeys.numSharedExperts.rawValue] = nil
@@ -247,5 +261,6 @@ extension MiniCPMConfig: Codable {
             if numSharedExperts > 0 { try encode(numSharedExperts, .numSharedExperts) }
         }
         if architecture == .qwen2MoE || architecture == .glm4MoE { try container.encode(intermediateSize, forKey: JSONKey("moe_intermediate_size")) }
+        if let router { try container.encode(router.jsonValue, forKey: JSONKey(CodingKeys.router.rawValue)) }
     }
 }

@@ -411,7 +411,7 @@ public final class Trainer {
         let directory = try AtomicDirectory(destination: outputDirectory, replaceExisting: true)
         var config = model.config
         config.torchDtype = "float32"
-        if let router = model.configurableRouter { config.otherKeys["moekit_router"] = router.configuration.jsonValue }
+        if let router = model.configurableRouter { config.router = router.configuration }
         try config.write(to: directory.path("config.json"))
 
         var tensors = model.weights.namedTensors(config: model.config).map { (name: $0.name, tensor: $0.tensor, dtype: SafetensorsDType.float32) }

@@ -253,12 +253,12 @@ public final class ConfigurableRouter: ExpertRouter {
 
 
 extension ConfigurableRouter {
-    /// The router a model's config describes: its `moekit_router` object when present, else
-    /// MiniCPM-MoE's softmax → top-k → renormalise; `nil` for a dense model. `source` is the model
-    /// directory (errors name its config.json).
+    /// The router a model's config describes: its `moekit_router` (`MiniCPMConfig.router`) when
+    /// present, else MiniCPM-MoE's softmax → top-k → renormalise; `nil` for a dense model. `source`
+    /// is the model directory (errors name its config.json).
     static func described(by config: MiniCPMConfig, source: String) throws(RouterConfigurationError) -> ConfigurableRouter? {
         guard config.isMoE else { return nil }
-        return try ConfigurableRouter(configuration: RouterConfiguration(modelConfig: config, path: source + "/config.json"), model: config)
+        return try ConfigurableRouter(configuration: RouterConfiguration(modelConfig: config), model: config)
     }
 
     /// Loads every saved auxiliary-loss-free bias (`model.layers.N.mlp.gate.moekit_bias`) the checkpoint holds.

@@ -279,14 +279,10 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
     /// The key of `config.json` that holds the router configuration.
     public static let configKey = "moekit_router"
 
-    /// The configuration stored under `moekit_router` in a model's config, or the defaults
-    /// (MiniCPM-MoE routing) when the key is absent. Validated; errors name `path` and the field.
-    public init(modelConfig: MiniCPMConfig, path: String = "config.json") throws(RouterConfigurationError) {
-        guard let value = modelConfig.otherKeys[Self.configKey], value != .null else {
-            self.init()
-            return
-        }
-        try self.init(json: value, source: path)
+    /// The configuration a model's config holds (`MiniCPMConfig.router`, read and validated with
+    /// the config), or the defaults (MiniCPM-MoE routing) when it has none.
+    public init(modelConfig: MiniCPMConfig) {
+        self = modelConfig.router ?? RouterConfiguration()
     }
 
     /// Decodes a `moekit_router` JSON object and validates it.
@@ -324,6 +320,6 @@ public struct RouterConfiguration: Codable, Sendable, Equatable {
 
     /// Stores this configuration under `moekit_router` in a model's config (written with it).
     public func store(in modelConfig: inout MiniCPMConfig) {
-        modelConfig.otherKeys[Self.configKey] = jsonValue
+        modelConfig.router = self
     }
 }
