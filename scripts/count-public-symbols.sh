@@ -14,7 +14,7 @@ trap 'rm -rf "$OUT"' EXIT
 BUILD=$ROOT/.build/release
 # shellcheck disable=SC2046
 swift-symbolgraph-extract -module-name MoEKit -I "$BUILD/Modules" -I "$ROOT/Sources/CHDF5" -I "$ROOT/Sources/COpenBLAS" \
-    $(pkg-config --cflags hdf5 openblas | sed 's/-I/-Xcc -I/g') -Xcc -fmodule-map-file="$BUILD/CMachinePeak.build/module.modulemap" \
+    $(pkg-config --cflags hdf5 openblas | sed 's/-I/-Xcc -I/g') -Xcc -fmodule-map-file="$BUILD/CMachinePeak.build/module.modulemap" -Xcc -fmodule-map-file="$BUILD/CMoEKernels.build/module.modulemap" \
     -target "$(uname -m)-unknown-linux-gnu" -minimum-access-level public -output-dir "$OUT" >/dev/null
 python3 - "$OUT/MoEKit.symbols.json" <<'PY'
 import collections, json, sys
