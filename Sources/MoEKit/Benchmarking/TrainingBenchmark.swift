@@ -67,6 +67,7 @@ public struct TrainingBenchmark {
         let moe = try MiniCPMModel(config: moeConfig, weights: MiniCPMWeights(config: moeConfig) { moeParameters[$0]! }, router: router)
         var denseOptimizer = try AdamW(parameters: dense.weights, config: config)
         var moeOptimizer = try AdamW(parameters: moe.weights, config: moeConfig)
+        let denseWorkspace = GradientWorkspace(), moeWorkspace = GradientWorkspace()
 
         var random = SeededRandom(seed: options.seed, stream: "training-benchmark-batch")
         let inputs = (0 ..< options.batchSize).map { _ in (0 ..< options.sequenceLength).map { _ in Int(random.next() % UInt64(config.vocabSize)) } }
@@ -81,11 +82,11 @@ public struct TrainingBenchmark {
 
         let samples = try ThroughputBenchmark.timeInterleaved(warmups: 1, repeats: options.repeats, [
             {
-                let result = try dense.lossAndGradients(batch)
+                let result = try dense.lossAndGradients(batch, workspace: denseWorkspace)
                 if let gradients = result.gradients { denseOptimizer.step(&dense.weights, gradients: gradients, learningRate: 1e-4) }
             },
             {
-                let result = try moe.lossAndGradients(batch)
+                let result = try moe.lossAndGradients(batch, workspace: moeWorkspace)
                 if let gradients = result.gradients { moeOptimizer.step(&moe.weights, gradients: gradients, learningRate: 1e-4) }
             },
             { _ = MatrixMultiply.product(a, b, transposeB: true) },

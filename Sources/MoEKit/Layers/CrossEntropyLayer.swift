@@ -111,18 +111,35 @@ enum CrossEntropyLayer {
         return (z, norm)
     }
 
-    /// ∂L/∂h, ∂L/∂w_norm and ∂L/∂head.
-    static func backward(cache: Cache, normWeight: Tensor, head: Weight) -> Gradients {
+    /// ∂L/∂h, ∂L/∂w_norm and ∂L/∂head. A `headGradientBuffer` (`[vocab, hidden]`, any contents;
+    /// see `GradientWorkspace`) is moved out (left nil) and becomes ∂L/∂head instead of a fresh tensor.
+    static func backward(cache: Cache, normWeight: Tensor, head: Weight, headGradientBuffer: inout Tensor?) -> Gradients {
         let rows = cache.scaledNormed.rows, hidden = cache.scaledNormed.columns, vocabulary = head.rows
+        precondition(headGradientBuffer == nil || headGradientBuffer?.shape == [vocabulary, hidden], "cross-entropy backward: head buffer shape")
         var scaledGradient: Tensor
         var headGradient: Tensor
         if let logitGradient = cache.logitGradient {
-            // dz = dlogits · head, dhead = dlogitsᵀ · z
+            // dz = dlogits · head, dhead = dlogitsᵀ · z (β = 0: the buffer is overwritten)
             scaledGradient = MatrixMultiply.product(logitGradient, head, transposeB: false)
-            headGradient = MatrixMultiply.product(logitGradient, cache.scaledNormed, transposeA: true)
+            headGradient = headGradientBuffer ?? Tensor(uninitializedShape: [vocabulary, hidden])
+            headGradientBuffer = nil
+            logitGradient.values.withUnsafeBufferPointer { g in
+                cache.scaledNormed.values.withUnsafeBufferPointer { z in
+                    headGradient.values.withUnsafeMutableBufferPointer { dw in
+                        MatrixMultiply.gemm(m: vocabulary, n: hidden, k: rows, a: g.baseAddress!, lda: vocabulary, transposeA: true,
+                                            b: z.baseAddress!, ldb: hidden, c: dw.baseAddress!, ldc: hidden)
+                    }
+                }
+            }
         } else {
             scaledGradient = Tensor(uninitializedShape: [rows, hidden])
-            headGradient = Tensor(shape: [vocabulary, hidden])
+            if var buffer = headGradientBuffer {
+                headGradientBuffer = nil
+                buffer.values.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+                headGradient = buffer
+            } else {
+                headGradient = Tensor(shape: [vocabulary, hidden])
+            }
             let inverseCount = cache.countedTokens > 0 ? 1 / Float(cache.countedTokens) : 0
             var scratch = [Float].uninitialized(count: cache.blockRows * vocabulary)
             scratch.withUnsafeMutableBufferPointer { s in
@@ -151,6 +168,12 @@ enum CrossEntropyLayer {
         Kernels.scale(&scaledGradient, by: 1 / cache.divisor)
         let (inputGradient, normGradient) = RMSNormLayer.backward(scaledGradient, cache: cache.norm, weight: normWeight)
         return Gradients(input: inputGradient, normWeight: normGradient, head: headGradient)
+    }
+
+    /// ∂L/∂h, ∂L/∂w_norm and ∂L/∂head in fresh tensors.
+    static func backward(cache: Cache, normWeight: Tensor, head: Weight) -> Gradients {
+        var noBuffer: Tensor?
+        return backward(cache: cache, normWeight: normWeight, head: head, headGradientBuffer: &noBuffer)
     }
 
     // MARK: Pieces

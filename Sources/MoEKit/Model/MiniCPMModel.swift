@@ -219,8 +219,12 @@ public final class MiniCPMModel {
     /// With `microBatch`, the batch is one micro-batch of a global batch (gradient accumulation):
     /// the loss and gradients are this micro-batch's part of the global objective (see
     /// `MicroBatch`), so the parts of all micro-batches add up to the global batch's.
-    func lossAndGradients(_ batch: TrainingBatch, microBatch: MicroBatch = .whole) throws -> StepResult {
-        try step(batch, routerTraining: true, gradients: true, microBatch: microBatch)
+    ///
+    /// With a `workspace` (kept by a trainer from step to step), the `[vocab, hidden]` gradients
+    /// are written into last step's buffers instead of fresh ones; the results are the same bit
+    /// for bit (see `GradientWorkspace`).
+    func lossAndGradients(_ batch: TrainingBatch, microBatch: MicroBatch = .whole, workspace: GradientWorkspace? = nil) throws -> StepResult {
+        try step(batch, routerTraining: true, gradients: true, microBatch: microBatch, workspace: workspace)
     }
 
     /// The routing of a batch as `lossAndGradients` would route it (router in training mode, so
@@ -274,7 +278,8 @@ public final class MiniCPMModel {
         }
     }
 
-    private func step(_ batch: TrainingBatch, routerTraining: Bool, gradients: Bool, microBatch: MicroBatch = .whole) throws -> StepResult {
+    private func step(_ batch: TrainingBatch, routerTraining: Bool, gradients: Bool, microBatch: MicroBatch = .whole,
+                      workspace: GradientWorkspace? = nil) throws -> StepResult {
         let router = try trainingRouter()
         let wasTraining = router?.isTraining ?? false
         router?.isTraining = routerTraining
@@ -282,7 +287,7 @@ public final class MiniCPMModel {
         let pass = try trainingForward(batch, keepCaches: gradients, microBatch: microBatch)
         return StepResult(loss: pass.loss, languageModelLoss: pass.crossEntropy.loss, countedTokens: pass.crossEntropy.countedTokens,
                           routerLosses: pass.decoder.routerLosses, routing: pass.decoder.routed,
-                          gradients: gradients ? backward(pass, languageModelWeight: microBatch.languageModelWeight) : nil)
+                          gradients: gradients ? backward(pass, languageModelWeight: microBatch.languageModelWeight, workspace: workspace) : nil)
     }
 
     private func trainingRouter() throws(ModelError) -> ConfigurableRouter? {
@@ -396,10 +401,14 @@ public final class MiniCPMModel {
         return TrainingPass(tokens: tokens, decoder: pass, crossEntropy: crossEntropy, loss: loss)
     }
 
-    /// ∂/∂weights of languageModelWeight · CE + Σ router losses (their weights are inside them).
-    private func backward(_ pass: TrainingPass, languageModelWeight: Float) -> MiniCPMWeights {
+    /// ∂/∂weights of languageModelWeight · CE + Σ router losses (their weights are inside them);
+    /// the `[vocab, hidden]` gradients in `workspace`'s buffers when given, which then keeps them.
+    private func backward(_ pass: TrainingPass, languageModelWeight: Float, workspace: GradientWorkspace?) -> MiniCPMWeights {
         let residualScale = config.residualScale
-        var output = CrossEntropyLayer.backward(cache: pass.crossEntropy.cache, normWeight: weights.finalNorm, head: weights.head)
+        let tableShape = [config.vocabSize, config.hiddenSize]
+        var headBuffer = workspace?.takeHeadGradient(shape: tableShape)
+        var output = CrossEntropyLayer.backward(cache: pass.crossEntropy.cache, normWeight: weights.finalNorm, head: weights.head,
+                                                headGradientBuffer: &headBuffer)
         if languageModelWeight != 1 {
             Kernels.scale(&output.input, by: languageModelWeight)
             Kernels.scale(&output.head, by: languageModelWeight)
@@ -439,10 +448,24 @@ public final class MiniCPMModel {
             layerGradients.append(DecoderLayerWeights(inputNorm: inputNorm.weight, attention: attention.weights,
                                                       postAttentionNorm: postNorm.weight, feedForward: feedForwardGradient))
         }
-        var embeddingGradient = weights.lmHead == nil ? output.head : Tensor(shape: [config.vocabSize, config.hiddenSize])
+        let tied = weights.lmHead == nil
+        var embeddingGradient: Tensor
+        if tied {
+            embeddingGradient = output.head
+            output.head = Tensor(shape: [0])    // `embeddingGradient` holds the only reference: added to in place
+        } else {
+            embeddingGradient = workspace?.takeZeroEmbeddingGradient(shape: tableShape) ?? Tensor(shape: tableShape)
+        }
         EmbeddingLayer.backward(dh, tokens: pass.tokens, scale: Float(config.scaleEmb), into: &embeddingGradient)
+        if let workspace {
+            workspace.headGradient = tied ? embeddingGradient : output.head
+            if !tied {
+                workspace.embeddingGradient = embeddingGradient
+                workspace.embeddingRows = pass.tokens
+            }
+        }
         return MiniCPMWeights(embedding: Weight(embeddingGradient), layers: layerGradients.reversed(), finalNorm: output.normWeight,
-                              lmHead: weights.lmHead == nil ? nil : Weight(output.head))
+                              lmHead: tied ? nil : Weight(output.head))
     }
 
     // MARK: Input checks

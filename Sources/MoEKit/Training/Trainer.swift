@@ -59,6 +59,8 @@ public final class Trainer {
     public let sampler: BatchSampler
     public let schedule: LearningRateSchedule
     private(set) var optimizer: AdamW
+    /// The step's `[vocab, hidden]` gradient buffers, reused from step to step.
+    private let gradientWorkspace = GradientWorkspace()
     public let outputDirectory: String
     public let logPath: String?
     /// The model directory the weights came from (OUT_DIR when resuming).
@@ -289,7 +291,8 @@ public final class Trainer {
         let parts = Self.microBatches(batch, count: options.accumulationSteps)
         guard parts.count > 1 else {
             router?.reseedNoise(step: step)
-            return try model.lossAndGradients(batch, microBatch: MiniCPMModel.MicroBatch(languageModelWeight: 1, share: 1, balance: options.balance))
+            return try model.lossAndGradients(batch, microBatch: MiniCPMModel.MicroBatch(languageModelWeight: 1, share: 1, balance: options.balance),
+                                              workspace: gradientWorkspace)
         }
         var globalCounts: [[Int]]?
         if options.balance == .global, let router {
@@ -311,7 +314,8 @@ public final class Trainer {
             let microBatch = MiniCPMModel.MicroBatch(languageModelWeight: allTargets > 0 ? Float(countedTargets[index]) / Float(allTargets) : 0,
                                                      share: Float(part.tokenCount) / Float(allTokens), balance: options.balance,
                                                      globalExpertCounts: globalCounts, globalTokens: allTokens)
-            let result = try model.lossAndGradients(part, microBatch: microBatch)
+            // Every micro-batch after the first finds the buffers still held by the running sum (a copy on write).
+            let result = try model.lossAndGradients(part, microBatch: microBatch, workspace: gradientWorkspace)
             guard result.loss.isFinite, let gradients = result.gradients else { return result }
             routings.append(result.routing)
             guard var sum = combined, var total = sum.gradients else {
