@@ -15,17 +15,10 @@ import numpy as np
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from experiment_stats import mutual_information, smooth
 
 run_dir, figure_path = sys.argv[1], sys.argv[2]
 WINDOW = 25
-
-
-def mutual_information(counts):
-    """counts: [D, E] assignment counts -> I(D; E) in bits."""
-    p = counts / counts.sum()
-    pd, pe = p.sum(axis=1, keepdims=True), p.sum(axis=0, keepdims=True)
-    nz = p > 0
-    return float((p[nz] * np.log2(p[nz] / (pd @ pe)[nz])).sum())
 
 
 def load(name):
@@ -39,10 +32,6 @@ def load(name):
     d["mi"] = np.array([[mutual_information(dc[a:b, l].sum(axis=0)) for l in range(layers)] for a, b in windows])
     d["cv"] = (counts.std(axis=2) / counts.mean(axis=2)).mean(axis=1)  # per step, mean over layers
     return d
-
-
-def smooth(x, n=20):
-    return np.convolve(x, np.ones(n) / n, mode="valid")
 
 
 coefficients = sorted({f[len("micro-aux"):-3] for f in os.listdir(run_dir) if f.startswith("micro-aux") and f.endswith(".h5")}, key=float)

@@ -14,6 +14,7 @@ import numpy as np
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from experiment_stats import smooth
 
 run_dir, figure_path = sys.argv[1], sys.argv[2]
 
@@ -31,10 +32,6 @@ def load(name):
             d["sparsity"] = 1 - d["active"] / d["E"]
             d["zero_active"] = h[:, :, 0].sum(axis=1) / h.sum(axis=(1, 2))  # share of (token, layer) with no expert
     return d
-
-
-def smooth(x, n=20):
-    return np.convolve(x, np.ones(n) / n, mode="valid")
 
 
 runs = {name: load(name) for name in ("topk-8e-k2", "remoe-8e-k2")}

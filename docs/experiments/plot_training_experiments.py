@@ -8,6 +8,7 @@ import numpy as np
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from experiment_stats import smooth
 
 
 def load(path):
@@ -17,10 +18,6 @@ def load(path):
             counts = f["routing/expert_counts"][:].astype(float)
             d["cv"] = counts.std(axis=2) / counts.mean(axis=2)
     return d
-
-
-def smooth(x, n=20):
-    return np.convolve(x, np.ones(n) / n, mode="valid")
 
 
 dense, aux, noaux, out = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3]), sys.argv[4]

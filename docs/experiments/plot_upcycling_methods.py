@@ -16,17 +16,10 @@ import numpy as np
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from experiment_stats import mutual_information, smooth
 
 run_dir, figure_dir = sys.argv[1], sys.argv[2]
 WINDOW = 25
-
-
-def mutual_information(counts):
-    """counts: [D, E] assignment counts -> I(D; E) in bits."""
-    p = counts / counts.sum()
-    pd, pe = p.sum(axis=1, keepdims=True), p.sum(axis=0, keepdims=True)
-    nz = p > 0
-    return float((p[nz] * np.log2(p[nz] / (pd @ pe)[nz])).sum())
 
 
 def load(name):
@@ -43,10 +36,6 @@ def load(name):
         d["own_share"] = np.array([[np.mean([dc[a:b, l, i, i].sum() / dc[a:b, l, i].sum() for l in range(layers)])
                                     for i in range(dc.shape[2])] for a, b in windows])
     return d
-
-
-def smooth(x, n=20):
-    return np.convolve(x, np.ones(n) / n, mode="valid")
 
 
 def report(title, runs):
