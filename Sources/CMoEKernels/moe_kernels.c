@@ -136,19 +136,24 @@ INLINE AVX512_TARGET void gemv_tile_avx512(const int MR, const int NR, const int
         }                                                             \
     } while (0)
 
-static AVX512_TARGET void gemv_avx512(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
-                                      const unsigned char *w, long ldw, int type, float beta, float *c, long ldc) {
-    const long ldw_bytes = 2 * ldw;
-    for (long j = row_begin; j < row_end;) {
-        const int nr = row_end - j >= 4 ? 4 : 1;
-        for (long i = 0; i < m; i += 4) {
-            const int mr = m - i >= 4 ? 4 : (int)(m - i);
-            if (type == MOEKIT_WEIGHT_BF16) GEMV_DISPATCH(gemv_tile_avx512, MOEKIT_WEIGHT_BF16);
-            else GEMV_DISPATCH(gemv_tile_avx512, MOEKIT_WEIGHT_F16);
-        }
-        j += nr;
+// One driver per instruction set (each compiled with its own target attribute, so its tiles inline):
+// rows of W in steps of 4 (1 at the tail), activations in steps of up to 4 rows.
+#define GEMV_DRIVER(NAME, TARGET, KERNEL)                                                                       \
+    static TARGET void NAME(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, \
+                            const unsigned char *w, long ldw, int type, float beta, float *c, long ldc) {       \
+        const long ldw_bytes = 2 * ldw;                                                                         \
+        for (long j = row_begin; j < row_end;) {                                                                \
+            const int nr = row_end - j >= 4 ? 4 : 1;                                                            \
+            for (long i = 0; i < m; i += 4) {                                                                   \
+                const int mr = m - i >= 4 ? 4 : (int)(m - i);                                                   \
+                if (type == MOEKIT_WEIGHT_BF16) GEMV_DISPATCH(KERNEL, MOEKIT_WEIGHT_BF16);                      \
+                else GEMV_DISPATCH(KERNEL, MOEKIT_WEIGHT_F16);                                                  \
+            }                                                                                                   \
+            j += nr;                                                                                            \
+        }                                                                                                       \
     }
-}
+
+GEMV_DRIVER(gemv_avx512, AVX512_TARGET, gemv_tile_avx512)
 
 // MARK: AVX2 f32 GEMV on 16-bit weights
 
@@ -189,19 +194,7 @@ INLINE AVX2_TARGET void gemv_tile_avx2(const int MR, const int NR, const int TYP
     }
 }
 
-static AVX2_TARGET void gemv_avx2(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
-                                  const unsigned char *w, long ldw, int type, float beta, float *c, long ldc) {
-    const long ldw_bytes = 2 * ldw;
-    for (long j = row_begin; j < row_end;) {
-        const int nr = row_end - j >= 4 ? 4 : 1;
-        for (long i = 0; i < m; i += 4) {
-            const int mr = m - i >= 4 ? 4 : (int)(m - i);
-            if (type == MOEKIT_WEIGHT_BF16) GEMV_DISPATCH(gemv_tile_avx2, MOEKIT_WEIGHT_BF16);
-            else GEMV_DISPATCH(gemv_tile_avx2, MOEKIT_WEIGHT_F16);
-        }
-        j += nr;
-    }
-}
+GEMV_DRIVER(gemv_avx2, AVX2_TARGET, gemv_tile_avx2)
 
 void moekit_gemv_f32_half(int isa, long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
                           const void *w, long ldw, int weight_type, float beta, float *c, long ldc) {
