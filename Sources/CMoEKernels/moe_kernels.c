@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 // MARK: CPU features
@@ -81,79 +82,117 @@ static void gemv_portable(long m, long row_begin, long row_end, long k, float al
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma")))
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE AVX512_TARGET __m512 widen16_avx512(__m256i h, int type) {
-    return type == MOEKIT_WEIGHT_BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
-}
-
-// An MR × NR tile: MR rows of A against NR rows of W, 16 columns of k at a time. MR, NR and TYPE are
-// constants at every call, so the accumulators live in registers.
-INLINE AVX512_TARGET void gemv_tile_avx512(const int MR, const int NR, const int TYPE, long k, float alpha, const float *a, long lda,
-                                           const unsigned char *w, long ldw_bytes, float beta, float *c, long ldc) {
+// One row of W against MR rows of A, read front to back, 64 columns of k per step into four
+// accumulators per A row (independent FMA chains). Taking W one row at a time makes consecutive
+// rows one sequential stream: several rows at once split it into short strided streams, which ran
+// at half the memory bandwidth (docs/bf16-kernels.md).
+// - bf16: 32 weights per 64-byte load, widened in-lane: each 32-bit lane holds an even element in
+//   its low half (<< 16 makes it an f32) and an odd one in its high half (& 0xffff0000), against A
+//   de-interleaved per 32-column block into [16 even, 16 odd] (`deinterleave_bf16_operand`) and
+//   zero-padded to a multiple of 32 columns.
+// - f16: 16 weights per 32-byte load through vcvtph2ps, against A as stored.
+INLINE AVX512_TARGET void gemv_row_avx512(const int MR, const int TYPE, long k, float alpha, const float *a, long lda,
+                                          const unsigned char *w, float beta, float *c, long ldc) {
     __m512 acc[4][4];
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_ps();
+        for (int q = 0; q < 4; q++) acc[i][q] = _mm512_setzero_ps();
     long p = 0;
-    for (; p + 16 <= k; p += 16) {
-        __m512 wv[4];
-        for (int j = 0; j < NR; j++) wv[j] = widen16_avx512(_mm256_loadu_si256((const __m256i *)(w + j * ldw_bytes + 2 * p)), TYPE);
-        for (int i = 0; i < MR; i++) {
-            __m512 xv = _mm512_loadu_ps(a + i * lda + p);
-            for (int j = 0; j < NR; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+    if (TYPE == MOEKIT_WEIGHT_BF16) {
+        const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+        for (; p + 64 <= k; p += 64) {
+            const __m512i v0 = _mm512_loadu_si512((const void *)(w + 2 * p)), v1 = _mm512_loadu_si512((const void *)(w + 2 * p + 64));
+            const __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), w1 = _mm512_castsi512_ps(_mm512_and_si512(v0, high));
+            const __m512 w2 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), w3 = _mm512_castsi512_ps(_mm512_and_si512(v1, high));
+            for (int i = 0; i < MR; i++) {
+                const float *x = a + i * lda + p;
+                acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[i][1]);
+                acc[i][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(x + 32), acc[i][2]);
+                acc[i][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x + 48), acc[i][3]);
+            }
         }
-    }
-    if (p < k) {
-        __mmask16 mask = (__mmask16)((1u << (k - p)) - 1);
-        __m512 wv[4];
-        for (int j = 0; j < NR; j++) wv[j] = widen16_avx512(_mm256_maskz_loadu_epi16(mask, w + j * ldw_bytes + 2 * p), TYPE);
-        for (int i = 0; i < MR; i++) {
-            __m512 xv = _mm512_maskz_loadu_ps(mask, a + i * lda + p);
-            for (int j = 0; j < NR; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+        // The last blocks of 32 (the final one masked: A's padding is zero, W's masked lanes too).
+        for (; p < k; p += 32) {
+            const long left = k - p;
+            const __mmask32 mask = left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << left) - 1);
+            const __m512i v = _mm512_maskz_loadu_epi16(mask, w + 2 * p);
+            const __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), w1 = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+            for (int i = 0; i < MR; i++) {
+                const float *x = a + i * lda + p;
+                acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[i][1]);
+            }
+        }
+    } else {
+        for (; p + 64 <= k; p += 64) {
+            __m512 wv[4];
+            for (int q = 0; q < 4; q++) wv[q] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * p + 32 * q)));
+            for (int i = 0; i < MR; i++)
+                for (int q = 0; q < 4; q++) acc[i][q] = _mm512_fmadd_ps(wv[q], _mm512_loadu_ps(a + i * lda + p + 16 * q), acc[i][q]);
+        }
+        for (; p < k; p += 16) {
+            const long left = k - p;
+            const __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+            const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w + 2 * p));
+            for (int i = 0; i < MR; i++) acc[i][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mask, a + i * lda + p), acc[i][0]);
         }
     }
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) store(c + i * ldc + j, _mm512_reduce_add_ps(acc[i][j]), alpha, beta);
+        store(c + i * ldc, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]), _mm512_add_ps(acc[i][2], acc[i][3]))), alpha, beta);
 }
 
-#define GEMV_TILE(KERNEL, MR, NR, TYPE) KERNEL(MR, NR, TYPE, k, alpha, a + i * lda, lda, w + j * ldw_bytes, ldw_bytes, beta, c + i * ldc + j, ldc)
+// A's m rows de-interleaved per 32-column block ([16 even, 16 odd] columns), zero-padded to
+// `padded` columns: the operand layout of gemv_row_avx512's bf16 path.
+static void deinterleave_bf16_operand(long m, long k, const float *a, long lda, float *out, long padded) {
+    for (long i = 0; i < m; i++) {
+        const float *x = a + i * lda;
+        float *o = out + i * padded;
+        for (long b = 0; b < padded; b += 32)
+            for (long j = 0; j < 16; j++) {
+                o[b + j] = b + 2 * j < k ? x[b + 2 * j] : 0;
+                o[b + 16 + j] = b + 2 * j + 1 < k ? x[b + 2 * j + 1] : 0;
+            }
+    }
+}
 
-// Dispatches (mr ∈ 1…4, nr ∈ {4, 1}, type) to a constant instance.
-#define GEMV_DISPATCH(KERNEL, TYPE)                                   \
-    do {                                                              \
-        if (nr == 4) {                                                \
-            switch (mr) {                                             \
-            case 4: GEMV_TILE(KERNEL, 4, 4, TYPE); break;             \
-            case 3: GEMV_TILE(KERNEL, 3, 4, TYPE); break;             \
-            case 2: GEMV_TILE(KERNEL, 2, 4, TYPE); break;             \
-            default: GEMV_TILE(KERNEL, 1, 4, TYPE); break;            \
-            }                                                         \
-        } else {                                                      \
-            switch (mr) {                                             \
-            case 4: GEMV_TILE(KERNEL, 4, 1, TYPE); break;             \
-            case 3: GEMV_TILE(KERNEL, 3, 1, TYPE); break;             \
-            case 2: GEMV_TILE(KERNEL, 2, 1, TYPE); break;             \
-            default: GEMV_TILE(KERNEL, 1, 1, TYPE); break;            \
-            }                                                         \
-        }                                                             \
+#define GEMV_ROW(MR, TYPE) gemv_row_avx512(MR, TYPE, k, alpha, x + i * ldx, ldx, w + j * ldw_bytes, beta, c + i * ldc + j, ldc)
+#define GEMV_ROW_DISPATCH(TYPE)                    \
+    do {                                           \
+        switch (mr) {                              \
+        case 4: GEMV_ROW(4, TYPE); break;          \
+        case 3: GEMV_ROW(3, TYPE); break;          \
+        case 2: GEMV_ROW(2, TYPE); break;          \
+        default: GEMV_ROW(1, TYPE); break;         \
+        }                                          \
     } while (0)
 
-// One driver per instruction set (each compiled with its own target attribute, so its tiles inline):
-// rows of W in steps of 4 (1 at the tail), activations in steps of up to 4 rows.
-#define GEMV_DRIVER(NAME, TARGET, KERNEL)                                                                       \
-    static TARGET void NAME(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, \
-                            const unsigned char *w, long ldw, int type, float beta, float *c, long ldc) {       \
-        const long ldw_bytes = 2 * ldw;                                                                         \
-        for (long j = row_begin; j < row_end;) {                                                                \
-            const int nr = row_end - j >= 4 ? 4 : 1;                                                            \
-            for (long i = 0; i < m; i += 4) {                                                                   \
-                const int mr = m - i >= 4 ? 4 : (int)(m - i);                                                   \
-                if (type == MOEKIT_WEIGHT_BF16) GEMV_DISPATCH(KERNEL, MOEKIT_WEIGHT_BF16);                      \
-                else GEMV_DISPATCH(KERNEL, MOEKIT_WEIGHT_F16);                                                  \
-            }                                                                                                   \
-            j += nr;                                                                                            \
-        }                                                                                                       \
+// Row by row of W, each against the activations in steps of up to 4 rows (from L1 after the first).
+static AVX512_TARGET void gemv_avx512(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
+                                      const unsigned char *w, long ldw, int type, float beta, float *c, long ldc) {
+    const long ldw_bytes = 2 * ldw;
+    const float *x = a;
+    long ldx = lda;
+    float *deinterleaved = NULL;
+    if (type == MOEKIT_WEIGHT_BF16) {
+        const long padded = (k + 31) / 32 * 32;
+        deinterleaved = aligned_alloc(64, (size_t)(m * padded) * sizeof(float));
+        if (!deinterleaved) {
+            gemv_portable(m, row_begin, row_end, k, alpha, a, lda, w, ldw, type, beta, c, ldc);
+            return;
+        }
+        deinterleave_bf16_operand(m, k, a, lda, deinterleaved, padded);
+        x = deinterleaved;
+        ldx = padded;
     }
-
-GEMV_DRIVER(gemv_avx512, AVX512_TARGET, gemv_tile_avx512)
+    for (long j = row_begin; j < row_end; j++) {
+        for (long i = 0; i < m; i += 4) {
+            const int mr = m - i >= 4 ? 4 : (int)(m - i);
+            if (type == MOEKIT_WEIGHT_BF16) GEMV_ROW_DISPATCH(MOEKIT_WEIGHT_BF16);
+            else GEMV_ROW_DISPATCH(MOEKIT_WEIGHT_F16);
+        }
+    }
+    free(deinterleaved);
+}
 
 // MARK: AVX2 f32 GEMV on 16-bit weights
 
@@ -194,7 +233,42 @@ INLINE AVX2_TARGET void gemv_tile_avx2(const int MR, const int NR, const int TYP
     }
 }
 
-GEMV_DRIVER(gemv_avx2, AVX2_TARGET, gemv_tile_avx2)
+#define GEMV_TILE(MR, NR, TYPE) gemv_tile_avx2(MR, NR, TYPE, k, alpha, a + i * lda, lda, w + j * ldw_bytes, ldw_bytes, beta, c + i * ldc + j, ldc)
+
+// Dispatches (mr ∈ 1…4, nr ∈ {4, 1}, type) to a constant instance.
+#define GEMV_DISPATCH(TYPE)                                  \
+    do {                                                     \
+        if (nr == 4) {                                       \
+            switch (mr) {                                    \
+            case 4: GEMV_TILE(4, 4, TYPE); break;            \
+            case 3: GEMV_TILE(3, 4, TYPE); break;            \
+            case 2: GEMV_TILE(2, 4, TYPE); break;            \
+            default: GEMV_TILE(1, 4, TYPE); break;           \
+            }                                                \
+        } else {                                             \
+            switch (mr) {                                    \
+            case 4: GEMV_TILE(4, 1, TYPE); break;            \
+            case 3: GEMV_TILE(3, 1, TYPE); break;            \
+            case 2: GEMV_TILE(2, 1, TYPE); break;            \
+            default: GEMV_TILE(1, 1, TYPE); break;           \
+            }                                                \
+        }                                                    \
+    } while (0)
+
+// Rows of W in steps of 4 (1 at the tail), activations in steps of up to 4 rows.
+static AVX2_TARGET void gemv_avx2(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
+                                  const unsigned char *w, long ldw, int type, float beta, float *c, long ldc) {
+    const long ldw_bytes = 2 * ldw;
+    for (long j = row_begin; j < row_end;) {
+        const int nr = row_end - j >= 4 ? 4 : 1;
+        for (long i = 0; i < m; i += 4) {
+            const int mr = m - i >= 4 ? 4 : (int)(m - i);
+            if (type == MOEKIT_WEIGHT_BF16) GEMV_DISPATCH(MOEKIT_WEIGHT_BF16);
+            else GEMV_DISPATCH(MOEKIT_WEIGHT_F16);
+        }
+        j += nr;
+    }
+}
 
 void moekit_gemv_f32_half(int isa, long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
                           const void *w, long ldw, int weight_type, float beta, float *c, long ldc) {
@@ -204,6 +278,82 @@ void moekit_gemv_f32_half(int isa, long m, long row_begin, long row_end, long k,
     if (isa == MOEKIT_ISA_AVX512) gemv_avx512(m, row_begin, row_end, k, alpha, a, lda, w, ldw, weight_type, beta, c, ldc);
     else if (isa == MOEKIT_ISA_AVX2) gemv_avx2(m, row_begin, row_end, k, alpha, a, lda, w, ldw, weight_type, beta, c, ldc);
     else gemv_portable(m, row_begin, row_end, k, alpha, a, lda, w, ldw, weight_type, beta, c, ldc);
+}
+
+// MARK: AVX-512 f32 GEMM on f32 weights
+
+// An MR × NR tile of dot products over the whole k, 16 columns per step: the MR·NR accumulators
+// each hold 16 partial sums, added up at the end. A and W are both read k-contiguous as stored,
+// so nothing is packed: W's NR rows come from memory once and from L1/L2 for the next A rows.
+INLINE AVX512_TARGET void sgemm_tile_avx512(const int MR, const int NR, long k, float alpha, const float *a, long lda, const float *w,
+                                            long ldw, float beta, float *c, long ldc) {
+    __m512 acc[4][6];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_ps();
+    long p = 0;
+    for (; p + 16 <= k; p += 16) {
+        __m512 wv[6];
+        for (int j = 0; j < NR; j++) wv[j] = _mm512_loadu_ps(w + j * ldw + p);
+        for (int i = 0; i < MR; i++) {
+            const __m512 xv = _mm512_loadu_ps(a + i * lda + p);
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+        }
+    }
+    if (p < k) {
+        const __mmask16 mask = (__mmask16)((1u << (k - p)) - 1);
+        __m512 wv[6];
+        for (int j = 0; j < NR; j++) wv[j] = _mm512_maskz_loadu_ps(mask, w + j * ldw + p);
+        for (int i = 0; i < MR; i++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(mask, a + i * lda + p);
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) store(c + i * ldc + j, _mm512_reduce_add_ps(acc[i][j]), alpha, beta);
+}
+
+#define SGEMM_TILE(MR, NR) sgemm_tile_avx512(MR, NR, k, alpha, a + i * lda, lda, w + j * ldw, ldw, beta, c + i * ldc + j, ldc)
+
+// A in chunks of `SGEMM_CHUNK_ROWS` rows (kept in L2 across W's rows); within a chunk, W in steps
+// of 6 rows (1 at the tail), each against the chunk's rows in steps of 4 (1 at the tail).
+#define SGEMM_CHUNK_ROWS 64
+static AVX512_TARGET void sgemm_avx512(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
+                                       const float *w, long ldw, float beta, float *c, long ldc) {
+    for (long chunk = 0; chunk < m; chunk += SGEMM_CHUNK_ROWS) {
+        const long chunk_end = chunk + SGEMM_CHUNK_ROWS < m ? chunk + SGEMM_CHUNK_ROWS : m;
+        for (long j = row_begin; j < row_end;) {
+            const int nr = row_end - j >= 6 ? 6 : 1;
+            for (long i = chunk; i < chunk_end;) {
+                const int mr = chunk_end - i >= 4 ? 4 : 1;
+                if (nr == 6) {
+                    if (mr == 4) SGEMM_TILE(4, 6);
+                    else SGEMM_TILE(1, 6);
+                } else {
+                    if (mr == 4) SGEMM_TILE(4, 1);
+                    else SGEMM_TILE(1, 1);
+                }
+                i += mr;
+            }
+            j += nr;
+        }
+    }
+}
+
+static void sgemm_portable(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, const float *w, long ldw,
+                           float beta, float *c, long ldc) {
+    for (long j = row_begin; j < row_end; j++)
+        for (long i = 0; i < m; i++) {
+            float sum = 0;
+            for (long p = 0; p < k; p++) sum = fmaf(w[j * ldw + p], a[i * lda + p], sum);
+            store(c + i * ldc + j, sum, alpha, beta);
+        }
+}
+
+void moekit_gemm_f32(int isa, long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, const float *w, long ldw,
+                     float beta, float *c, long ldc) {
+    if (m <= 0 || row_begin >= row_end) return;
+    if (isa >= MOEKIT_ISA_AVX512 && moekit_kernels_isa() == MOEKIT_ISA_AVX512) sgemm_avx512(m, row_begin, row_end, k, alpha, a, lda, w, ldw, beta, c, ldc);
+    else sgemm_portable(m, row_begin, row_end, k, alpha, a, lda, w, ldw, beta, c, ldc);
 }
 
 // MARK: AVX512-BF16 GEMM (vdpbf16ps)

@@ -35,7 +35,7 @@ import Testing
 
     /// f32 compute on bf16/f16 weights read in place equals the reference product of the widened
     /// weight, on every kernel path, for shapes around every vector and tile width.
-    @Test(arguments: [(1, 1, 1), (1, 7, 15), (3, 37, 17), (4, 9, 33), (5, 38, 100), (16, 13, 47)])
+    @Test(arguments: [(1, 1, 1), (1, 7, 15), (3, 37, 17), (4, 9, 33), (5, 38, 100), (16, 13, 47), (2, 5, 130), (7, 6, 517)])
     func gemvMatchesTheReferenceOnEveryPath(m: Int, n: Int, k: Int) {
         let w = randomTensor([n, k], seed: UInt64(10 + n)), x = randomTensor([m, k], seed: UInt64(20 + k))
         let storages: [(String, Weight)] = [

@@ -42,6 +42,13 @@ int moekit_cpu_has_avx512_bf16(void);
 void moekit_gemv_f32_half(int isa, long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
                           const void *w, long ldw, int weight_type, float beta, float *c, long ldc);
 
+// f32 compute on f32 weights, any number of rows of A (lda ≥ k, W rows ldw ≥ k floats apart): the
+// same convention as moekit_gemv_f32_half. AVX-512 dot-product tiles (4 rows of A × 6 rows of W,
+// read as stored, nothing packed), or the portable loop (also taken for MOEKIT_ISA_AVX2: where
+// AVX-512 is missing, callers use sgemm instead). Single-threaded: callers split W's rows.
+void moekit_gemm_f32(int isa, long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, const float *w,
+                     long ldw, float beta, float *c, long ldc);
+
 // Rounds `count` f32 values to bf16, round to nearest even (NaN stays a quiet NaN).
 void moekit_round_to_bf16(const float *x, uint16_t *out, long count);
 

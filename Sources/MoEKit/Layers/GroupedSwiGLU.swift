@@ -94,7 +94,7 @@ enum GroupedSwiGLU {
     }
 
     /// C `[m, rows.count]` = A `[m, W.columns]` · W[rows]ᵀ: one tile of a linear layer. f32 rows
-    /// (owned, or mapped and aligned) go to sgemm in place; other stored dtypes through
+    /// (owned, or mapped and aligned) go to `MatrixMultiply.linear` in place (in this worker); other stored dtypes through
     /// `MatrixMultiply.gemm(…, timesTransposeOf:)` on a view of the mapped rows.
     static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, timesTransposeOfRows rows: Range<Int>, of w: Weight,
                      c: UnsafeMutablePointer<Float>, ldc: Int) {
@@ -110,12 +110,12 @@ enum GroupedSwiGLU {
             switch segment {
             case .owned(let tensor):
                 tensor.values.withUnsafeBufferPointer { b in
-                    MatrixMultiply.gemm(m: m, n: overlap.count, k: columns, a: a, lda: lda, b: b.baseAddress! + local * columns, ldb: columns,
-                                        transposeB: true, c: out, ldc: ldc)
+                    MatrixMultiply.linear(m: m, n: overlap.count, k: columns, a: a, lda: lda, w: b.baseAddress! + local * columns, ldw: columns,
+                                          c: out, ldc: ldc)
                 }
             case .mapped(let base, _, .float32) where segment.isInPlaceFloat:
-                MatrixMultiply.gemm(m: m, n: overlap.count, k: columns, a: a, lda: lda, b: base.assumingMemoryBound(to: Float.self) + local * columns,
-                                    ldb: columns, transposeB: true, c: out, ldc: ldc)
+                MatrixMultiply.linear(m: m, n: overlap.count, k: columns, a: a, lda: lda, w: base.assumingMemoryBound(to: Float.self) + local * columns,
+                                      ldw: columns, c: out, ldc: ldc)
             case .mapped:
                 MatrixMultiply.gemm(m: m, a: a, lda: lda, timesTransposeOf: w.mappedRows(overlap), c: out, ldc: ldc)
             }

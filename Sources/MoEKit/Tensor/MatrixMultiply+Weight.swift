@@ -57,8 +57,8 @@ extension MatrixMultiply {
                     continue
                 }
                 Weight.withFloatRows(block.segment, rows: block.rows, columns: columns, scratch: scratch) { rows in
-                    gemm(m: m, n: block.rows.count, k: columns, alpha: alpha, a: a, lda: lda, b: rows, ldb: columns, transposeB: true,
-                         beta: beta, c: c + block.globalStart, ldc: ldc)
+                    linear(m: m, n: block.rows.count, k: columns, alpha: alpha, a: a, lda: lda, w: rows, ldw: columns,
+                           beta: beta, c: c + block.globalStart, ldc: ldc, kernels: kernels)
                 }
             }
         }

@@ -1,6 +1,8 @@
+import CMoEKernels
 import COpenBLAS
 
-/// Matrix products on OpenBLAS's `cblas_sgemm`, with a plain triple loop beside them.
+/// Matrix products on OpenBLAS's `cblas_sgemm` (and, for linear layers on AVX-512, CMoEKernels'
+/// dot-product tiles), with a plain triple loop beside them.
 enum MatrixMultiply {
     /// C = alpha · op(A) · op(B) + beta · C on raw row-major buffers.
     ///
@@ -28,6 +30,38 @@ enum MatrixMultiply {
             Int32(m), Int32(n), Int32(k),
             alpha, a, Int32(lda), b, Int32(ldb),
             beta, c, Int32(ldc))
+    }
+
+    /// C `[m, n]` = alpha · A `[m, k]` · Wᵀ + beta · C for f32 rows W `[n, k]` (`ldw` apart): a
+    /// linear layer. Where the CPU has AVX-512 and the shape suits them (`prefersDotProductTiles`),
+    /// CMoEKernels' dot-product tiles (`moekit_gemm_f32`: A and W read as stored, nothing packed)
+    /// run over blocks of `dotProductBlockRows` rows of W on the tile pool (`ParallelTiles`; inside
+    /// a pool's tile, in that worker); else sgemm. sgemm packs W on every call, which costs most
+    /// when few rows of A share it (an MoE expert's block): measured in docs/bf16-kernels.md.
+    /// Both equal the f32 product up to the order of the additions.
+    static func linear(m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, w: UnsafePointer<Float>, ldw: Int,
+                       beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, kernels: Int32 = kernelLevel) {
+        guard m > 0, n > 0 else { return }
+        guard kernels >= Int32(MOEKIT_ISA_AVX512), prefersDotProductTiles(m: m, k: k) else {
+            gemm(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: w, ldb: ldw, transposeB: true, beta: beta, c: c, ldc: ldc)
+            return
+        }
+        let blocks = (n + dotProductBlockRows - 1) / dotProductBlockRows
+        ParallelTiles.run(tiles: blocks) { block, _ in
+            let start = block * dotProductBlockRows
+            moekit_gemm_f32(kernels, m, start, min(n, start + dotProductBlockRows), k, alpha, a, lda, w, ldw, beta, c, ldc)
+        }
+    }
+
+    /// Rows of W per tile of `linear`'s dot-product path: their k floats stay in L2/L3 while every
+    /// chunk of A's rows passes over them.
+    static let dotProductBlockRows = 128
+
+    /// Where the dot-product tiles beat sgemm (measured on Zen 4, single-threaded, W streamed from
+    /// memory): long rows (k ≥ 1536) at any m, and k ≥ 512 up to 128 rows of A, where sgemm's
+    /// packing of W is shared by few rows. Short rows (the tiny preset's k = 128, 320) stay on sgemm.
+    static func prefersDotProductTiles(m: Int, k: Int) -> Bool {
+        k >= 1536 || (m <= 128 && k >= 512)
     }
 
     /// op(A) · op(B) for 2-D tensors, where `op` transposes when asked.
