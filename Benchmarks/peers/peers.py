@@ -249,8 +249,9 @@ def llama_cases(paths, threads, decode_steps, repeats, recorder):
                 model.prefill_seconds(64)  # warm-up: page the weights in
                 prefill = [model.prefill_seconds(512) for _ in range(repeats)]
                 recorder.add(f"llama.cpp {kind} {dtype} pp512", 512 / median(prefill))
-                decode = [model.decode_seconds_per_token(decode_steps) for _ in range(max(1, repeats // 2))]
-                recorder.add(f"llama.cpp {kind} {dtype} decode", 1 / median(decode))
+                if decode_steps > 0:
+                    decode = [model.decode_seconds_per_token(decode_steps) for _ in range(max(1, repeats // 2))]
+                    recorder.add(f"llama.cpp {kind} {dtype} decode", 1 / median(decode))
             finally:
                 model.close()
 
@@ -320,12 +321,14 @@ def main():
         moekit_json["model"] = model
         for kind in ("dense", "moe"):
             recorder.add(f"moekit {kind} pp512", find(model["results"], level="model", kind=kind, phase="prefill", tokens=512)["tokens_per_s"]["median"])
-            recorder.add(f"moekit {kind} decode", find(model["results"], level="model", kind=kind, phase="decode")["tokens_per_s"]["median"])
+            if args.decode > 0:
+                recorder.add(f"moekit {kind} decode", find(model["results"], level="model", kind=kind, phase="decode")["tokens_per_s"]["median"])
         mapped = moekit_bench(moekit, ["--level", "model", "--dense-model", paths[("dense", "bf16 checkpoint")],
                                        "--moe-model", paths[("moe", "bf16 checkpoint")], "--tokens", "512", "--decode", str(args.decode)], args.repeats)
         moekit_json["model bf16 weights"] = mapped
         for kind in ("dense", "moe"):
-            recorder.add(f"moekit {kind} decode bf16 weights", find(mapped["results"], level="model", kind=kind, phase="decode")["tokens_per_s"]["median"])
+            if args.decode > 0:
+                recorder.add(f"moekit {kind} decode bf16 weights", find(mapped["results"], level="model", kind=kind, phase="decode")["tokens_per_s"]["median"])
         if not args.skip_llama:
             log("  llama.cpp")
             llama_cases(paths, threads, args.decode, args.repeats, recorder)
@@ -364,7 +367,7 @@ def main():
     if not args.skip_llama:
         for kind in ("dense", "moe"):
             ratio(f"{kind} prefill pp512 (4 layers), tokens/s", f"moekit {kind} pp512", f"llama.cpp {kind} f32 pp512", "llama.cpp f32")
-        for kind in ("dense", "moe"):
+        for kind in ("dense", "moe") if args.decode > 0 else ():
             for dtype in ("f32", "bf16"):
                 ratio(f"{kind} decode (MoEKit f32), tokens/s", f"moekit {kind} decode", f"llama.cpp {kind} {dtype} decode", f"llama.cpp {dtype}")
             ratio(f"{kind} decode (both bf16 weights), tokens/s", f"moekit {kind} decode bf16 weights", f"llama.cpp {kind} bf16 decode", "llama.cpp bf16")
