@@ -376,7 +376,8 @@ void moekit_gemm_f32(int isa, long m, long row_begin, long row_end, long k, floa
 // the MR·NR accumulators holds 16 partial sums, added up at the end. Both operands are read
 // k-contiguous as stored (no packing), the W rows from L1 across the A rows of a tile.
 INLINE BF16_TARGET void dpbf16_tile(const int MR, const int NR, long k, float alpha, const uint16_t *a, long lda,
-                                    const unsigned char *w, long ldw_bytes, float beta, float *c, long ldc) {
+                                    const unsigned char *w, long ldw_bytes, float beta, float *c, long ldc, const unsigned char *next,
+                                    long next_begin, long next_end) {
     __m512 acc[4][6];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_ps();
@@ -384,6 +385,8 @@ INLINE BF16_TARGET void dpbf16_tile(const int MR, const int NR, long k, float al
     for (; p + 32 <= k; p += 32) {
         __m512bh wv[6];
         for (int j = 0; j < NR; j++) wv[j] = (__m512bh)_mm512_loadu_si512((const void *)(w + j * ldw_bytes + 2 * p));
+        if (next && p >= next_begin && p < next_end)
+            for (int j = 0; j < 6; j++) _mm_prefetch((const char *)(next + j * ldw_bytes + 2 * p), _MM_HINT_T1);
         for (int i = 0; i < MR; i++) {
             __m512bh av = (__m512bh)_mm512_loadu_si512((const void *)(a + i * lda + p));
             for (int j = 0; j < NR; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, wv[j]);
@@ -402,25 +405,36 @@ INLINE BF16_TARGET void dpbf16_tile(const int MR, const int NR, long k, float al
         for (int j = 0; j < NR; j++) store(c + i * ldc + j, _mm512_reduce_add_ps(acc[i][j]), alpha, beta);
 }
 
-#define DPBF16_TILE(MR, NR) dpbf16_tile(MR, NR, k, alpha, a + i * lda, lda, wb + j * ldw_bytes, ldw_bytes, beta, c + i * ldc + j, ldc)
+#define DPBF16_TILE(MR, NR, NEXT)                                                                                            \
+    dpbf16_tile(MR, NR, k, alpha, a + i * lda, lda, wb + j * ldw_bytes, ldw_bytes, beta, c + i * ldc + j, ldc, NEXT, next_begin, \
+                next_end)
 
+// As sgemm_avx512: A in chunks of SGEMM_CHUNK_ROWS rows, W in steps of 6 rows, each block's tiles
+// prefetching the next block in equal parts.
 void BF16_TARGET moekit_gemm_bf16_dpbf16(long m, long row_begin, long row_end, long k, float alpha, const uint16_t *a, long lda,
                                          const void *w, long ldw, float beta, float *c, long ldc) {
     const unsigned char *wb = w;
     const long ldw_bytes = 2 * ldw;
-    for (long j = row_begin; j < row_end;) {
-        const int nr = row_end - j >= 6 ? 6 : 1;
-        for (long i = 0; i < m;) {
-            const int mr = m - i >= 4 ? 4 : 1;
-            if (nr == 6) {
-                if (mr == 4) DPBF16_TILE(4, 6);
-                else DPBF16_TILE(1, 6);
-            } else {
-                if (mr == 4) DPBF16_TILE(4, 1);
-                else DPBF16_TILE(1, 1);
+    for (long chunk = 0; chunk < m; chunk += SGEMM_CHUNK_ROWS) {
+        const long chunk_end = chunk + SGEMM_CHUNK_ROWS < m ? chunk + SGEMM_CHUNK_ROWS : m;
+        for (long j = row_begin; j < row_end;) {
+            const int nr = row_end - j >= 6 ? 6 : 1;
+            const unsigned char *next = nr == 6 && j + 12 <= row_end ? wb + (j + 6) * ldw_bytes : NULL;
+            const long parts = (chunk_end - chunk + 3) / 4;
+            for (long i = chunk; i < chunk_end;) {
+                const int mr = chunk_end - i >= 4 ? 4 : 1;
+                const long part = (i - chunk) / 4;
+                const long next_begin = part * k / parts, next_end = part == parts - 1 ? k : (part + 1) * k / parts;
+                if (nr == 6) {
+                    if (mr == 4) DPBF16_TILE(4, 6, next);
+                    else DPBF16_TILE(1, 6, next);
+                } else {
+                    if (mr == 4) DPBF16_TILE(4, 1, NULL);
+                    else DPBF16_TILE(1, 1, NULL);
+                }
+                i += mr;
             }
-            i += mr;
+            j += nr;
         }
-        j += nr;
     }
 }
