@@ -5,25 +5,27 @@
 /// `maxNorm / (‖g‖ + 1e-6)`; otherwise nothing changes. The 1e-6 is PyTorch's, so a clipped
 /// norm comes out a hair under `maxNorm`.
 enum GradientClipping {
-    /// The global L2 norm of all gradients (f64 accumulation): each tensor summed in fixed chunks
-    /// on every core, the chunks' sums added in order (so the value does not depend on the cores).
+    /// The global L2 norm of all gradients (f64 accumulation): each tensor summed in fixed chunks,
+    /// the chunks of every tensor one pool on every core, their sums added in order (so the value
+    /// does not depend on the cores).
     static func globalNorm(_ gradients: [Tensor]) -> Float {
         let chunk = 1 << 16
-        var sumOfSquares = 0.0
-        for gradient in gradients {
-            gradient.values.withUnsafeBufferPointer { values in
-                let chunks = (values.count + chunk - 1) / chunk
-                var partials = [Double](repeating: 0, count: chunks)
-                partials.withUnsafeMutableBufferPointer { sums in
-                    ParallelTiles.run(tiles: chunks) { index, _ in
-                        var partial = 0.0
-                        for i in index * chunk ..< min(values.count, (index + 1) * chunk) { partial += Double(values[i]) * Double(values[i]) }
-                        sums[index] = partial
-                    }
+        let chunks = gradients.enumerated().flatMap { tensor, gradient in
+            stride(from: 0, to: gradient.count, by: chunk).map { (tensor: tensor, range: $0 ..< min(gradient.count, $0 + chunk)) }
+        }
+        var partials = [Double](repeating: 0, count: chunks.count)
+        withBaseAddresses(gradients.map(\.values)) { values in
+            partials.withUnsafeMutableBufferPointer { sums in
+                ParallelTiles.run(tiles: chunks.count) { index, _ in
+                    let (tensor, range) = chunks[index], x = values[tensor]
+                    var partial = 0.0
+                    for i in range { partial += Double(x[i]) * Double(x[i]) }
+                    sums[index] = partial
                 }
-                for partial in partials { sumOfSquares += partial }
             }
         }
+        var sumOfSquares = 0.0
+        for partial in partials { sumOfSquares += partial }
         return Float(sumOfSquares.squareRoot())
     }
 
