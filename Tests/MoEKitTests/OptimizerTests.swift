@@ -82,6 +82,17 @@ private func randomGradients(like parameters: NamedParameters, seed: UInt64, sta
         #expect(isClose(p, [0.8006276, -1.8099903], relativeTolerance: 1e-6))
     }
 
+    /// The interleaved f64 sum of squares agrees with a plain Double loop (and a hand case:
+    /// 1² + … + 19² = 19·20·39/6 = 2470, exactly), tail included.
+    @Test func sumOfSquaresMatchesPlainLoop() {
+        let hand = (1 ... 19).map { Float($0) }
+        #expect(hand.withUnsafeBufferPointer { GradientClipping.sumOfSquares($0.baseAddress!, count: 19) } == 2470)
+        let x = randomTensor([1003], seed: 15).values
+        let plain = x.reduce(0.0) { $0 + Double($1) * Double($1) }
+        let fast = x.withUnsafeBufferPointer { GradientClipping.sumOfSquares($0.baseAddress!, count: x.count) }
+        #expect(abs(fast - plain) <= 1e-12 * plain)
+    }
+
     /// The update in SIMD lanes gives bit for bit what the scalar loop gives (same operations in
     /// the same order per element), over a length that leaves a scalar tail and spans several chunks.
     @Test func updateInLanesEqualsScalarLoopBitForBit() {
