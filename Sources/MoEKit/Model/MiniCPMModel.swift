@@ -222,7 +222,8 @@ public final class MiniCPMModel {
     ///
     /// With a `workspace` (kept by a trainer from step to step), the `[vocab, hidden]` gradients
     /// are written into last step's buffers instead of fresh ones; the results are the same bit
-    /// for bit (see `GradientWorkspace`).
+    /// for bit (see `GradientWorkspace`). The first training or evaluation pass sets glibc to keep
+    /// freed blocks below 32 MB for the next step (`AllocatorTuning`, process-wide).
     func lossAndGradients(_ batch: TrainingBatch, microBatch: MicroBatch = .whole, workspace: GradientWorkspace? = nil) throws -> StepResult {
         try step(batch, routerTraining: true, gradients: true, microBatch: microBatch, workspace: workspace)
     }
