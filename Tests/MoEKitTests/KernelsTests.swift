@@ -72,6 +72,20 @@ import Testing
         #expect(isClose(out, expected, relativeTolerance: 1e-6))
     }
 
+    /// Rows of several row groups (run on every core) give the reference's values too.
+    @Test func swiGLUOverSeveralRowGroupsMatchesReference() {
+        let rows = 9, width = 4096
+        #expect(Kernels.rowsPerGroup(columns: width) < rows)
+        let fused = randomTensor([rows, 2 * width], seed: 6, standardDeviation: 2)
+        var out = [Float](repeating: .nan, count: rows * width)
+        fused.values.withUnsafeBufferPointer { f in
+            out.withUnsafeMutableBufferPointer { Kernels.swiGLU(fused: f.baseAddress!, rows: rows, width: width, out: $0.baseAddress!) }
+        }
+        var expected: [Float] = []
+        for r in 0 ..< rows { for j in 0 ..< width { expected.append(ReferenceKernels.silu(fused[r, j]) * fused[r, width + j]) } }
+        #expect(isClose(out, expected, relativeTolerance: 1e-6))
+    }
+
     /// gate [0, ln 3], up [5, 4]: [0, 0.75 ln 3 · 4] = [0, 3 ln 3].
     @Test func swiGLUHandCase() {
         let ln3 = Float(log(3.0))

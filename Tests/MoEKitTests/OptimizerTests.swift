@@ -82,6 +82,40 @@ private func randomGradients(like parameters: NamedParameters, seed: UInt64, sta
         #expect(isClose(p, [0.8006276, -1.8099903], relativeTolerance: 1e-6))
     }
 
+    /// The interleaved f64 sum of squares agrees with a plain Double loop (and a hand case:
+    /// 1² + … + 19² = 19·20·39/6 = 2470, exactly), tail included.
+    @Test func sumOfSquaresMatchesPlainLoop() {
+        let hand = (1 ... 19).map { Float($0) }
+        #expect(hand.withUnsafeBufferPointer { GradientClipping.sumOfSquares($0.baseAddress!, count: 19) } == 2470)
+        let x = randomTensor([1003], seed: 15).values
+        let plain = x.reduce(0.0) { $0 + Double($1) * Double($1) }
+        let fast = x.withUnsafeBufferPointer { GradientClipping.sumOfSquares($0.baseAddress!, count: x.count) }
+        #expect(abs(fast - plain) <= 1e-12 * plain)
+    }
+
+    /// The update in SIMD lanes gives bit for bit what the scalar loop gives (same operations in
+    /// the same order per element), over a length that leaves a scalar tail and spans several chunks.
+    @Test func updateInLanesEqualsScalarLoopBitForBit() {
+        let count = AdamW.elementsPerChunk + 37
+        let p0 = randomTensor([count], seed: 11).values, g = randomTensor([count], seed: 12).values
+        let m0 = randomTensor([count], seed: 13, standardDeviation: 0.1).values
+        let v0 = randomTensor([count], seed: 14, standardDeviation: 0.1).values.map { $0 * $0 }
+        var p = p0, m = m0, v = v0
+        AdamW.update(parameter: &p, firstMoment: &m, secondMoment: &v, gradient: g, gradientScale: 0.7, learningRate: 0.01,
+                     weightDecay: 0.1, beta1: 0.9, beta2: 0.95, epsilon: 1e-8, biasCorrection1: 0.19, biasCorrection2: 0.0975)
+        var pScalar = p0, mScalar = m0, vScalar = v0
+        let stepSize: Float = 0.01 / 0.19, inverseSqrtBiasCorrection2 = 1 / Float(0.0975).squareRoot(), decayFactor: Float = 1 - 0.01 * 0.1
+        for i in 0 ..< count {
+            let gi = g[i] * 0.7
+            let mi = 0.9 * mScalar[i] + (1 - 0.9) * gi
+            let vi = 0.95 * vScalar[i] + (1 - 0.95) * gi * gi
+            mScalar[i] = mi
+            vScalar[i] = vi
+            pScalar[i] = pScalar[i] * decayFactor - stepSize * mi / (vi.squareRoot() * inverseSqrtBiasCorrection2 + 1e-8)
+        }
+        #expect(p == pScalar && m == mScalar && v == vScalar)
+    }
+
     /// `step` on a whole parameter set (multipliers, decay mask, clipping active) equals the f64
     /// reference formula applied tensor by tensor, over three steps.
     @Test func stepMatchesReferenceFormula() throws {

@@ -69,6 +69,36 @@ func matchesFiniteDifferences(_ analytic: [Float], at point: [Float], step: Floa
         #expect(isClose(fast.weight, reference.weight, relativeTolerance: 1e-5))
     }
 
+    /// Rows wider than one row group's 16k elements (groups of 8 rows at d = 2048): the row groups run
+    /// on every core and their parts of dw are added in order; dx and dw still match the reference.
+    @Test func rmsNormBackwardOverSeveralRowGroupsMatchesReference() {
+        let rows = 19, d = 2048
+        #expect(Kernels.rowsPerGroup(columns: d) < rows)
+        let x = randomTensor([rows, d], seed: 7), w = randomTensor([d], seed: 8), dy = randomTensor([rows, d], seed: 9)
+        let fast = RMSNormLayer.backward(dy, cache: RMSNormLayer.forward(x, weight: w, epsilon: 1e-5).cache, weight: w)
+        let reference = RMSNormLayer.referenceBackward(dy, input: x, weight: w, epsilon: 1e-5)
+        #expect(isClose(fast.input, reference.input, relativeTolerance: 1e-5))
+        #expect(isClose(fast.weight, reference.weight, relativeTolerance: 1e-5))
+        #expect(isClose(RMSNormLayer.forward(x, weight: w, epsilon: 1e-5).output, ReferenceKernels.rmsNorm(x, weight: w.values, epsilon: 1e-5),
+                        relativeTolerance: 1e-5))
+    }
+
+    /// A geometry with RoPE's cos/sin precomputed for a batch's positions rotates exactly as the
+    /// per-call tables do (forward and inverse).
+    @Test func precomputedRotaryTableGivesTheSameRotation() {
+        let geometry = CausalAttentionLayer.Geometry(heads: 2, keyValueHeads: 1, rotary: RotaryEmbedding(headDim: 8, theta: 10000))
+        let spans = [CausalAttentionLayer.Span(length: 7), CausalAttentionLayer.Span(length: 4)]
+        let precomputed = geometry.precomputingRotary(forSpans: spans)
+        #expect(precomputed.rotary.precomputedPositions == 7)
+        let positions = CausalAttentionLayer.positions(sequenceLengths: spans.map(\.length))
+        for inverse in [false, true] {
+            var perCall = randomTensor([positions.count, 16], seed: 10), table = perCall
+            Kernels.applyRotary(&perCall, heads: 2, positions: positions, rotary: geometry.rotary, inverse: inverse)
+            Kernels.applyRotary(&table, heads: 2, positions: positions, rotary: precomputed.rotary, inverse: inverse)
+            #expect(perCall == table)
+        }
+    }
+
     @Test func rmsNormBackwardMatchesFiniteDifferences() {
         let x = randomTensor([3, 8], seed: 7), w = randomTensor([8], seed: 8), r = randomTensor([3, 8], seed: 9)
         let gradients = RMSNormLayer.backward(r, cache: RMSNormLayer.forward(x, weight: w, epsilon: 1e-5).cache, weight: w)

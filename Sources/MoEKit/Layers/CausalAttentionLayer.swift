@@ -46,6 +46,20 @@ enum CausalAttentionLayer {
             self.init(heads: config.numAttentionHeads, keyValueHeads: config.numKeyValueHeads,
                       rotary: RotaryEmbedding(headDim: config.headDim, theta: Float(config.ropeTheta)))
         }
+
+        /// This geometry with RoPE's cos/sin precomputed for positions 0 ..< the longest span's end,
+        /// when that table is no larger than the per-call tables of the spans' rows (a batch of whole
+        /// sequences, a prefill): every layer's q and k (and their backward) then read one table
+        /// instead of computing their own. A decode step deep into a long context keeps computing
+        /// just its rows' cos/sin. The values are the same either way.
+        func precomputingRotary(forSpans spans: [Span]) -> Geometry {
+            let longest = spans.map { ($0.cache?.length ?? 0) + $0.length }.max() ?? 0
+            let rows = spans.reduce(0) { $0 + $1.length }
+            guard longest > rotary.precomputedPositions, longest <= rows else { return self }
+            var geometry = self
+            geometry.rotary = RotaryEmbedding(headDim: rotary.headDim, theta: rotary.theta, precomputedPositions: longest)
+            return geometry
+        }
     }
 
     /// One sequence's rows of a batch: `length` new tokens, continuing what `cache` holds (its

@@ -15,9 +15,12 @@ import Foundation
 /// the saved log-sum-exps.
 enum CrossEntropyLayer {
     /// The most logits (rows × vocab) for which `forward` keeps dlogits whole for `backward`
-    /// (64 MB in f32); larger batches recompute them block by block.
-    static let keptLogitLimit = 1 << 24
-    /// The most logits computed at once in one block (unless `forward` is given `blockRows`).
+    /// (128 MB in f32: 2×128 tokens at MiniCPM-1B's 73k vocabulary, a sixth of its head gradient);
+    /// larger batches recompute them block by block. Keeping them saves the backward a third GEMM
+    /// over the head and lets ∂L/∂head be one GEMM that writes the `[vocab, hidden]` gradient once.
+    static let keptLogitLimit = 1 << 25
+    /// The most logits computed at once in one block when they are not kept (unless `forward` is
+    /// given `blockRows`); kept logits are computed in one block.
     static let blockLogitLimit = 1 << 21
 
     /// What `forward` keeps for `backward`.
@@ -66,33 +69,38 @@ enum CrossEntropyLayer {
         let inverseCount = counted > 0 ? 1 / Float(counted) : 0
         let keeps = keepLogitGradient && rows * vocabulary <= keptLogitLimit
         var kept = keeps ? Tensor(uninitializedShape: [rows, vocabulary]) : nil
-        let blockRows = max(1, min(rows, requestedBlockRows ?? max(1, blockLogitLimit / max(vocabulary, 1))))
+        let blockRows = max(1, min(rows, requestedBlockRows ?? (keeps ? rows : max(1, blockLogitLimit / max(vocabulary, 1)))))
         var scratch = keeps ? [] : [Float].uninitialized(count: blockRows * vocabulary)
         var logSumExp = [Float].uninitialized(count: rows)
         var tokenLosses = [Float](repeating: 0, count: rows)
-        var total = 0.0
-        for block in blocks(rows: rows, size: blockRows) {
-            func process(_ logits: UnsafeMutablePointer<Float>) {
-                computeLogits(scaledNormed, head: head, rows: block, into: logits)
-                for (offset, row) in block.enumerated() {
-                    let z = logits + offset * vocabulary
-                    let lse = logSumExpOfRow(z, count: vocabulary)
-                    logSumExp[row] = lse
-                    let target = targets[row]
-                    precondition(target < vocabulary, "target \(target) outside the vocabulary \(vocabulary)")
-                    if target >= 0 {
-                        tokenLosses[row] = lse - z[target]
-                        total += Double(tokenLosses[row])
+        for target in targets { precondition(target < vocabulary, "target \(target) outside the vocabulary \(vocabulary)") }
+        logSumExp.withUnsafeMutableBufferPointer { lses in
+            tokenLosses.withUnsafeMutableBufferPointer { losses in
+                for block in blocks(rows: rows, size: blockRows) {
+                    func process(_ logits: UnsafeMutablePointer<Float>) {
+                        computeLogits(scaledNormed, head: head, rows: block, into: logits)
+                        // Rows are independent: groups of rows on every core.
+                        Kernels.forEachRowGroup(block.count, columns: vocabulary) { offsets in
+                            for offset in offsets {
+                                let row = block.lowerBound + offset, z = logits + offset * vocabulary
+                                let lse = logSumExpOfRow(z, count: vocabulary)
+                                lses[row] = lse
+                                let target = targets[row]
+                                if target >= 0 { losses[row] = lse - z[target] }
+                                if keeps { writeLogitGradient(z, count: vocabulary, logSumExp: lse, target: target, inverseCount: inverseCount) }
+                            }
+                        }
                     }
-                    if keeps { writeLogitGradient(z, count: vocabulary, logSumExp: lse, target: target, inverseCount: inverseCount) }
+                    if keeps {
+                        kept!.values.withUnsafeMutableBufferPointer { process($0.baseAddress! + block.lowerBound * vocabulary) }
+                    } else {
+                        scratch.withUnsafeMutableBufferPointer { process($0.baseAddress!) }
+                    }
                 }
             }
-            if keeps {
-                kept!.values.withUnsafeMutableBufferPointer { process($0.baseAddress! + block.lowerBound * vocabulary) }
-            } else {
-                scratch.withUnsafeMutableBufferPointer { process($0.baseAddress!) }
-            }
         }
+        var total = 0.0
+        for (row, target) in targets.enumerated() where target >= 0 { total += Double(tokenLosses[row]) }
         let cache = Cache(norm: normCache, scaledNormed: scaledNormed, targets: targets, countedTokens: counted, divisor: divisor,
                           logSumExp: logSumExp, logitGradient: kept, blockRows: blockRows)
         return Output(loss: counted > 0 ? Float(total / Double(counted)) : 0, tokenLosses: tokenLosses, countedTokens: counted, cache: cache)
@@ -146,9 +154,12 @@ enum CrossEntropyLayer {
                 let logits = s.baseAddress!
                 for block in blocks(rows: rows, size: cache.blockRows) {
                     computeLogits(cache.scaledNormed, head: head, rows: block, into: logits)
-                    for (offset, row) in block.enumerated() {
-                        writeLogitGradient(logits + offset * vocabulary, count: vocabulary, logSumExp: cache.logSumExp[row],
-                                           target: cache.targets[row], inverseCount: inverseCount)
+                    Kernels.forEachRowGroup(block.count, columns: vocabulary) { offsets in
+                        for offset in offsets {
+                            let row = block.lowerBound + offset
+                            writeLogitGradient(logits + offset * vocabulary, count: vocabulary, logSumExp: cache.logSumExp[row],
+                                               target: cache.targets[row], inverseCount: inverseCount)
+                        }
                     }
                     cache.scaledNormed.values.withUnsafeBufferPointer { z in
                         scaledGradient.values.withUnsafeMutableBufferPointer { dz in

@@ -272,17 +272,22 @@ enum MoEFeedForwardLayer {
         outputGradient.values.withUnsafeBufferPointer { dy in
             cache.expertOutputs.withUnsafeBufferPointer { y in
                 expertOutputGradient.withUnsafeMutableBufferPointer { d in
-                    for a in 0 ..< assignments {
-                        let row = dy.baseAddress! + Int(plan.tokens[a]) * hidden
-                        let output = y.baseAddress! + a * hidden
-                        let gradient = d.baseAddress! + a * hidden
-                        let weight = plan.weights[a]
-                        var dot: Float = 0
-                        for j in 0 ..< hidden {
-                            dot += row[j] * output[j]
-                            gradient[j] = weight * row[j]
+                    combineWeightGradient.withUnsafeMutableBufferPointer { dw in
+                        // Assignments are independent (each writes its own row and slot): row groups on every core.
+                        Kernels.forEachRowGroup(assignments, columns: hidden) { group in
+                            for a in group {
+                                let row = dy.baseAddress! + Int(plan.tokens[a]) * hidden
+                                let output = y.baseAddress! + a * hidden
+                                let gradient = d.baseAddress! + a * hidden
+                                let weight = plan.weights[a]
+                                var dot: Float = 0
+                                for j in 0 ..< hidden {
+                                    dot += row[j] * output[j]
+                                    gradient[j] = weight * row[j]
+                                }
+                                dw[cache.assignmentSlots[a]] = dot
+                            }
                         }
-                        combineWeightGradient[cache.assignmentSlots[a]] = dot
                     }
                 }
             }

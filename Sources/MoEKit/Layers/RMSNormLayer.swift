@@ -25,29 +25,38 @@ enum RMSNormLayer {
         let d = x.columns, rows = x.rows
         precondition(outputGradient.shape == x.shape, "RMSNorm backward: dy \(outputGradient.shape) vs x \(x.shape)")
         var dx = Tensor(uninitializedShape: x.shape)
-        var dw = Tensor(shape: [d])
+        // Row groups on every core, each summing its own part of dw; the parts are added in group order.
+        let groupRows = Kernels.rowsPerGroup(columns: d), groups = (rows + groupRows - 1) / groupRows
+        var partialWeightGradients = [Float](repeating: 0, count: groups * d)
         x.values.withUnsafeBufferPointer { px in
             outputGradient.values.withUnsafeBufferPointer { pdy in
                 weight.values.withUnsafeBufferPointer { pw in
                     dx.values.withUnsafeMutableBufferPointer { pdx in
-                        dw.values.withUnsafeMutableBufferPointer { pdw in
-                            for r in 0 ..< rows {
-                                let row = px.baseAddress! + r * d
-                                let dy = pdy.baseAddress! + r * d
-                                let out = pdx.baseAddress! + r * d
-                                let inverse = cache.inverseRMS[r]
-                                var dot: Float = 0
-                                for j in 0 ..< d {
-                                    dot += dy[j] * pw[j] * row[j]
-                                    pdw[j] += dy[j] * row[j] * inverse
+                        partialWeightGradients.withUnsafeMutableBufferPointer { partials in
+                            Kernels.forEachRowGroup(rows, columns: d) { group in
+                                let pdw = partials.baseAddress! + (group.lowerBound / groupRows) * d
+                                for r in group {
+                                    let row = px.baseAddress! + r * d
+                                    let dy = pdy.baseAddress! + r * d
+                                    let out = pdx.baseAddress! + r * d
+                                    let inverse = cache.inverseRMS[r]
+                                    var dot: Float = 0
+                                    for j in 0 ..< d {
+                                        dot += dy[j] * pw[j] * row[j]
+                                        pdw[j] += dy[j] * row[j] * inverse
+                                    }
+                                    let correction = inverse * inverse * inverse * dot / Float(d)
+                                    for j in 0 ..< d { out[j] = inverse * dy[j] * pw[j] - correction * row[j] }
                                 }
-                                let correction = inverse * inverse * inverse * dot / Float(d)
-                                for j in 0 ..< d { out[j] = inverse * dy[j] * pw[j] - correction * row[j] }
                             }
                         }
                     }
                 }
             }
+        }
+        var dw = Tensor(shape: [d])
+        for group in 0 ..< groups {
+            for j in 0 ..< d { dw.values[j] += partialWeightGradients[group * d + j] }
         }
         return (dx, dw)
     }

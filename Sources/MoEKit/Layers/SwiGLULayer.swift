@@ -138,17 +138,19 @@ enum SwiGLULayer {
     /// first `width` columns on entry and `[dg | du]` on exit, with g, u from the matching row of
     /// `gateUp`: dg = da · u · σ(g)(1 + g(1 − σ(g))), du = da · g σ(g).
     static func swiGLUBackward(gateUp: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
-        for r in 0 ..< rows {
-            let g = gateUp + r * 2 * width
-            let u = g + width
-            let dg = gradient + r * 2 * width
-            let du = dg + width
-            for j in 0 ..< width {
-                let gate = g[j]
-                let sigmoid = 1 / (1 + expf(-gate))
-                let da = dg[j]
-                du[j] = da * gate * sigmoid
-                dg[j] = da * u[j] * sigmoid * (1 + gate * (1 - sigmoid))
+        Kernels.forEachRowGroup(rows, columns: width) { group in
+            for r in group {
+                let g = gateUp + r * 2 * width
+                let u = g + width
+                let dg = gradient + r * 2 * width
+                let du = dg + width
+                for j in 0 ..< width {
+                    let gate = g[j]
+                    let sigmoid = 1 / (1 + expf(-gate))
+                    let da = dg[j]
+                    du[j] = da * gate * sigmoid
+                    dg[j] = da * u[j] * sigmoid * (1 + gate * (1 - sigmoid))
+                }
             }
         }
     }

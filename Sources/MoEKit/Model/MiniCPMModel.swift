@@ -222,7 +222,8 @@ public final class MiniCPMModel {
     ///
     /// With a `workspace` (kept by a trainer from step to step), the `[vocab, hidden]` gradients
     /// are written into last step's buffers instead of fresh ones; the results are the same bit
-    /// for bit (see `GradientWorkspace`).
+    /// for bit (see `GradientWorkspace`). The first training or evaluation pass sets glibc to keep
+    /// freed blocks below 32 MB for the next step (`AllocatorTuning`, process-wide).
     func lossAndGradients(_ batch: TrainingBatch, microBatch: MicroBatch = .whole, workspace: GradientWorkspace? = nil) throws -> StepResult {
         try step(batch, routerTraining: true, gradients: true, microBatch: microBatch, workspace: workspace)
     }
@@ -280,6 +281,7 @@ public final class MiniCPMModel {
 
     private func step(_ batch: TrainingBatch, routerTraining: Bool, gradients: Bool, microBatch: MicroBatch = .whole,
                       workspace: GradientWorkspace? = nil) throws -> StepResult {
+        _ = AllocatorTuning.retainFreedMemory
         let router = try trainingRouter()
         let wasTraining = router?.isTraining ?? false
         router?.isTraining = routerTraining
@@ -313,6 +315,8 @@ public final class MiniCPMModel {
     private struct DecoderPass {
         /// `[N, hidden]` the last layer's output.
         var hidden: Tensor
+        /// The attention geometry the layers ran with (RoPE's cos/sin for this call's positions; backward reuses it).
+        var geometry: CausalAttentionLayer.Geometry
         /// Backward caches per layer (training with caches kept).
         var layers: [LayerCache] = []
         /// Per MoE layer: routing records (inference with detail), routings and auxiliary losses (training).
@@ -330,7 +334,8 @@ public final class MiniCPMModel {
         let routerLoss = training ? configurableRouter.map { RouterLoss(router: $0) } : nil
         var moeLayer = 0
         var h = timer.measure(.other) { EmbeddingLayer.forward(tokens: tokens, embedding: weights.embedding, scale: Float(config.scaleEmb)) }
-        var pass = DecoderPass(hidden: Tensor(shape: [0, 0]))
+        let geometry = self.geometry.precomputingRotary(forSpans: spans)
+        var pass = DecoderPass(hidden: Tensor(shape: [0, 0]), geometry: geometry)
         for (index, layer) in weights.layers.enumerated() {
             let (attentionInput, inputNorm) = timer.measure(.attention) { RMSNormLayer.forward(h, weight: layer.inputNorm, epsilon: epsilon) }
             let attention = timer.measure(.attention) {
@@ -442,7 +447,8 @@ public final class MiniCPMModel {
             // h ← h + s · attention(rmsNorm(h))
             var attentionGradient = dh
             Kernels.scale(&attentionGradient, by: residualScale)
-            let attention = CausalAttentionLayer.backward(attentionGradient, cache: cache.attention, weights: layer.attention, geometry: geometry)
+            let attention = CausalAttentionLayer.backward(attentionGradient, cache: cache.attention, weights: layer.attention,
+                                                          geometry: pass.decoder.geometry)
             let inputNorm = RMSNormLayer.backward(attention.input, cache: cache.inputNorm, weight: layer.inputNorm)
             Kernels.add(inputNorm.input, to: &dh)
             layerGradients.append(DecoderLayerWeights(inputNorm: inputNorm.weight, attention: attention.weights,

@@ -22,20 +22,37 @@ enum Kernels {
         x.values.withUnsafeBufferPointer { px in
             weight.withUnsafeBufferPointer { pw in
                 y.values.withUnsafeMutableBufferPointer { py in
-                    for r in 0 ..< rows {
-                        let row = px.baseAddress! + r * d
-                        let out = py.baseAddress! + r * d
-                        var sumSquares: Float = 0
-                        for j in 0 ..< d { sumSquares += row[j] * row[j] }
-                        let inverseRMS = 1 / (sumSquares / Float(d) + epsilon).squareRoot()
-                        scales[r] = inverseRMS
-                        for j in 0 ..< d { out[j] = row[j] * inverseRMS * pw[j] }
+                    scales.withUnsafeMutableBufferPointer { ps in
+                        forEachRowGroup(rows, columns: d) { group in
+                            for r in group {
+                                let row = px.baseAddress! + r * d
+                                let out = py.baseAddress! + r * d
+                                var sumSquares: Float = 0
+                                for j in 0 ..< d { sumSquares += row[j] * row[j] }
+                                let inverseRMS = 1 / (sumSquares / Float(d) + epsilon).squareRoot()
+                                ps[r] = inverseRMS
+                                for j in 0 ..< d { out[j] = row[j] * inverseRMS * pw[j] }
+                            }
+                        }
                     }
                 }
             }
         }
         return (y, scales)
     }
+
+    /// Calls `body` on consecutive groups of the rows `0 ..< rows` (rows of `columns` elements), as
+    /// one pool of tiles on every core (`ParallelTiles`; inside a tile, serially). A group holds
+    /// about 16k elements (at least one row), so the grouping depends on the shape alone: a kernel
+    /// that sums per group and then over groups in order gives the same value on any core count.
+    static func forEachRowGroup(_ rows: Int, columns: Int, _ body: (Range<Int>) -> Void) {
+        let groupRows = rowsPerGroup(columns: columns)
+        let groups = (rows + groupRows - 1) / groupRows
+        ParallelTiles.run(tiles: groups) { group, _ in body(group * groupRows ..< min(rows, (group + 1) * groupRows)) }
+    }
+
+    /// Rows per group of `forEachRowGroup`.
+    static func rowsPerGroup(columns: Int) -> Int { max(1, (1 << 14) / max(columns, 1)) }
 
     /// SiLU, `x · σ(x) = x / (1 + e^(−x))`, in place.
     @inlinable
@@ -45,15 +62,16 @@ enum Kernels {
 
     /// SwiGLU's gate: for each row of `[rows, 2·width]` laid out as `[gate | up]`, writes
     /// `silu(gate) · up` into the first `width` columns of `out` (`[rows, width]`).
-    @inlinable
     static func swiGLU(fused: UnsafePointer<Float>, rows: Int, width: Int, out: UnsafeMutablePointer<Float>) {
-        for r in 0 ..< rows {
-            let gate = fused + r * 2 * width
-            let up = gate + width
-            let o = out + r * width
-            for j in 0 ..< width {
-                let g = gate[j]
-                o[j] = g / (1 + expf(-g)) * up[j]
+        forEachRowGroup(rows, columns: width) { group in
+            for r in group {
+                let gate = fused + r * 2 * width
+                let up = gate + width
+                let o = out + r * width
+                for j in 0 ..< width {
+                    let g = gate[j]
+                    o[j] = g / (1 + expf(-g)) * up[j]
+                }
             }
         }
     }

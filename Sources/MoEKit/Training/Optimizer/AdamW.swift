@@ -107,58 +107,124 @@ struct AdamW: Sendable {
         let t = Double(stepCount)
         let biasCorrection1 = Float(1 - Foundation.pow(Double(options.beta1), t))
         let biasCorrection2 = Float(1 - Foundation.pow(Double(options.beta2), t))
-        var index = 0
         let options = self.options
+        // Every parameter, moment and gradient buffer at once (moved out, so uniquely referenced),
+        // then one pool of chunks over all of them: small tensors share the cores too.
+        var parameterValues: [[Float]] = []
         parameters.updateEachParameter { parameter in
-            let gradient = gradientTensors[index]
-            precondition(gradient.shape == parameter.shape, "gradient of \(names[index]) has shape \(gradient.shape), parameter \(parameter.shape)")
-            Self.update(parameter: &parameter.values, firstMoment: &firstMoments[index].values,
-                        secondMoment: &secondMoments[index].values, gradient: gradient.values, gradientScale: clip,
-                        learningRate: learningRate * learningRateMultipliers[index], weightDecay: decayed[index] ? options.weightDecay : 0,
-                        beta1: options.beta1, beta2: options.beta2,
-                        epsilon: options.epsilon, biasCorrection1: biasCorrection1, biasCorrection2: biasCorrection2)
+            precondition(gradientTensors[parameterValues.count].shape == parameter.shape,
+                         "gradient of \(names[parameterValues.count]) has shape \(gradientTensors[parameterValues.count].shape), parameter \(parameter.shape)")
+            parameterValues.append(parameter.values)
+            parameter.values = []
+        }
+        var firstValues = firstMoments.indices.map { index in defer { firstMoments[index].values = [] }; return firstMoments[index].values }
+        var secondValues = secondMoments.indices.map { index in defer { secondMoments[index].values = [] }; return secondMoments[index].values }
+        let chunks = Self.chunks(counts: parameterValues.map(\.count))
+        let constants = (0 ..< names.count).map { index in
+            Constants(gradientScale: clip, learningRate: learningRate * learningRateMultipliers[index],
+                      weightDecay: decayed[index] ? options.weightDecay : 0, beta1: options.beta1, beta2: options.beta2,
+                      epsilon: options.epsilon, biasCorrection1: biasCorrection1, biasCorrection2: biasCorrection2)
+        }
+        withMutableBaseAddresses(&parameterValues) { p in
+            withMutableBaseAddresses(&firstValues) { m in
+                withMutableBaseAddresses(&secondValues) { v in
+                    withBaseAddresses(gradientTensors.map(\.values)) { g in
+                        // Element-wise, so the chunks on every core give exactly the serial loop's values.
+                        ParallelTiles.run(tiles: chunks.count) { index, _ in
+                            let (tensor, range) = chunks[index]
+                            Self.updateElements(range, parameter: p[tensor], firstMoment: m[tensor], secondMoment: v[tensor],
+                                                gradient: g[tensor], constants[tensor])
+                        }
+                    }
+                }
+            }
+        }
+        var index = 0
+        parameters.updateEachParameter { parameter in
+            parameter.values = parameterValues[index]
             index += 1
+        }
+        for index in firstMoments.indices {
+            firstMoments[index].values = firstValues[index]
+            secondMoments[index].values = secondValues[index]
         }
         return norm
     }
 
-    /// Elements per work item of the update's loop (memory-bound: large chunks, run on every core).
-    static let elementsPerChunk = 1 << 16
+    /// Elements per work item of the update's loop (memory-bound; items of every tensor run as one
+    /// pool on every core).
+    static let elementsPerChunk = 1 << 14
+
+    /// (tensor, element range) work items covering tensors of `counts` elements in chunks of `elementsPerChunk`.
+    static func chunks(counts: [Int]) -> [(tensor: Int, range: Range<Int>)] {
+        counts.enumerated().flatMap { tensor, count in
+            stride(from: 0, to: count, by: elementsPerChunk).map { (tensor, $0 ..< min(count, $0 + elementsPerChunk)) }
+        }
+    }
+
+    /// One tensor's hyper-parameters for `updateElements` (bias corrections as 1 − βᵗ).
+    struct Constants {
+        var gradientScale: Float, learningRate: Float, weightDecay: Float, beta1: Float, beta2: Float, epsilon: Float
+        var biasCorrection1: Float, biasCorrection2: Float
+    }
 
     /// The element loop of `step` for one tensor (bias corrections precomputed as 1 − βᵗ).
-    ///
-    /// Arranged as PyTorch's AdamW arranges it, with the same value as the formula but one square
-    /// root, one division and no per-element bias-correction divisions:
-    /// p ← p·(1 − lr·λ) − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε).
     static func update(parameter: inout [Float], firstMoment: inout [Float], secondMoment: inout [Float], gradient: [Float],
                        gradientScale: Float, learningRate: Float, weightDecay: Float, beta1: Float, beta2: Float, epsilon: Float,
                        biasCorrection1: Float, biasCorrection2: Float) {
         let count = parameter.count
         precondition(firstMoment.count == count && secondMoment.count == count && gradient.count == count)
-        let oneMinusBeta1 = 1 - beta1, oneMinusBeta2 = 1 - beta2
-        let stepSize = learningRate / biasCorrection1
-        let inverseSqrtBiasCorrection2 = 1 / biasCorrection2.squareRoot()
-        let decayFactor = 1 - learningRate * weightDecay
+        let constants = Constants(gradientScale: gradientScale, learningRate: learningRate, weightDecay: weightDecay, beta1: beta1, beta2: beta2,
+                                  epsilon: epsilon, biasCorrection1: biasCorrection1, biasCorrection2: biasCorrection2)
         parameter.withUnsafeMutableBufferPointer { p in
             firstMoment.withUnsafeMutableBufferPointer { m in
                 secondMoment.withUnsafeMutableBufferPointer { v in
                     gradient.withUnsafeBufferPointer { g in
-                        // Element-wise, so chunks on both cores give exactly the serial loop's values.
-                        let chunks = (count + elementsPerChunk - 1) / elementsPerChunk
-                        ParallelTiles.run(tiles: chunks) { chunk, _ in
-                            for i in chunk * elementsPerChunk ..< min(count, (chunk + 1) * elementsPerChunk) {
-                                let gi = g[i] * gradientScale
-                                let mi = beta1 * m[i] + oneMinusBeta1 * gi
-                                let vi = beta2 * v[i] + oneMinusBeta2 * gi * gi
-                                m[i] = mi
-                                v[i] = vi
-                                let denominator = vi.squareRoot() * inverseSqrtBiasCorrection2 + epsilon
-                                p[i] = p[i] * decayFactor - stepSize * mi / denominator
-                            }
+                        let chunks = Self.chunks(counts: [count])
+                        ParallelTiles.run(tiles: chunks.count) { index, _ in
+                            updateElements(chunks[index].range, parameter: p.baseAddress!, firstMoment: m.baseAddress!, secondMoment: v.baseAddress!,
+                                           gradient: g.baseAddress!, constants)
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// The update of elements `range` of one tensor, arranged as PyTorch's AdamW arranges it, with the
+    /// same value as the formula but one square root, one division and no per-element bias-correction
+    /// divisions: p ← p·(1 − lr·λ) − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε).
+    @inline(__always)
+    static func updateElements(_ range: Range<Int>, parameter p: UnsafeMutablePointer<Float>, firstMoment m: UnsafeMutablePointer<Float>,
+                               secondMoment v: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>, _ c: Constants) {
+        let beta1 = c.beta1, beta2 = c.beta2, oneMinusBeta1 = 1 - beta1, oneMinusBeta2 = 1 - beta2
+        let stepSize = c.learningRate / c.biasCorrection1
+        let inverseSqrtBiasCorrection2 = 1 / c.biasCorrection2.squareRoot()
+        let decayFactor = 1 - c.learningRate * c.weightDecay
+        let gradientScale = c.gradientScale, epsilon = c.epsilon
+        // 16 lanes at a time, each lane the scalar loop's operations in the same order (so the same values).
+        typealias Lanes = SIMD16<Float>
+        var i = range.lowerBound
+        while i + Lanes.scalarCount <= range.upperBound {
+            func load(_ x: UnsafePointer<Float>) -> Lanes { UnsafeRawPointer(x + i).loadUnaligned(as: Lanes.self) }
+            let gi = load(g) * gradientScale
+            let mi = beta1 * load(m) + oneMinusBeta1 * gi
+            let vi = beta2 * load(v) + oneMinusBeta2 * gi * gi
+            UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: Lanes.self)
+            UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: Lanes.self)
+            let denominator = vi.squareRoot() * inverseSqrtBiasCorrection2 + epsilon
+            let updated = load(p) * decayFactor - stepSize * mi / denominator
+            UnsafeMutableRawPointer(p + i).storeBytes(of: updated, as: Lanes.self)
+            i += Lanes.scalarCount
+        }
+        for i in i ..< range.upperBound {
+            let gi = g[i] * gradientScale
+            let mi = beta1 * m[i] + oneMinusBeta1 * gi
+            let vi = beta2 * v[i] + oneMinusBeta2 * gi * gi
+            m[i] = mi
+            v[i] = vi
+            let denominator = vi.squareRoot() * inverseSqrtBiasCorrection2 + epsilon
+            p[i] = p[i] * decayFactor - stepSize * mi / denominator
         }
     }
 
