@@ -10,7 +10,7 @@ MOEKIT := .build/release/moekit
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := demo-out
 
-.PHONY: all deps venv build test swift-test interop-test fuzz fuzz-test demo demo-model trace-demo example-log clean bench-baseline bench-check
+.PHONY: all deps venv build test swift-test interop-test fuzz fuzz-test demo demo-model trace-demo example-log clean bench-baseline bench-check bench-build
 
 all: build
 
@@ -90,15 +90,33 @@ example-log: trace-demo
 	$(MOEKIT) trace $(DEMO_DIR)/moe --tokens-file Notebooks-data/demo-tokens.txt --log Notebooks-data/example-routing.h5 --per-token --batch-tokens 256 --force --quiet
 
 # package-benchmark suites (Benchmarks/, its own package): save a baseline, then check a later run
-# against it (exit 2 on a regression beyond the thresholds in the suite). BENCH_BASELINE names it;
+# against it (fails on a regression beyond the thresholds in the suite). BENCH_BASELINE names it;
 # BENCH_ARGS passes more options, e.g. BENCH_ARGS="--filter 'layer moe.*'".
 BENCH_BASELINE ?= local
 
 bench-baseline: deps
 	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark baseline update $(BENCH_BASELINE) --no-progress $(BENCH_ARGS)
 
+# NOTE: `swift package` exits 1 both on a regression and when some case is only faster than the
+# baseline beyond the thresholds (the plugin's benchmarkThresholdImprovement); the second is no
+# regression, so it passes here with a note to take a new baseline. A regression anywhere still fails.
 bench-check: deps
-	cd Benchmarks && $(SWIFT) package benchmark baseline check $(BENCH_BASELINE) --no-progress $(BENCH_ARGS)
+	@echo "cd Benchmarks && $(SWIFT) package benchmark baseline check $(BENCH_BASELINE) --no-progress $(BENCH_ARGS)"; \
+	log=$$(mktemp) && trap 'rm -f "$$log"' EXIT; \
+	(cd Benchmarks && $(SWIFT) package benchmark baseline check $(BENCH_BASELINE) --no-progress $(BENCH_ARGS)) 2>&1 | tee "$$log"; \
+	status=$${PIPESTATUS[0]}; \
+	if [ "$$status" != 0 ] && grep -q 'error: benchmarkThresholdImprovement' "$$log"; then \
+		echo "bench-check: no regression; faster than baseline '$(BENCH_BASELINE)' beyond the thresholds (make bench-baseline to keep it tight)"; \
+		status=0; \
+	fi; \
+	exit $$status
+
+# Compiles the suites without running them, so a change to MoEKit's public API that breaks them is
+# caught (the suites import MoEKit without @testable, so they see only its public API). Not part of
+# `make test`: from a fresh clone it compiles MoEKit again plus package-benchmark and its
+# dependencies, about 4 minutes on 2 cores; run it after changing what Benchmarking/ makes public.
+bench-build: deps
+	cd Benchmarks && $(SWIFT) build -c release
 
 clean:
 	rm -rf .build $(VENV) $(DEMO_DIR) build

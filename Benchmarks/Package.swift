@@ -3,7 +3,7 @@
 // (and CI) never compiles package-benchmark and its dependencies. Run from this directory:
 //   swift package benchmark                      (all suites)
 //   swift package --allow-writing-to-package-directory benchmark baseline update NAME
-//   swift package benchmark baseline check NAME   (exit 2 on a regression beyond the thresholds)
+//   swift package benchmark baseline check NAME   (fails on a regression beyond the thresholds)
 import PackageDescription
 
 let package = Package(
