@@ -1,4 +1,5 @@
 import Foundation
+import COpenBLAS
 import Testing
 @testable import MoEKit
 
@@ -156,6 +157,35 @@ import Testing
         let reference = MatrixMultiply.referenceProduct(a, b, transposeA: transposeA, transposeB: transposeB)
         #expect(fast.shape == [m, n])
         #expect(isClose(fast, reference, relativeTolerance: 1e-5))
+    }
+
+    /// Products split over the tile pool (by C's rows when m ≥ n, else by its columns; padded
+    /// leading dimensions, α and β) equal one sgemm over the whole: each element of C sees the
+    /// same sgemm over the same k.
+    @Test(arguments: [(false, false), (true, false), (false, true), (true, true)])
+    func productSplitOnThePoolEqualsOneSgemm(transposeA: Bool, transposeB: Bool) {
+        for (m, n, k) in [(97, 40, 33), (40, 131, 17)] {
+            let rowsA = transposeA ? k : m, columnsA = transposeA ? m : k
+            let rowsB = transposeB ? n : k, columnsB = transposeB ? k : n
+            let a = randomTensor([rowsA, columnsA + 3], seed: 11), b = randomTensor([rowsB, columnsB + 2], seed: 12)
+            let start = randomTensor([m, n + 1], seed: 13)
+            var whole = start, split = start
+            a.values.withUnsafeBufferPointer { pa in
+                b.values.withUnsafeBufferPointer { pb in
+                    whole.values.withUnsafeMutableBufferPointer { pc in
+                        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                                    Int32(m), Int32(n), Int32(k), 0.5, pa.baseAddress!, Int32(columnsA + 3), pb.baseAddress!, Int32(columnsB + 2),
+                                    0.25, pc.baseAddress!, Int32(n + 1))
+                    }
+                    split.values.withUnsafeMutableBufferPointer { pc in
+                        MatrixMultiply.splitOnPool(m: m, n: n, k: k, alpha: 0.5, a: pa.baseAddress!, lda: columnsA + 3, transposeA: transposeA,
+                                                   b: pb.baseAddress!, ldb: columnsB + 2, transposeB: transposeB, beta: 0.25,
+                                                   c: pc.baseAddress!, ldc: n + 1)
+                    }
+                }
+            }
+            #expect(isClose(split, whole, relativeTolerance: 1e-6), "m \(m) n \(n) k \(k)")
+        }
     }
 
     /// A = [[1, 2], [3, 4]], B = [[5, 6], [7, 8]]: AB = [[19, 22], [43, 50]], AᵀB = [[26, 30], [38, 44]],

@@ -9,7 +9,6 @@ enum MatrixMultiply {
     /// `op(A)` is `[m, k]`: A is stored `[m, k]` (leading dimension `lda` ≥ k) or, transposed,
     /// `[k, m]` (lda ≥ m). `op(B)` is `[k, n]`: B is stored `[k, n]` or, transposed, `[n, k]`.
     /// C is `[m, n]` with leading dimension `ldc` ≥ n.
-    @inlinable
     static func gemm(
         m: Int, n: Int, k: Int,
         alpha: Float = 1,
@@ -23,6 +22,11 @@ enum MatrixMultiply {
             for i in 0 ..< m { for j in 0 ..< n { c[i * ldc + j] = beta == 0 ? 0 : c[i * ldc + j] * beta } }
             return
         }
+        if m * n * k <= poolSplitMaximumProducts, max(m, n) >= 2 * poolSplitMinimumRows, ParallelTiles.workerCount > 1 {
+            splitOnPool(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, transposeA: transposeA, b: b, ldb: ldb, transposeB: transposeB,
+                        beta: beta, c: c, ldc: ldc)
+            return
+        }
         cblas_sgemm(
             CblasRowMajor,
             transposeA ? CblasTrans : CblasNoTrans,
@@ -30,6 +34,36 @@ enum MatrixMultiply {
             Int32(m), Int32(n), Int32(k),
             alpha, a, Int32(lda), b, Int32(ldb),
             beta, c, Int32(ldc))
+    }
+
+    /// Products up to this many multiply-adds (a few milliseconds) run as one single-threaded sgemm
+    /// per worker of the tile pool, each on its share of C's rows (or columns, when n > m), instead
+    /// of OpenBLAS's own threads. OpenBLAS's idle threads spin in `sched_yield` for a while after
+    /// each multi-threaded call and took the cores from the pools that run between such small
+    /// products (the tiny training step: ≈ 15% of its samples). Larger products keep OpenBLAS's threads.
+    static let poolSplitMaximumProducts = 1 << 28
+    /// The fewest rows (columns) of C a worker gets.
+    static let poolSplitMinimumRows = 32
+
+    /// `gemm` with C's rows (or columns) split over the tile pool's workers, one single-threaded
+    /// sgemm each: every element of C sees the same sgemm over the same k.
+    static func splitOnPool(m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, transposeA: Bool,
+                            b: UnsafePointer<Float>, ldb: Int, transposeB: Bool, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let byRows = m >= n
+        let extent = byRows ? m : n
+        let parts = max(1, min(ParallelTiles.workerCount, extent / poolSplitMinimumRows))
+        ParallelTiles.run(tiles: parts) { part, _ in
+            let start = extent * part / parts, end = extent * (part + 1) / parts
+            if byRows {
+                cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                            Int32(end - start), Int32(n), Int32(k), alpha, transposeA ? a + start : a + start * lda, Int32(lda),
+                            b, Int32(ldb), beta, c + start * ldc, Int32(ldc))
+            } else {
+                cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                            Int32(m), Int32(end - start), Int32(k), alpha, a, Int32(lda),
+                            transposeB ? b + start * ldb : b + start, Int32(ldb), beta, c + start, Int32(ldc))
+            }
+        }
     }
 
     /// C `[m, n]` = alpha · A `[m, k]` · Wᵀ + beta · C for f32 rows W `[n, k]` (`ldw` apart): a
