@@ -321,34 +321,40 @@ INLINE AVX512_TARGET void sgemm_tile_avx512(const int MR, const int NR, long k, 
 #define SGEMM_TILE(MR, NR, NEXT) \
     sgemm_tile_avx512(MR, NR, k, alpha, a + i * lda, lda, w + j * ldw, ldw, beta, c + i * ldc + j, ldc, NEXT, next_begin, next_end)
 
-// A in chunks of `SGEMM_CHUNK_ROWS` rows (kept in L2 across W's rows); within a chunk, W in steps
-// of 6 rows (1 at the tail), each against the chunk's rows in steps of 4 (1 at the tail). The
-// chunk's tiles against one block of W prefetch the next block's columns in equal parts.
+// The schedule of both dot-product GEMMs: A in chunks of `SGEMM_CHUNK_ROWS` rows (kept in L2
+// across W's rows); within a chunk, W in steps of 6 rows (1 at the tail), each against the chunk's
+// rows in steps of 4 (1 at the tail). The chunk's tiles against one block of W prefetch the next
+// block's columns in equal parts. TILE(MR, NR, NEXT) runs the tile at rows i of A and j of W;
+// ROW(r) is the address of W's row r.
 #define SGEMM_CHUNK_ROWS 64
+#define DOT_TILE_SCHEDULE(TILE, ROW)                                                                         \
+    for (long chunk = 0; chunk < m; chunk += SGEMM_CHUNK_ROWS) {                                            \
+        const long chunk_end = chunk + SGEMM_CHUNK_ROWS < m ? chunk + SGEMM_CHUNK_ROWS : m;                 \
+        for (long j = row_begin; j < row_end;) {                                                            \
+            const int nr = row_end - j >= 6 ? 6 : 1;                                                        \
+            const __typeof__(ROW(0)) next = nr == 6 && j + 12 <= row_end ? ROW(j + 6) : NULL;               \
+            const long parts = (chunk_end - chunk + 3) / 4;                                                 \
+            for (long i = chunk; i < chunk_end;) {                                                          \
+                const int mr = chunk_end - i >= 4 ? 4 : 1;                                                  \
+                const long part = (i - chunk) / 4;                                                          \
+                const long next_begin = part * k / parts, next_end = part == parts - 1 ? k : (part + 1) * k / parts; \
+                if (nr == 6) {                                                                              \
+                    if (mr == 4) TILE(4, 6, next);                                                          \
+                    else TILE(1, 6, next);                                                                  \
+                } else {                                                                                    \
+                    if (mr == 4) TILE(4, 1, NULL);                                                          \
+                    else TILE(1, 1, NULL);                                                                  \
+                }                                                                                           \
+                i += mr;                                                                                    \
+            }                                                                                               \
+            j += nr;                                                                                        \
+        }                                                                                                   \
+    }
+
+#define SGEMM_ROW(r) (w + (r) * ldw)
 static AVX512_TARGET void sgemm_avx512(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda,
                                        const float *w, long ldw, float beta, float *c, long ldc) {
-    for (long chunk = 0; chunk < m; chunk += SGEMM_CHUNK_ROWS) {
-        const long chunk_end = chunk + SGEMM_CHUNK_ROWS < m ? chunk + SGEMM_CHUNK_ROWS : m;
-        for (long j = row_begin; j < row_end;) {
-            const int nr = row_end - j >= 6 ? 6 : 1;
-            const float *next = nr == 6 && j + 12 <= row_end ? w + (j + 6) * ldw : NULL;
-            const long parts = (chunk_end - chunk + 3) / 4;
-            for (long i = chunk; i < chunk_end;) {
-                const int mr = chunk_end - i >= 4 ? 4 : 1;
-                const long part = (i - chunk) / 4;
-                const long next_begin = part * k / parts, next_end = part == parts - 1 ? k : (part + 1) * k / parts;
-                if (nr == 6) {
-                    if (mr == 4) SGEMM_TILE(4, 6, next);
-                    else SGEMM_TILE(1, 6, next);
-                } else {
-                    if (mr == 4) SGEMM_TILE(4, 1, NULL);
-                    else SGEMM_TILE(1, 1, NULL);
-                }
-                i += mr;
-            }
-            j += nr;
-        }
-    }
+    DOT_TILE_SCHEDULE(SGEMM_TILE, SGEMM_ROW)
 }
 
 static void sgemm_portable(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, const float *w, long ldw,
@@ -409,32 +415,11 @@ INLINE BF16_TARGET void dpbf16_tile(const int MR, const int NR, long k, float al
     dpbf16_tile(MR, NR, k, alpha, a + i * lda, lda, wb + j * ldw_bytes, ldw_bytes, beta, c + i * ldc + j, ldc, NEXT, next_begin, \
                 next_end)
 
-// As sgemm_avx512: A in chunks of SGEMM_CHUNK_ROWS rows, W in steps of 6 rows, each block's tiles
-// prefetching the next block in equal parts.
+#define DPBF16_ROW(r) (wb + (r) * ldw_bytes)
+// The schedule of sgemm_avx512 (DOT_TILE_SCHEDULE).
 void BF16_TARGET moekit_gemm_bf16_dpbf16(long m, long row_begin, long row_end, long k, float alpha, const uint16_t *a, long lda,
                                          const void *w, long ldw, float beta, float *c, long ldc) {
     const unsigned char *wb = w;
     const long ldw_bytes = 2 * ldw;
-    for (long chunk = 0; chunk < m; chunk += SGEMM_CHUNK_ROWS) {
-        const long chunk_end = chunk + SGEMM_CHUNK_ROWS < m ? chunk + SGEMM_CHUNK_ROWS : m;
-        for (long j = row_begin; j < row_end;) {
-            const int nr = row_end - j >= 6 ? 6 : 1;
-            const unsigned char *next = nr == 6 && j + 12 <= row_end ? wb + (j + 6) * ldw_bytes : NULL;
-            const long parts = (chunk_end - chunk + 3) / 4;
-            for (long i = chunk; i < chunk_end;) {
-                const int mr = chunk_end - i >= 4 ? 4 : 1;
-                const long part = (i - chunk) / 4;
-                const long next_begin = part * k / parts, next_end = part == parts - 1 ? k : (part + 1) * k / parts;
-                if (nr == 6) {
-                    if (mr == 4) DPBF16_TILE(4, 6, next);
-                    else DPBF16_TILE(1, 6, next);
-                } else {
-                    if (mr == 4) DPBF16_TILE(4, 1, NULL);
-                    else DPBF16_TILE(1, 1, NULL);
-                }
-                i += mr;
-            }
-            j += nr;
-        }
-    }
+    DOT_TILE_SCHEDULE(DPBF16_TILE, DPBF16_ROW)
 }
