@@ -60,24 +60,12 @@ import Testing
         #expect(isClose(values, [0, 0.75 * ln3, -0.25 * ln3], relativeTolerance: 1e-6))
     }
 
-    /// `silu(gate) · up` over `[gate | up]` rows agrees with the reference SiLU times up.
-    @Test func swiGLUMatchesReference() {
-        let rows = 3, width = 11
-        let fused = randomTensor([rows, 2 * width], seed: 5, standardDeviation: 2)
-        var out = [Float](repeating: .nan, count: rows * width)
-        fused.values.withUnsafeBufferPointer { f in
-            out.withUnsafeMutableBufferPointer { Kernels.swiGLU(fused: f.baseAddress!, rows: rows, width: width, out: $0.baseAddress!) }
-        }
-        var expected: [Float] = []
-        for r in 0 ..< rows { for j in 0 ..< width { expected.append(ReferenceKernels.silu(fused[r, j]) * fused[r, width + j]) } }
-        #expect(isClose(out, expected, relativeTolerance: 1e-6))
-    }
-
-    /// Rows of several row groups (run on every core) give the reference's values too.
-    @Test func swiGLUOverSeveralRowGroupsMatchesReference() {
-        let rows = 9, width = 4096
-        #expect(Kernels.rowsPerGroup(columns: width) < rows)
-        let fused = randomTensor([rows, 2 * width], seed: 6, standardDeviation: 2)
+    /// `silu(gate) · up` over `[gate | up]` rows agrees with the reference SiLU times up: a few
+    /// short rows (one row group), and rows of several row groups (run on every core).
+    @Test(arguments: [(3, 11, false), (9, 4096, true)])
+    func swiGLUMatchesReference(rows: Int, width: Int, severalRowGroups: Bool) {
+        #expect((Kernels.rowsPerGroup(columns: width) < rows) == severalRowGroups)
+        let fused = randomTensor([rows, 2 * width], seed: UInt64(rows), standardDeviation: 2)
         var out = [Float](repeating: .nan, count: rows * width)
         fused.values.withUnsafeBufferPointer { f in
             out.withUnsafeMutableBufferPointer { Kernels.swiGLU(fused: f.baseAddress!, rows: rows, width: width, out: $0.baseAddress!) }
