@@ -71,6 +71,11 @@ def main():
     trainer = Trainer(model=model, args=args, train_dataset=TokenDataset(sequences),
                       callbacks=[RoutingLogCallback(options.routing_log), RecordSteps(options.out)])
     trainer.train()
+    # Without this, a gloo worker thread can outlive the interpreter's teardown and abort the rank
+    # ("terminate called without an active exception", pytorch/pytorch#190489) after training succeeded.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
