@@ -81,6 +81,11 @@ static void gemv_portable(long m, long row_begin, long row_end, long k, float al
 
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma")))
 #define INLINE static inline __attribute__((always_inline))
+// How far ahead of its loads the GEMV asks for W into L2. One core's loads alone keep too few
+// cache lines in flight to cover the memory latency when the machine is busy (12 GB/s on one Zen 4
+// core against 22 GB/s with this prefetch, 566 MB bf16 LM head); consecutive rows are contiguous,
+// so the prefetch runs on into the next row.
+#define GEMV_PREFETCH_BYTES 1024
 
 // One row of W against MR rows of A, read front to back, 64 columns of k per step into four
 // accumulators per A row (independent FMA chains). Taking W one row at a time makes consecutive
@@ -100,6 +105,8 @@ INLINE AVX512_TARGET void gemv_row_avx512(const int MR, const int TYPE, long k, 
     if (TYPE == MOEKIT_WEIGHT_BF16) {
         const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
         for (; p + 64 <= k; p += 64) {
+            _mm_prefetch((const char *)(w + 2 * p) + GEMV_PREFETCH_BYTES, _MM_HINT_T1);
+            _mm_prefetch((const char *)(w + 2 * p) + GEMV_PREFETCH_BYTES + 64, _MM_HINT_T1);
             const __m512i v0 = _mm512_loadu_si512((const void *)(w + 2 * p)), v1 = _mm512_loadu_si512((const void *)(w + 2 * p + 64));
             const __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), w1 = _mm512_castsi512_ps(_mm512_and_si512(v0, high));
             const __m512 w2 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), w3 = _mm512_castsi512_ps(_mm512_and_si512(v1, high));
@@ -125,6 +132,8 @@ INLINE AVX512_TARGET void gemv_row_avx512(const int MR, const int TYPE, long k, 
         }
     } else {
         for (; p + 64 <= k; p += 64) {
+            _mm_prefetch((const char *)(w + 2 * p) + GEMV_PREFETCH_BYTES, _MM_HINT_T1);
+            _mm_prefetch((const char *)(w + 2 * p) + GEMV_PREFETCH_BYTES + 64, _MM_HINT_T1);
             __m512 wv[4];
             for (int q = 0; q < 4; q++) wv[q] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * p + 32 * q)));
             for (int i = 0; i < MR; i++)

@@ -36,6 +36,16 @@ int moekit_kernels_isa(void);
 // 1 when the CPU has AVX512-BF16 (vdpbf16ps) besides AVX-512 F, BW, VL.
 int moekit_cpu_has_avx512_bf16(void);
 
+// A spin-wait hint (x86 `pause`, arm64 `yield`): lets the core's sibling and the memory system
+// breathe while a thread polls for work (WorkerPool.swift).
+static inline void moekit_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 // f32 compute on 16-bit weights, for few rows of A (decode): rows [row_begin, row_end) of W give
 // columns [row_begin, row_end) of C. A is f32 `[m, k]` (lda ≥ k), C `[m, ldc]`. Each weight
 // element is widened to f32 exactly; products and sums are f32 (FMA).
