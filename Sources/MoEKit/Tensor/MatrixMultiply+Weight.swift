@@ -129,7 +129,7 @@ extension MatrixMultiply {
         }
         let perThread = (rows.count + threads - 1) / threads
         let size = (perThread + unit - 1) / unit * unit
-        DispatchQueue.concurrentPerform(iterations: threads) { thread in
+        WorkerPool.shared.run(parts: threads) { thread in
             let first = rows.lowerBound + thread * size
             let range = first ..< min(rows.upperBound, first + size)
             if !range.isEmpty { body(range) }

@@ -27,11 +27,8 @@ enum ParallelTiles {
         SingleThreadedBLAS.enter()
         defer { SingleThreadedBLAS.leave() }
         let counter = TileCounter()
-        withoutActuallyEscaping(body) { body in
-            let shared = UncheckedSendable(body)
-            DispatchQueue.concurrentPerform(iterations: count) { worker in
-                while let tile = counter.next(below: tiles) { shared.value(tile, worker) }
-            }
+        WorkerPool.shared.run(parts: count) { worker in
+            while let tile = counter.next(below: tiles) { body(tile, worker) }
         }
     }
 
