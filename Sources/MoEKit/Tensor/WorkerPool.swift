@@ -21,7 +21,7 @@ import Glibc
 /// runs (from another thread, or from inside a part), or asking for more parts than the pool has
 /// threads, goes to `concurrentPerform` instead, so callers never wait for each other or deadlock.
 final class WorkerPool: @unchecked Sendable {
-    /// The process's pool: one thread fewer than the cores (the caller is the last one).
+    /// The process's pool: at most one thread fewer than the cores (the caller is the last one).
     static let shared = WorkerPool(workers: max(0, ProcessInfo.processInfo.activeProcessorCount - 1))
 
     /// How long an idle worker polls before it sleeps: long enough to bridge the serial steps
@@ -42,7 +42,7 @@ final class WorkerPool: @unchecked Sendable {
     /// The running job's body; written before the job word is published (release), read after it
     /// is seen (acquire), and unused once the job has finished.
     nonisolated(unsafe) private var body: ((Int) -> Void)?
-    private var started = false
+    private var startedWorkers = 0
     private let startLock = NSLock()
 
     init(workers: Int) {
@@ -63,7 +63,7 @@ final class WorkerPool: @unchecked Sendable {
             return
         }
         defer { busy.store(false, ordering: .releasing) }
-        startWorkersOnce()
+        ensureWorkers(parts - 1)
         pooledJobs.add(1, ordering: .relaxed)
         withoutActuallyEscaping(body) { body in
             self.body = body
@@ -85,21 +85,24 @@ final class WorkerPool: @unchecked Sendable {
         }
     }
 
-    private func startWorkersOnce() {
+    /// Starts workers up to `count` (only as many as jobs have asked for: on a many-core host
+    /// where OpenBLAS uses two threads, one worker polls, not all the others). Called while this
+    /// caller owns the pool and no job runs, so a new worker's last-seen generation is the current one.
+    private func ensureWorkers(_ count: Int) {
         startLock.lock()
         defer { startLock.unlock() }
-        guard !started else { return }
-        started = true
-        for index in 1 ... workerCount {
-            let thread = Thread { self.workerLoop(index: index) }
+        guard startedWorkers < count else { return }
+        let seen = job.load(ordering: .acquiring) >> 16
+        for index in startedWorkers + 1 ... count {
+            let thread = Thread { self.workerLoop(index: index, seen: seen) }
             thread.name = "moekit-worker-\(index)"
             thread.start()
         }
+        startedWorkers = count
     }
 
-    /// Workers start before the first job is published, so generation 0 is the one they have seen.
-    private func workerLoop(index: Int) {
-        var seen: UInt64 = 0
+    private func workerLoop(index: Int, seen start: UInt64) {
+        var seen = start
         while true {
             let word = waitForJob(after: seen)
             seen = word >> 16
