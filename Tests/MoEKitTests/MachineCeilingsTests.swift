@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import MoEKit
 
@@ -38,5 +39,21 @@ import Testing
         let shares = ceilings.shares(of: 50)
         #expect(shares.peak == 0.25 && shares.sgemm == 0.5)
         #expect(ceilings.reportLines[0].contains("50% of peak"))
+    }
+}
+
+/// The bench's round-robin timing: every case's samples, in order, with the settle after an
+/// OpenBLAS case outside the timed region.
+@Suite struct InterleavedTimingTests {
+    @Test func settleAfterACaseIsNotTimed() throws {
+        var order: [Int] = []
+        let start = DispatchTime.now().uptimeNanoseconds
+        let samples = try ThroughputBenchmark.timeInterleaved(warmups: 1, repeats: 2, settleAfter: [0], [{ order.append(0) }, { order.append(1) }])
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        #expect(order == [0, 1, 0, 1, 0, 1])
+        #expect(samples.map(\.count) == [2, 2])
+        // Three settles of 0.15 s happened, none inside a sample.
+        #expect(elapsed >= 3 * ThroughputBenchmark.openBLASIdleSeconds)
+        #expect(samples.joined().allSatisfy { $0 < ThroughputBenchmark.openBLASIdleSeconds / 2 })
     }
 }

@@ -112,18 +112,34 @@ public struct ThroughputBenchmark {
     /// Times several cases round-robin — warm-ups first, then repeat r of every case before repeat
     /// r+1 of any — so drift in the machine's speed (other load, clock changes) hits every case
     /// alike and ratios measured in one run stay fair. Returns seconds per run, per case.
-    static func timeInterleaved(warmups: Int, repeats: Int, _ cases: [() throws -> Void]) throws -> [[Double]] {
-        for _ in 0 ..< warmups { for body in cases { try body() } }
+    ///
+    /// After each case in `settleAfter`, untimed, it waits `openBLASIdleSeconds`: a multi-threaded
+    /// OpenBLAS call leaves OpenBLAS's other threads polling in `sched_yield` for 2^28 clock ticks
+    /// (about 0.1 s), and they took a core from whichever case came next (the dense FFN at T=128
+    /// measured 90–130 instead of ~195 GFLOP/s in one repeat of five, more often than not).
+    static func timeInterleaved(warmups: Int, repeats: Int, settleAfter: Set<Int> = [], _ cases: [() throws -> Void]) throws -> [[Double]] {
+        func settle(_ index: Int) { if settleAfter.contains(index) { usleep(useconds_t(openBLASIdleSeconds * 1e6)) } }
+        for _ in 0 ..< warmups {
+            for (index, body) in cases.enumerated() {
+                try body()
+                settle(index)
+            }
+        }
         var samples = [[Double]](repeating: [], count: cases.count)
         for _ in 0 ..< repeats {
             for (index, body) in cases.enumerated() {
                 let start = DispatchTime.now().uptimeNanoseconds
                 try body()
                 samples[index].append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+                settle(index)
             }
         }
         return samples
     }
+
+    /// How long OpenBLAS's threads poll after a multi-threaded call before they sleep, with margin:
+    /// 2^28 ticks of OpenBLAS's cycle counter (0.3.21's default THREAD_TIMEOUT) at 2 GHz or more.
+    static let openBLASIdleSeconds = 0.15
 
     func runLayerLevel(_ emit: (Result) -> Void) throws {
         let cases = makeLayerCases()
@@ -144,7 +160,8 @@ public struct ThroughputBenchmark {
                     _ = cases.moeForward(x, router: router, timer: timer)
                 }
             }
-            let seconds = try Self.timeInterleaved(warmups: options.warmups, repeats: options.repeats, bodies)
+            // The bare sgemm (case 0) is OpenBLAS's multi-threaded call; the cases after it are MoEKit's pools.
+            let seconds = try Self.timeInterleaved(warmups: options.warmups, repeats: options.repeats, settleAfter: [0], bodies)
             emit(Result(level: "layer", kind: "sgemm", tokens: tokens, tokensPerSecond: Self.throughput(seconds[0], work: Double(tokens)),
                         gflops: Self.throughput(seconds[0], work: cases.sgemmFLOPs(tokens: tokens) * 1e-9),
                         note: "[\(tokens),\(cases.hiddenSize)]x[\(cases.hiddenSize),\(2 * cases.intermediateSize)]"))
