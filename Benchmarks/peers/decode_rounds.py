@@ -11,7 +11,6 @@ few long ones. Prints medians over rounds and every binary's ratio to llama.cpp.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,12 @@ def main():
     parser.add_argument("--work", default=os.path.join(HERE, "work"), help="models and GGUFs (made once, ~9 GB)")
     args = parser.parse_args()
     paths = peers.prepare_models(args.binaries[0], args.work)
-    values = {}
+    recorder = peers.Recorder()
     for round_index in range(args.rounds):
         for kind in ("dense", "moe"):
             model = llama_peer.LlamaModel(paths[(kind, "bf16")], args.threads)
             model.decode_seconds_per_token(2)
-            values.setdefault(f"llama.cpp {kind}", []).append(1 / model.decode_seconds_per_token(args.steps))
+            recorder.add(f"llama.cpp {kind}", 1 / model.decode_seconds_per_token(args.steps))
             model.close()
         for binary in args.binaries:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -46,16 +45,10 @@ def main():
                 results = json.load(open(out.name))["results"]
             for kind in ("dense", "moe"):
                 value = peers.find(results, level="model", kind=kind, phase="decode")["tokens_per_s"]["median"]
-                values.setdefault(f"{binary} {kind}", []).append(value)
+                recorder.add(f"{binary} {kind}", value)
         print(f"round {round_index + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.2f}", flush=True)
-    medians = {key: statistics.median(v) for key, v in values.items()}
-    for key in sorted(medians):
-        print(f"{key}: {medians[key]:.2f} tokens/s (rounds: {', '.join(f'{v:.1f}' for v in values[key])})")
-    for kind in ("dense", "moe"):
-        theirs = medians[f"llama.cpp {kind}"]
-        for binary in args.binaries:
-            ours = medians[f"{binary} {kind}"]
-            print(f"{kind} decode, both on bf16 weights: {binary} {ours:.2f} vs llama.cpp {theirs:.2f} tokens/s -> {ours / theirs:.2f}")
+    recorder.report([(f"{kind} decode, both on bf16 weights", binary, f"{binary} {kind}", f"llama.cpp {kind}", "llama.cpp")
+                     for kind in ("dense", "moe") for binary in args.binaries])
 
 
 if __name__ == "__main__":

@@ -62,6 +62,14 @@ class Recorder:
     def get(self, name):
         return median(self.samples.get(name, []))
 
+    def report(self, comparisons):
+        """For the before/after scripts: every case's median over rounds (and the rounds), then one
+        line per (label, binary, our case, peer's case, peer) with both medians and their ratio."""
+        for key in sorted(self.samples):
+            print(f"{key}: {self.get(key):.2f} tokens/s (rounds: {', '.join(f'{v:.2f}' for v in self.samples[key])})")
+        for label, binary, ours, theirs, peer in comparisons:
+            print(f"{label}: {binary} {self.get(ours):.2f} vs {peer} {self.get(theirs):.2f} tokens/s -> {self.get(ours) / self.get(theirs):.2f}")
+
 
 def cpu_model():
     for line in open("/proc/cpuinfo"):

@@ -9,7 +9,6 @@ experts, top-2). Prints medians over rounds and every binary's ratio to PyTorch.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,6 @@ import peers  # noqa: E402
 import torch  # noqa: E402
 
 CASES = [("tiny", "tiny", 4, 8, 128), ("minicpm-1.2b-2l", "minicpm-1.2b", 2, 2, 128)]
-
-
-class Recorder:
-    def __init__(self):
-        self.values = {}
-
-    def add(self, key, value):
-        self.values.setdefault(key, []).append(value)
 
 
 def main():
@@ -46,7 +37,7 @@ def main():
             subprocess.run([args.binaries[0], "init", directory, "--preset", preset, "--layers", str(layers), "--dtype", "bf16", "--force", "--quiet"],
                            check=True)
         configs[name] = json.load(open(os.path.join(directory, "config.json")))
-    recorder = Recorder()
+    recorder = peers.Recorder()
     for round_index in range(args.rounds):
         for name, preset, layers, batch, length in CASES:
             for binary in args.binaries:
@@ -61,15 +52,8 @@ def main():
             for experts in (0, peers.EXPERTS):
                 peers.torch_training(name, configs[name], batch, length, experts, args.repeats, recorder)
         print(f"round {round_index + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.2f}", flush=True)
-    medians = {key: statistics.median(values) for key, values in recorder.values.items()}
-    for key in sorted(medians):
-        print(f"{key}: {medians[key]:.2f} tokens/s (rounds: {', '.join(f'{v:.2f}' for v in recorder.values[key])})")
-    for name, *_ in CASES:
-        for kind in ("dense", "moe"):
-            theirs = medians[f"torch train {name} {kind}"]
-            for binary in args.binaries:
-                ours = medians[f"{binary} {name} {kind}"]
-                print(f"training step {name} {kind}: {binary} {ours:.2f} vs PyTorch eager {theirs:.2f} tokens/s -> {ours / theirs:.2f}")
+    recorder.report([(f"training step {name} {kind}", binary, f"{binary} {name} {kind}", f"torch train {name} {kind}", "PyTorch eager")
+                     for name, *_ in CASES for kind in ("dense", "moe") for binary in args.binaries])
 
 
 if __name__ == "__main__":
