@@ -40,6 +40,18 @@ import Testing
         }
     }
 
+    /// Workers start as jobs need them: a pool of three that has only run two-part jobs has one.
+    @Test func workersStartOnlyAsJobsNeedThem() {
+        let pool = WorkerPool(workers: 3)
+        #expect(pool.startedWorkerCount == 0)
+        _ = runOnce(pool, parts: 2)
+        _ = runOnce(pool, parts: 2)
+        #expect(pool.startedWorkerCount == 1)
+        let (counts, placed) = runOnce(pool, parts: 4)
+        #expect(pool.startedWorkerCount == 3)
+        #expect(counts == [1, 1, 1, 1] && placed.allSatisfy { $0 })
+    }
+
     /// Workers that have polled past `pollNanoseconds` sleep; the next job wakes them.
     @Test func sleepingWorkersWakeForTheNextJob() {
         let pool = WorkerPool(workers: 1)

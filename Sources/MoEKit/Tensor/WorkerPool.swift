@@ -94,11 +94,16 @@ final class WorkerPool: @unchecked Sendable {
         guard startedWorkers < count else { return }
         let seen = job.load(ordering: .acquiring) >> 16
         for index in startedWorkers + 1 ... count {
-            let thread = Thread { self.workerLoop(index: index, seen: seen) }
-            thread.name = "moekit-worker-\(index)"
-            thread.start()
+            Thread { self.workerLoop(index: index, seen: seen) }.start()
         }
         startedWorkers = count
+    }
+
+    /// Workers started so far (tests read it).
+    var startedWorkerCount: Int {
+        startLock.lock()
+        defer { startLock.unlock() }
+        return startedWorkers
     }
 
     private func workerLoop(index: Int, seen start: UInt64) {
