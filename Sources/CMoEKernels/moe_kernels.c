@@ -52,16 +52,40 @@ static inline float widen(const unsigned char *p, int type) {
 
 static inline void store(float *c, float sum, float alpha, float beta) { *c = beta == 0 ? alpha * sum : alpha * sum + beta * *c; }
 
-void moekit_round_to_bf16(const float *x, uint16_t *out, long count) {
+static inline uint16_t round_to_bf16(uint32_t u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static void round_to_bf16_portable(const float *x, uint16_t *out, long count) {
     for (long i = 0; i < count; i++) {
         uint32_t u;
         memcpy(&u, x + i, 4);
-        if ((u & 0x7fffffffu) > 0x7f800000u) {
-            out[i] = (uint16_t)((u >> 16) | 0x40);
-        } else {
-            out[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-        }
+        out[i] = round_to_bf16(u);
     }
+}
+
+// The portable rule on 16 values at a time: NaNs take the quieting OR, the rest the rounding add.
+// vcvtneps2bf16 would be one instruction but treats subnormal inputs as zero, which the f32 path
+// on rounded activations (few rows) must not.
+static __attribute__((target("avx512f,avx512bw,avx512vl"))) void round_to_bf16_avx512(const float *x, uint16_t *out, long count) {
+    const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), infinity = _mm512_set1_epi32(0x7f800000);
+    const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
+    long i = 0;
+    for (; i + 16 <= count; i += 16) {
+        const __m512i u = _mm512_loadu_si512((const void *)(x + i));
+        const __m512i high = _mm512_srli_epi32(u, 16);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
+        const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(high, one))), 16);
+        const __m512i result = _mm512_mask_or_epi32(rounded, nan, high, quiet);
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(result));
+    }
+    round_to_bf16_portable(x + i, out + i, count - i);
+}
+
+void moekit_round_to_bf16(int isa, const float *x, uint16_t *out, long count) {
+    if (isa >= MOEKIT_ISA_AVX512 && moekit_kernels_isa() == MOEKIT_ISA_AVX512) round_to_bf16_avx512(x, out, count);
+    else round_to_bf16_portable(x, out, count);
 }
 
 static void gemv_portable(long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, const unsigned char *w,

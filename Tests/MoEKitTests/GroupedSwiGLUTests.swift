@@ -77,6 +77,25 @@ import Testing
         #expect(isClose(tiled.output, reference.output, relativeTolerance: 1e-5))
     }
 
+    /// bf16 compute: the tiles share activations rounded once per phase, the reference rounds
+    /// them in every expert's product; the results are the same bits (each output is one dot
+    /// product over the whole k either way). Blocks of more rows than the GEMV takes reach
+    /// `vdpbf16ps` where the CPU has it; the 1-row block takes the GEMV on rounded values.
+    @Test func tiledForwardInBFloat16ComputeEqualsExpertsOneAfterAnother() {
+        let blocks = [0 ..< 21, 21 ..< 21, 21 ..< 22, 22 ..< 52]
+        let experts = Self.experts(blocks.count, seed: 31).map { $0.forCompute(.bfloat16) }
+        let input = randomTensor([blocks.last!.upperBound, Self.hidden], seed: 32).values
+        let reference = Self.forward(blocks, experts, input: input, tiled: false)
+        for workers in [1, 2] {
+            let tiled = Self.forward(blocks, experts, input: input, tiled: true, keep: false, workers: workers)
+            #expect(tiled.output.map(\.bitPattern) == reference.output.map(\.bitPattern), "\(workers) workers")
+            #expect(tiled.activated.map(\.bitPattern) == reference.activated.map(\.bitPattern))
+        }
+        let f32 = Self.forward(blocks, Self.experts(blocks.count, seed: 31), input: input, tiled: true)
+        #expect(!isClose(f32.output, reference.output, relativeTolerance: 1e-5), "bf16 compute changed the arithmetic")
+        #expect(isClose(f32.output, reference.output, relativeTolerance: 3e-2))
+    }
+
     @Test func tiledBackwardEqualsExpertsOneAfterAnother() {
         for (index, blocks) in Self.layouts.enumerated() {
             let experts = Self.experts(blocks.count, seed: 31 + UInt64(index))

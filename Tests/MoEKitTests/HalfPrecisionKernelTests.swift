@@ -74,14 +74,26 @@ import Testing
     }
 
     /// The kernels' f32 → bf16 rounding equals `HalfPrecision`'s (nearest, ties to even; NaN quiet;
-    /// overflow to ±Inf), on special values and random ones.
+    /// overflow to ±Inf), on special values and random ones, at every instruction-set level (lengths
+    /// that leave a tail after the 16-wide AVX-512 steps included).
     @Test func roundingToBFloat16MatchesHalfPrecision() {
         var values: [Float] = [0, -0.0, 1, 1.00390625, 1.01171875, -1.00390625, .infinity, -.infinity, .nan, .greatestFiniteMagnitude,
                                Float(bitPattern: 0x7F7F_FFFF), Float(bitPattern: 0x0000_8000), Float(bitPattern: 0x0001_8000), Float(bitPattern: 0xFFA0_0001)]
         values += randomTensor([1000], seed: 5, standardDeviation: 100).values
-        var bits = [UInt16](repeating: 0, count: values.count)
-        moekit_round_to_bf16(values, &bits, values.count)
-        #expect(bits == values.map(HalfPrecision.bfloat16Bits(from:)))
+        for i: UInt32 in 0 ..< 64 {  // ties, NaNs with payloads, negative subnormals
+            values.append(Float(bitPattern: 0x3F80_8000 + (i << 16)))
+            values.append(Float(bitPattern: 0x7F80_0001 + (i << 12)))
+            values.append(Float(bitPattern: 0x8000_0001 + (i << 8)))
+        }
+        let expected = values.map(HalfPrecision.bfloat16Bits(from:))
+        for level in Self.levels {
+            for count in [values.count, values.count - 5, 15, 1, 0] {
+                var bits = [UInt16](repeating: 0xAAAA, count: values.count)
+                moekit_round_to_bf16(level, values, &bits, count)
+                #expect(Array(bits[..<count]) == Array(expected[..<count]), "level \(level), count \(count)")
+                #expect(bits[count...].allSatisfy { $0 == 0xAAAA }, "level \(level) wrote past \(count)")
+            }
+        }
     }
 
     /// bf16 compute is the exact product of the bf16-rounded activations and weights summed in f32:

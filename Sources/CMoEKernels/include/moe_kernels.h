@@ -59,8 +59,9 @@ void moekit_gemv_f32_half(int isa, long m, long row_begin, long row_end, long k,
 void moekit_gemm_f32(int isa, long m, long row_begin, long row_end, long k, float alpha, const float *a, long lda, const float *w,
                      long ldw, float beta, float *c, long ldc);
 
-// Rounds `count` f32 values to bf16, round to nearest even (NaN stays a quiet NaN).
-void moekit_round_to_bf16(const float *x, uint16_t *out, long count);
+// Rounds `count` f32 values to bf16, round to nearest even (NaN stays a quiet NaN): AVX-512 (16
+// at a time, the same rule) or the portable loop, by `isa` as for the GEMMs.
+void moekit_round_to_bf16(int isa, const float *x, uint16_t *out, long count);
 
 // bf16 compute with AVX512-BF16 (vdpbf16ps): A is bf16 `[m, k]` (lda ≥ k), W bf16. Products of
 // bf16 pairs are exact and summed into f32 accumulators; vdpbf16ps treats subnormal inputs as zero

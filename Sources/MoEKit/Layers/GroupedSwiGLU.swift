@@ -61,6 +61,12 @@ enum GroupedSwiGLU {
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, workers * scratchPerWorker))
         defer { scratch.deallocate() }
 
+        // bf16 compute rounds each operand once here, not once per tile (45 tiles per expert at
+        // MiniCPM-2.4B's widths).
+        let rows = blocks.map(\.upperBound).max() ?? 0
+        let roundedInput = firstExpert.gateUp.computePrecision == .bfloat16
+            ? MatrixMultiply.roundedToBFloat16(m: rows, a: input, lda: hidden, columns: hidden) : []
+
         let first = tiles(blocks: blocks, width: intermediate, tileColumns: tileColumns)
         ParallelTiles.run(tiles: first.count, workers: workers) { index, worker in
             let tile = first[index], block = blocks[tile.expert], rows = block.count, c = tile.columns
@@ -76,28 +82,37 @@ enum GroupedSwiGLU {
                 stride = scratchWidth
             }
             let w = experts[tile.expert].gateUp
-            gemm(m: rows, a: x, lda: hidden, timesTransposeOfRows: c, of: w, c: gate, ldc: stride)
-            gemm(m: rows, a: x, lda: hidden, timesTransposeOfRows: (intermediate + c.lowerBound) ..< (intermediate + c.upperBound), of: w, c: up, ldc: stride)
+            roundedInput.withUnsafeBufferPointer { roundedX in
+                let xBF16 = roundedX.isEmpty ? nil : roundedX.baseAddress! + block.lowerBound * hidden
+                gemm(m: rows, a: x, bfloat16A: xBF16, lda: hidden, timesTransposeOfRows: c, of: w, c: gate, ldc: stride)
+                gemm(m: rows, a: x, bfloat16A: xBF16, lda: hidden, timesTransposeOfRows: (intermediate + c.lowerBound) ..< (intermediate + c.upperBound),
+                     of: w, c: up, ldc: stride)
+            }
             for r in 0 ..< rows {
                 let g = gate + r * stride, u = up + r * stride
                 let a = activated + (block.lowerBound + r) * intermediate + c.lowerBound
                 for j in 0 ..< c.count { let v = g[j]; a[j] = v / (1 + expf(-v)) * u[j] }
             }
         }
+        let roundedActivated = firstExpert.down.computePrecision == .bfloat16
+            ? MatrixMultiply.roundedToBFloat16(m: rows, a: activated, lda: intermediate, columns: intermediate) : []
         let second = tiles(blocks: blocks, width: hidden, tileColumns: tileColumns)
         ParallelTiles.run(tiles: second.count, workers: workers) { index, _ in
             let tile = second[index], block = blocks[tile.expert]
-            gemm(m: block.count, a: activated + block.lowerBound * intermediate, lda: intermediate,
-                 timesTransposeOfRows: tile.columns, of: experts[tile.expert].down,
-                 c: output + block.lowerBound * hidden + tile.columns.lowerBound, ldc: hidden)
+            roundedActivated.withUnsafeBufferPointer { roundedA in
+                gemm(m: block.count, a: activated + block.lowerBound * intermediate,
+                     bfloat16A: roundedA.isEmpty ? nil : roundedA.baseAddress! + block.lowerBound * intermediate, lda: intermediate,
+                     timesTransposeOfRows: tile.columns, of: experts[tile.expert].down,
+                     c: output + block.lowerBound * hidden + tile.columns.lowerBound, ldc: hidden)
+            }
         }
     }
 
     /// C `[m, rows.count]` = A `[m, W.columns]` · W[rows]ᵀ: one tile of a linear layer. f32 rows
     /// (owned, or mapped and aligned) go to `MatrixMultiply.linear` in place (in this worker); other stored dtypes through
     /// `MatrixMultiply.gemm(…, timesTransposeOf:)` on a view of the mapped rows.
-    static func gemm(m: Int, a: UnsafePointer<Float>, lda: Int, timesTransposeOfRows rows: Range<Int>, of w: Weight,
-                     c: UnsafeMutablePointer<Float>, ldc: Int) {
+    static func gemm(m: Int, a: UnsafePointer<Float>, bfloat16A: UnsafePointer<UInt16>? = nil, lda: Int, timesTransposeOfRows rows: Range<Int>,
+                     of w: Weight, c: UnsafeMutablePointer<Float>, ldc: Int) {
         let columns = w.columns
         var segmentStart = 0
         for segment in w.segments {
@@ -117,7 +132,11 @@ enum GroupedSwiGLU {
                 MatrixMultiply.linear(m: m, n: overlap.count, k: columns, a: a, lda: lda, w: base.assumingMemoryBound(to: Float.self) + local * columns,
                                       ldw: columns, c: out, ldc: ldc)
             case .mapped:
-                MatrixMultiply.gemm(m: m, a: a, lda: lda, timesTransposeOf: w.mappedRows(overlap), c: out, ldc: ldc)
+                if let bfloat16A, w.computePrecision == .bfloat16 {
+                    MatrixMultiply.gemm(m: m, bfloat16A: bfloat16A, lda: lda, timesTransposeOf: w.mappedRows(overlap), c: out, ldc: ldc)
+                } else {
+                    MatrixMultiply.gemm(m: m, a: a, lda: lda, timesTransposeOf: w.mappedRows(overlap), c: out, ldc: ldc)
+                }
             }
         }
     }

@@ -78,37 +78,55 @@ extension MatrixMultiply {
         }
     }
 
-    /// bf16 compute: A rounded to bf16 once, then `vdpbf16ps` on bf16 weights, or (few rows, or a
-    /// CPU without AVX512-BF16) the f32 path on the rounded A, whose products with bf16 weights are
-    /// exact in f32 too.
+    /// bf16 compute: A rounded to bf16 once (`roundedToBFloat16`), then the product on the rounded A.
     private static func bfloat16Product(m: Int, a: UnsafePointer<Float>, lda: Int, w: Weight, alpha: Float, beta: Float,
                                         c: UnsafeMutablePointer<Float>, ldc: Int, blockElements: Int, gemvRows: Int, kernels: Int32,
                                         dotProduct: Bool) {
-        let columns = w.columns
-        var rounded = [UInt16](repeating: 0, count: m * columns)
-        rounded.withUnsafeMutableBufferPointer { r in
-            for i in 0 ..< m { moekit_round_to_bf16(a + i * lda, r.baseAddress! + i * columns, columns) }
+        let rounded = roundedToBFloat16(m: m, a: a, lda: lda, columns: w.columns, kernels: kernels)
+        rounded.withUnsafeBufferPointer { r in
+            gemm(m: m, bfloat16A: r.baseAddress!, lda: w.columns, timesTransposeOf: w, alpha: alpha, beta: beta, c: c, ldc: ldc,
+                 blockElements: blockElements, gemvRows: gemvRows, kernels: kernels, dotProduct: dotProduct)
         }
+    }
+
+    /// A `[m, columns]` (rows `lda` apart) rounded to bf16 (nearest, ties to even), rows packed `columns` apart.
+    static func roundedToBFloat16(m: Int, a: UnsafePointer<Float>, lda: Int, columns: Int, kernels: Int32 = kernelLevel) -> [UInt16] {
+        [UInt16](unsafeUninitializedCapacity: m * columns) { r, initialized in
+            for i in 0 ..< m { moekit_round_to_bf16(kernels, a + i * lda, r.baseAddress! + i * columns, columns) }
+            initialized = m * columns
+        }
+    }
+
+    /// bf16 compute on an A already rounded to bf16 (`[m, W.columns]`, rows `lda` apart): callers
+    /// that multiply the same rows by many weight slices (`GroupedSwiGLU`'s tiles) round them once.
+    /// `vdpbf16ps` on bf16 weights, or (few rows, or a CPU without AVX512-BF16) the f32 path on the
+    /// widened A, whose products with bf16 weights are exact in f32 too.
+    static func gemm(m: Int, bfloat16A r: UnsafePointer<UInt16>, lda: Int, timesTransposeOf w: Weight, alpha: Float = 1, beta: Float = 0,
+                     c: UnsafeMutablePointer<Float>, ldc: Int, blockElements: Int = conversionBlockElements, gemvRows: Int = halfPrecisionGEMVRows,
+                     kernels: Int32 = kernelLevel, dotProduct: Bool = ComputePrecision.cpuHasBFloat16DotProduct) {
+        guard m > 0, w.rows > 0 else { return }
+        let columns = w.columns
         let bf16Segments = w.segments.allSatisfy { if case .mapped(_, _, .bfloat16) = $0 { return true } else { return false } }
         guard dotProduct, m > gemvRows, bf16Segments else {
-            let widened = rounded.map(HalfPrecision.float(fromBFloat16:))
+            var widened = [Float](repeating: 0, count: m * columns)
+            for i in 0 ..< m {
+                for j in 0 ..< columns { widened[i * columns + j] = HalfPrecision.float(fromBFloat16: r[i * lda + j]) }
+            }
             widened.withUnsafeBufferPointer { x in
                 gemm(m: m, a: x.baseAddress!, lda: columns, timesTransposeOf: w.forCompute(.float32), alpha: alpha, beta: beta, c: c, ldc: ldc,
                      blockElements: blockElements, gemvRows: gemvRows, kernels: kernels, dotProduct: dotProduct)
             }
             return
         }
-        rounded.withUnsafeBufferPointer { r in
-            var start = 0
-            for segment in w.segments {
-                guard case .mapped(let base, let rows, _) = segment else { preconditionFailure("bf16 segments are mapped") }
-                let operands = KernelOperands(a: UnsafeRawPointer(r.baseAddress!), weight: base, c: c + start)
-                forEachRowRange(0 ..< rows, multipleOf: 6, minimumRows: 12) { range in
-                    moekit_gemm_bf16_dpbf16(m, range.lowerBound, range.upperBound, columns, alpha, operands.a.assumingMemoryBound(to: UInt16.self),
-                                            columns, operands.weight, columns, beta, operands.c, ldc)
-                }
-                start += rows
+        var start = 0
+        for segment in w.segments {
+            guard case .mapped(let base, let rows, _) = segment else { preconditionFailure("bf16 segments are mapped") }
+            let operands = KernelOperands(a: UnsafeRawPointer(r), weight: base, c: c + start)
+            forEachRowRange(0 ..< rows, multipleOf: 6, minimumRows: 12) { range in
+                moekit_gemm_bf16_dpbf16(m, range.lowerBound, range.upperBound, columns, alpha, operands.a.assumingMemoryBound(to: UInt16.self),
+                                        lda, operands.weight, columns, beta, operands.c, ldc)
             }
+            start += rows
         }
     }
 

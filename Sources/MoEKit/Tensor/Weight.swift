@@ -125,7 +125,7 @@ public struct Weight: @unchecked Sendable {
                 for first in stride(from: 0, to: segment.rows, by: rowsPerBlock) {
                     let rows = first ..< min(segment.rows, first + rowsPerBlock)
                     Self.decode(segment, rows: rows, columns: columns, into: scratch.baseAddress!)
-                    moekit_round_to_bf16(scratch.baseAddress!, storage.bits + first * columns, rows.count * columns)
+                    moekit_round_to_bf16(MatrixMultiply.kernelLevel, scratch.baseAddress!, storage.bits + first * columns, rows.count * columns)
                 }
             }
             newOwners.append(storage)
