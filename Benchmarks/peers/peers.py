@@ -16,7 +16,10 @@ Shapes: MiniCPM-2.4B (hidden 2304, intermediate 5760, 36 heads), MoE E = 8, top-
 - prefill pp512 and decode (after 128 prompt tokens), 4 layers, dense and MoE, vs llama.cpp
   on f32 GGUF (prefill, decode) and bf16 GGUF (decode); MoEKit's decode also on the same weights
   stored as bf16 (`moekit convert --dtype bf16`, read mapped), against llama.cpp's bf16 GGUF.
-- with AVX512-BF16: the MoE layer with `--compute bf16` vs the same PyTorch HF loop (f32).
+- with AVX512-BF16: the MoE layer with `--compute bf16` vs the same PyTorch HF loop (f32), and
+  prefill pp512 with `--compute bf16` (opt-in arithmetic: bf16 activations × bf16 weights, f32
+  sums) vs llama.cpp on the f32 GGUF and on the bf16 GGUF (whose prefill also multiplies bf16 by
+  bf16 with vdpbf16ps on this CPU: the like-for-like comparison).
 - training step (forward + backward + AdamW): tiny 4 layers 8×128 and minicpm-1.2b 2 layers
   2×128, dense and MoE, vs eager PyTorch (SDPA, the HF MoE loop, torch.optim.AdamW).
 """
@@ -331,6 +334,14 @@ def main():
             recorder.add(f"moekit {kind} pp512", find(model["results"], level="model", kind=kind, phase="prefill", tokens=512)["tokens_per_s"]["median"])
             if args.decode > 0:
                 recorder.add(f"moekit {kind} decode", find(model["results"], level="model", kind=kind, phase="decode")["tokens_per_s"]["median"])
+        if bf16_dot_product:
+            model_bf16 = moekit_bench(moekit, ["--level", "model", "--preset", "minicpm-2.4b", "--layers", "4", "--tokens", "512",
+                                               "--routing", "learned", "--decode", "0", "--experts", str(EXPERTS), "--top-k", str(TOP_K),
+                                               "--compute", "bf16"], args.repeats)
+            moekit_json["model bf16"] = model_bf16
+            for kind in ("dense", "moe"):
+                recorder.add(f"moekit {kind} pp512 bf16", find(model_bf16["results"], level="model", kind=kind, phase="prefill",
+                                                               tokens=512)["tokens_per_s"]["median"])
         mapped = moekit_bench(moekit, ["--level", "model", "--dense-model", paths[("dense", "bf16 checkpoint")],
                                        "--moe-model", paths[("moe", "bf16 checkpoint")], "--tokens", "512", "--decode", str(args.decode)], args.repeats)
         moekit_json["model bf16 weights"] = mapped
@@ -375,6 +386,10 @@ def main():
     if not args.skip_llama:
         for kind in ("dense", "moe"):
             ratio(f"{kind} prefill pp512 (4 layers), tokens/s", f"moekit {kind} pp512", f"llama.cpp {kind} f32 pp512", "llama.cpp f32")
+            if f"moekit {kind} pp512 bf16" in recorder.samples:
+                for dtype in ("f32", "bf16"):
+                    ratio(f"{kind} prefill pp512 --compute bf16, tokens/s", f"moekit {kind} pp512 bf16", f"llama.cpp {kind} {dtype} pp512",
+                          f"llama.cpp {dtype}")
         for kind in ("dense", "moe") if args.decode > 0 else ():
             for dtype in ("f32", "bf16"):
                 ratio(f"{kind} decode (MoEKit f32), tokens/s", f"moekit {kind} decode", f"llama.cpp {kind} {dtype} decode", f"llama.cpp {dtype}")
