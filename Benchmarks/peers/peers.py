@@ -19,7 +19,8 @@ Shapes: MiniCPM-2.4B (hidden 2304, intermediate 5760, 36 heads), MoE E = 8, top-
 - with AVX512-BF16: the MoE layer with `--compute bf16` vs the same PyTorch HF loop (f32), and
   prefill pp512 with `--compute bf16` (opt-in arithmetic: bf16 activations × bf16 weights, f32
   sums) vs llama.cpp on the f32 GGUF and on the bf16 GGUF (whose prefill also multiplies bf16 by
-  bf16 with vdpbf16ps on this CPU: the like-for-like comparison).
+  bf16 with vdpbf16ps on this CPU: the like-for-like comparison), and decode on the bf16
+  checkpoints with `--compute bf16` (llama.cpp's bf16 decode arithmetic) vs llama.cpp bf16.
 - training step (forward + backward + AdamW): tiny 4 layers 8×128 and minicpm-1.2b 2 layers
   2×128, dense and MoE, vs eager PyTorch (SDPA, the HF MoE loop, torch.optim.AdamW).
 """
@@ -348,6 +349,14 @@ def main():
         for kind in ("dense", "moe"):
             if args.decode > 0:
                 recorder.add(f"moekit {kind} decode bf16 weights", find(mapped["results"], level="model", kind=kind, phase="decode")["tokens_per_s"]["median"])
+        if bf16_dot_product and args.decode > 0:
+            mapped_bf16 = moekit_bench(moekit, ["--level", "model", "--dense-model", paths[("dense", "bf16 checkpoint")],
+                                                "--moe-model", paths[("moe", "bf16 checkpoint")], "--tokens", "16", "--decode", str(args.decode),
+                                                "--compute", "bf16"], args.repeats)
+            moekit_json["model bf16 weights bf16 compute"] = mapped_bf16
+            for kind in ("dense", "moe"):
+                recorder.add(f"moekit {kind} decode bf16 compute", find(mapped_bf16["results"], level="model", kind=kind,
+                                                                         phase="decode")["tokens_per_s"]["median"])
         if not args.skip_llama:
             log("  llama.cpp")
             llama_cases(paths, threads, args.decode, args.repeats, recorder)
@@ -394,6 +403,9 @@ def main():
             for dtype in ("f32", "bf16"):
                 ratio(f"{kind} decode (MoEKit f32), tokens/s", f"moekit {kind} decode", f"llama.cpp {kind} {dtype} decode", f"llama.cpp {dtype}")
             ratio(f"{kind} decode (both bf16 weights), tokens/s", f"moekit {kind} decode bf16 weights", f"llama.cpp {kind} bf16 decode", "llama.cpp bf16")
+            if f"moekit {kind} decode bf16 compute" in recorder.samples:
+                ratio(f"{kind} decode (bf16 weights, --compute bf16), tokens/s", f"moekit {kind} decode bf16 compute", f"llama.cpp {kind} bf16 decode",
+                      "llama.cpp bf16")
     if not args.skip_training:
         for name, *_ in trainings:
             for kind in ("dense", "moe"):

@@ -444,6 +444,54 @@ INLINE BF16_TARGET void dpbf16_tile(const int MR, const int NR, long k, float al
         for (int j = 0; j < NR; j++) store(c + i * ldc + j, _mm512_reduce_add_ps(acc[i][j]), alpha, beta);
 }
 
+// bf16 compute for few rows of A (decode): W one row at a time, one sequential stream as in
+// gemv_avx512, against up to 4 rows of A with vdpbf16ps, 64 columns per step in two accumulators
+// per A row. Three instructions per 64 bytes of W against the f32 GEMV's six: with fewer
+// instructions in flight per byte, the core's loads run further ahead, and the row streams at the
+// memory's speed where the f32 GEMV falls 15-25% short (docs/bf16-kernels.md). llama.cpp's bf16
+// ggml_vec_dot_bf16 is the same loop.
+INLINE BF16_TARGET void dpbf16_row(const int MR, long k, float alpha, const uint16_t *a, long lda, const unsigned char *w, float beta,
+                                   float *c, long ldc) {
+    __m512 acc[4][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    long p = 0;
+    for (; p + 64 <= k; p += 64) {
+        _mm_prefetch((const char *)(w + 2 * p) + GEMV_PREFETCH_BYTES, _MM_HINT_T1);
+        _mm_prefetch((const char *)(w + 2 * p) + GEMV_PREFETCH_BYTES + 64, _MM_HINT_T1);
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void *)(w + 2 * p));
+        const __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void *)(w + 2 * p + 64));
+        for (int i = 0; i < MR; i++) {
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)_mm512_loadu_si512((const void *)(a + i * lda + p)), w0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)_mm512_loadu_si512((const void *)(a + i * lda + p + 32)), w1);
+        }
+    }
+    for (; p < k; p += 32) {
+        const long left = k - p;
+        const __mmask32 mask = left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << left) - 1);
+        const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + 2 * p);
+        for (int i = 0; i < MR; i++) acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)_mm512_maskz_loadu_epi16(mask, a + i * lda + p), wv);
+    }
+    for (int i = 0; i < MR; i++) store(c + i * ldc, _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1])), alpha, beta);
+}
+
+void BF16_TARGET moekit_gemv_bf16_dpbf16(long m, long row_begin, long row_end, long k, float alpha, const uint16_t *a, long lda,
+                                         const void *w, long ldw, float beta, float *c, long ldc) {
+    const unsigned char *wb = w;
+    for (long j = row_begin; j < row_end; j++) {
+        for (long i = 0; i < m; i += 4) {
+            const uint16_t *x = a + i * lda;
+            const unsigned char *row = wb + j * 2 * ldw;
+            float *out = c + i * ldc + j;
+            switch (m - i >= 4 ? 4 : (int)(m - i)) {
+            case 4: dpbf16_row(4, k, alpha, x, lda, row, beta, out, ldc); break;
+            case 3: dpbf16_row(3, k, alpha, x, lda, row, beta, out, ldc); break;
+            case 2: dpbf16_row(2, k, alpha, x, lda, row, beta, out, ldc); break;
+            default: dpbf16_row(1, k, alpha, x, lda, row, beta, out, ldc); break;
+            }
+        }
+    }
+}
+
 #define DPBF16_TILE(MR, NR, NEXT)                                                                                            \
     dpbf16_tile(MR, NR, k, alpha, a + i * lda, lda, wb + j * ldw_bytes, ldw_bytes, beta, c + i * ldc + j, ldc, NEXT, next_begin, \
                 next_end)

@@ -96,10 +96,11 @@ import Testing
         }
     }
 
-    /// bf16 compute is the exact product of the bf16-rounded activations and weights summed in f32:
-    /// through `vdpbf16ps` (more rows than the GEMV takes, when the CPU has it), through the GEMV on
-    /// the rounded activations (few rows), and on f32 units (`dotProduct: false`), for weights
-    /// rounded once from f32 and for bf16 and f16 weights read in place.
+    /// bf16 compute is the exact product of the bf16-rounded activations and weights summed in f32
+    /// (the plain loop `expected`): through `vdpbf16ps` when the CPU has it — the dot-product tiles
+    /// (more rows than the GEMV takes) and the row-at-a-time GEMV (`gemvRows: 16`: m = 2 and 9, k
+    /// with and without a tail of 32) — and on f32 units (`dotProduct: false`), for weights rounded
+    /// once from f32 and for bf16 and f16 weights read in place.
     @Test(arguments: [(2, 37, 33), (21, 13, 100), (40, 7, 31), (9, 44, 64)])
     func bfloat16ComputeIsTheProductOfRoundedValues(m: Int, n: Int, k: Int) {
         let w = randomTensor([n, k], seed: UInt64(30 + n)), x = randomTensor([m, k], seed: UInt64(40 + m))

@@ -69,6 +69,11 @@ void moekit_round_to_bf16(int isa, const float *x, uint16_t *out, long count);
 void moekit_gemm_bf16_dpbf16(long m, long row_begin, long row_end, long k, float alpha, const uint16_t *a, long lda,
                             const void *w, long ldw, float beta, float *c, long ldc);
 
+// The same arithmetic for few rows of A (decode), W's rows read one at a time as one sequential
+// stream (the GEMV's order). Precondition: moekit_cpu_has_avx512_bf16() == 1.
+void moekit_gemv_bf16_dpbf16(long m, long row_begin, long row_end, long k, float alpha, const uint16_t *a, long lda,
+                             const void *w, long ldw, float beta, float *c, long ldc);
+
 #ifdef __cplusplus
 }
 #endif

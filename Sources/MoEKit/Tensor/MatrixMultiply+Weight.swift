@@ -99,15 +99,16 @@ extension MatrixMultiply {
 
     /// bf16 compute on an A already rounded to bf16 (`[m, W.columns]`, rows `lda` apart): callers
     /// that multiply the same rows by many weight slices (`GroupedSwiGLU`'s tiles) round them once.
-    /// `vdpbf16ps` on bf16 weights, or (few rows, or a CPU without AVX512-BF16) the f32 path on the
-    /// widened A, whose products with bf16 weights are exact in f32 too.
+    /// `vdpbf16ps` on bf16 weights — the dot-product tiles, or for up to `gemvRows` rows the GEMV
+    /// that reads W's rows one at a time (decode) — or, on a CPU without AVX512-BF16, the f32 path
+    /// on the widened A, whose products with bf16 weights are exact in f32 too.
     static func gemm(m: Int, bfloat16A r: UnsafePointer<UInt16>, lda: Int, timesTransposeOf w: Weight, alpha: Float = 1, beta: Float = 0,
                      c: UnsafeMutablePointer<Float>, ldc: Int, blockElements: Int = conversionBlockElements, gemvRows: Int = halfPrecisionGEMVRows,
                      kernels: Int32 = kernelLevel, dotProduct: Bool = ComputePrecision.cpuHasBFloat16DotProduct) {
         guard m > 0, w.rows > 0 else { return }
         let columns = w.columns
         let bf16Segments = w.segments.allSatisfy { if case .mapped(_, _, .bfloat16) = $0 { return true } else { return false } }
-        guard dotProduct, m > gemvRows, bf16Segments else {
+        guard dotProduct, bf16Segments else {
             var widened = [Float](repeating: 0, count: m * columns)
             for i in 0 ..< m {
                 for j in 0 ..< columns { widened[i * columns + j] = HalfPrecision.float(fromBFloat16: r[i * lda + j]) }
@@ -122,9 +123,16 @@ extension MatrixMultiply {
         for segment in w.segments {
             guard case .mapped(let base, let rows, _) = segment else { preconditionFailure("bf16 segments are mapped") }
             let operands = KernelOperands(a: UnsafeRawPointer(r), weight: base, c: c + start)
-            forEachRowRange(0 ..< rows, multipleOf: 6, minimumRows: 12) { range in
-                moekit_gemm_bf16_dpbf16(m, range.lowerBound, range.upperBound, columns, alpha, operands.a.assumingMemoryBound(to: UInt16.self),
-                                        lda, operands.weight, columns, beta, operands.c, ldc)
+            if m <= gemvRows {
+                forEachRowRange(0 ..< rows, multipleOf: 4, minimumRows: 64) { range in
+                    moekit_gemv_bf16_dpbf16(m, range.lowerBound, range.upperBound, columns, alpha, operands.a.assumingMemoryBound(to: UInt16.self),
+                                            lda, operands.weight, columns, beta, operands.c, ldc)
+                }
+            } else {
+                forEachRowRange(0 ..< rows, multipleOf: 6, minimumRows: 12) { range in
+                    moekit_gemm_bf16_dpbf16(m, range.lowerBound, range.upperBound, columns, alpha, operands.a.assumingMemoryBound(to: UInt16.self),
+                                            lda, operands.weight, columns, beta, operands.c, ldc)
+                }
             }
             start += rows
         }
