@@ -427,9 +427,9 @@ def main():
         header.append(f"llama.cpp: llama-cpp-python {__import__('llama_cpp').__version__}; {llama_info}")
     header.append(f"rounds {args.rounds} × {args.repeats} repeats; figures are medians")
     print("\n".join(header))
-    print(f"{'case':<48}{'MoEKit':>12}{'peer':>12}{'ratio':>8}  peer")
+    print(f"{'case':<56}{'MoEKit':>12}{'peer':>12}{'ratio':>8}  peer")
     for label, ours, theirs, value, peer in rows:
-        print(f"{label:<48}{ours:>12.2f}{theirs:>12.2f}{value:>8.2f}  {peer}")
+        print(f"{label:<56}{ours:>12.2f}{theirs:>12.2f}{value:>8.2f}  {peer}")
     if args.json:
         document = {"header": header, "rows": [dict(zip(("case", "moekit", "peer_value", "ratio", "peer"), row)) for row in rows],
                     "samples": recorder.samples, "moekit_bench": moekit_json}
