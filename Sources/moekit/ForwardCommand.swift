@@ -46,12 +46,15 @@ struct ForwardCommand: ParsableCommand {
             compute.apply()
             let sequences = try input.source.read(modelDirectory: modelDirectory)
             let total = sequences.reduce(0) { $0 + $1.count }, longest = sequences.map(\.count).max() ?? 0
-            try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: "the logits of \(total) tokens") {
-                MemoryEstimate.forwardBytes($0, tokens: total, sequence: longest)
-            }
+            let what = "the logits of \(total) tokens"
+            let estimate = { MemoryEstimate.forwardBytes($0, tokens: total, sequence: longest) }
+            try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: what, estimate: estimate)
             let start = Date()
             let model = try MiniCPMModel(directory: modelDirectory)
-            if computePrecision != .float32 { model.weights = model.weights.forCompute(computePrecision) }
+            if computePrecision != .float32 {
+                try OptionRanges.checkMemory(forCompute: computePrecision, model: model, what: what, estimate: estimate)
+                model.weights = model.weights.forCompute(computePrecision)
+            }
             if let router {
                 guard model.config.isMoE else { throw ValidationError("--router needs a MiniCPM-MoE model; \(modelDirectory) is dense") }
                 try model.useRouter(RouterConfiguration(text: router))

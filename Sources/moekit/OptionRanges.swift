@@ -38,4 +38,14 @@ enum OptionRanges {
         let config = try MiniCPMConfig(path: modelDirectory + "/config.json")
         try MemoryEstimate.check(estimate(config), for: what)
     }
+
+    /// Refuses `--compute bf16` on a loaded (mapped) model when the bf16 copies of its f32 or f16
+    /// matrices, added to the run's estimate, exceed the machine's memory: checked before
+    /// `forCompute` allocates them. A bf16 checkpoint needs no copies.
+    static func checkMemory(forCompute precision: ComputePrecision, model: MiniCPMModel, what: String, estimate: (MiniCPMConfig) -> Int) throws {
+        let copies = model.weights.bytesAllocated(forCompute: precision)
+        guard copies > 0 else { return }
+        try MemoryEstimate.check(MemoryEstimate.sum(estimate(model.config), copies),
+                                 for: "\(what) with --compute bf16 (bf16 copies of the checkpoint's f32/f16 matrices: \(ByteSize.format(copies)); `moekit convert --dtype bf16` makes a checkpoint that needs none)")
+    }
 }

@@ -54,11 +54,14 @@ struct TraceCommand: ParsableCommand {
             compute.apply()
             let sequences = try input.source.read(modelDirectory: modelDirectory)
             let longest = sequences.map(\.count).max() ?? 0
-            try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: "tracing \(min(batchTokens, longest))-token batches of sequences up to \(longest) tokens") {
-                MemoryEstimate.forwardBytes($0, tokens: min(batchTokens, longest), sequence: longest)
-            }
+            let what = "tracing \(min(batchTokens, longest))-token batches of sequences up to \(longest) tokens"
+            let estimate = { MemoryEstimate.forwardBytes($0, tokens: min(batchTokens, longest), sequence: longest) }
+            try OptionRanges.checkMemory(modelDirectory: modelDirectory, what: what, estimate: estimate)
             let model = try MiniCPMModel(directory: modelDirectory)
-            if computePrecision != .float32 { model.weights = model.weights.forCompute(computePrecision) }
+            if computePrecision != .float32 {
+                try OptionRanges.checkMemory(forCompute: computePrecision, model: model, what: what, estimate: estimate)
+                model.weights = model.weights.forCompute(computePrecision)
+            }
             if let router { try model.useRouter(RouterConfiguration(text: router)) }
             var options = RoutingTracer.Options()
             options.batchTokens = batchTokens

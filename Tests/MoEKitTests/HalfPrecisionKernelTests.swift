@@ -149,6 +149,26 @@ import Testing
         #expect(rounded.owned().computePrecision == .float32 && rounded.owned().isOwned)
     }
 
+    /// `bytesAllocated(forCompute:)` counts the bf16 copies `forCompute(.bfloat16)` makes: 2 bytes
+    /// per element of every segment not stored as bf16, none for bf16 segments, vectors or f32
+    /// compute; over a whole model, every matrix (the memory check of `forward|trace --compute bf16`).
+    @Test func bytesAllocatedForComputeCountsTheBFloat16Copies() throws {
+        let w = randomTensor([6, 10], seed: 9)
+        #expect(Weight(w).bytesAllocated(forCompute: .bfloat16) == 120)
+        #expect(WeightBytes.weight(w, as: .float16).bytesAllocated(forCompute: .bfloat16) == 120)
+        #expect(WeightBytes.weight(w, as: .bfloat16).bytesAllocated(forCompute: .bfloat16) == 0)
+        #expect(Weight(stacking: [WeightBytes.weight(w.rows(0 ..< 2), as: .bfloat16), Weight(w.rows(2 ..< 6))]).bytesAllocated(forCompute: .bfloat16) == 80)
+        #expect(Weight(w).bytesAllocated(forCompute: .float32) == 0)
+        #expect(Weight(w).forCompute(.bfloat16).bytesAllocated(forCompute: .bfloat16) == 0)
+
+        let config = SmallModels.config(experts: 4, tied: true)
+        let model = try SmallModels.model(config, weights: SmallModels.weights(for: config, seed: 71))
+        let matrixElements = model.weights.parameterTensors.filter { $0.shape.count == 2 }.reduce(0) { $0 + $1.count }
+        let routerElements = config.numHiddenLayers * config.numExperts! * config.hiddenSize
+        #expect(model.weights.bytesAllocated(forCompute: .bfloat16) == 2 * (matrixElements - routerElements))
+        #expect(model.weights.forCompute(.bfloat16).bytesAllocated(forCompute: .bfloat16) == 0)
+    }
+
     /// A whole model in bf16 compute stays close to f32 (bf16 keeps 8 significant bits: relative
     /// rounding error ≤ 2⁻⁹ per operand) and differs from it (the arithmetic really changed); a
     /// model on bf16 weights with f32 compute — the GEMV decode path — matches the f32 model of the

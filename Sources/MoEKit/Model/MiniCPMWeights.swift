@@ -243,6 +243,14 @@ public struct MiniCPMWeights: Sendable {
     /// Every matrix for `precision`'s arithmetic (`Weight.forCompute(_:)`; `--compute bf16`).
     public func forCompute(_ precision: ComputePrecision) -> MiniCPMWeights { mapped(matrix: { $0.forCompute(precision) }, vector: { $0 }) }
 
+    /// Bytes of memory `forCompute(precision)` allocates (bf16 copies of every matrix not stored as
+    /// bf16): what `--compute bf16` adds to a run on an f32 or f16 checkpoint.
+    public func bytesAllocated(forCompute precision: ComputePrecision) -> Int {
+        var total = 0
+        forEachParameter(matrix: { total = MemoryEstimate.sum(total, $0.bytesAllocated(forCompute: precision)) }, vector: { _ in })
+        return total
+    }
+
     /// Every parameter tensor in `MiniCPMLayout` order (a stacked matrix gives one tensor per
     /// stacked checkpoint tensor), as f32: owned tensors as they are (no copy), mapped ones
     /// converted. With `MiniCPMLayout(config:).entries` this pairs each with its checkpoint name.

@@ -104,6 +104,16 @@ public struct Weight: @unchecked Sendable {
         computePrecision = parts[0].computePrecision
     }
 
+    /// Bytes of memory `forCompute(precision)` allocates: bf16 copies of the segments not stored
+    /// as bf16 (for `.bfloat16`; nothing for `.float32` or a vector).
+    public func bytesAllocated(forCompute precision: ComputePrecision) -> Int {
+        guard precision == .bfloat16, shape.count == 2 else { return 0 }
+        return segments.reduce(0) { total, segment in
+            if case .mapped(_, _, .bfloat16) = segment { return total }
+            return MemoryEstimate.sum(total, MemoryEstimate.product(2, segment.rows, columns))
+        }
+    }
+
     /// This weight for `precision`'s arithmetic. For `.bfloat16`, bf16 segments stay where they are
     /// (a checkpoint's memory map) and other segments are rounded once (nearest, ties to even) into
     /// a bf16 copy the weight keeps; `.float32` only changes the arithmetic (values already rounded
