@@ -66,8 +66,9 @@ static void round_to_bf16_portable(const float *x, uint16_t *out, long count) {
 }
 
 // The portable rule on 16 values at a time: NaNs take the quieting OR, the rest the rounding add.
-// vcvtneps2bf16 would be one instruction but treats subnormal inputs as zero, which the f32 path
-// on rounded activations (few rows) must not.
+// vcvtneps2bf16 would be one instruction, but it needs AVX512-BF16 and treats subnormal inputs as
+// zero: this rounding must equal HalfPrecision's on every AVX-512 CPU, whose f32 fallback computes
+// on the rounded values.
 static __attribute__((target("avx512f,avx512bw,avx512vl"))) void round_to_bf16_avx512(const float *x, uint16_t *out, long count) {
     const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), infinity = _mm512_set1_epi32(0x7f800000);
     const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);

@@ -63,9 +63,9 @@ enum GroupedSwiGLU {
 
         // bf16 compute rounds each operand once here, not once per tile (45 tiles per expert at
         // MiniCPM-2.4B's widths).
-        let rows = blocks.map(\.upperBound).max() ?? 0
+        let gatheredRows = blocks.map(\.upperBound).max() ?? 0
         let roundedInput = firstExpert.gateUp.computePrecision == .bfloat16
-            ? MatrixMultiply.roundedToBFloat16(m: rows, a: input, lda: hidden, columns: hidden) : []
+            ? MatrixMultiply.roundedToBFloat16(m: gatheredRows, a: input, lda: hidden, columns: hidden) : []
 
         let first = tiles(blocks: blocks, width: intermediate, tileColumns: tileColumns)
         ParallelTiles.run(tiles: first.count, workers: workers) { index, worker in
@@ -95,7 +95,7 @@ enum GroupedSwiGLU {
             }
         }
         let roundedActivated = firstExpert.down.computePrecision == .bfloat16
-            ? MatrixMultiply.roundedToBFloat16(m: rows, a: activated, lda: intermediate, columns: intermediate) : []
+            ? MatrixMultiply.roundedToBFloat16(m: gatheredRows, a: activated, lda: intermediate, columns: intermediate) : []
         let second = tiles(blocks: blocks, width: hidden, tileColumns: tileColumns)
         ParallelTiles.run(tiles: second.count, workers: workers) { index, _ in
             let tile = second[index], block = blocks[tile.expert]
